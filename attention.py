@@ -1,0 +1,138 @@
+"""
+Causal attention: the one place where the attention types differ.
+
+For one head, with q, k, v of shape (T, d) after RoPE, query row i = 1..T (1-indexed),
+n_i = i visible keys and a causal mask j <= i:
+
+  softmax  a_ij = softmax_j(q_i·k_j / sqrt(d))                        Vaswani et al. 2017
+  lssa     w_ij = softplus(ln(d)·ln(n_i)·q̂_i·k̂_j),  a_ij = w_ij / Σ_j w_ij
+           (q̂, k̂: l2-normalised; no 1/sqrt(d))                       Gao et al. 2025
+  lssar    x_ij = relu(n_i·a_ij − o_i)^p,  a'_ij = x_ij / Σ_j x_ij,
+           o_i = 0 for i <= 3 and 1 after                             Gao et al. 2025
+
+  y_i = Σ_j a_ij v_j
+
+The exact definitions and their numerical traps are in the README ("The maths"). The
+plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
+gradient, and the tests hold them to it.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_TYPES = ("softmax", "lssa", "lssar")
+BACKENDS = ("auto", "reference", "kernel")
+
+# Inference-only chunking: keep each (rows x keys) score block under this many elements,
+# so that 16x-context evaluation never holds a T x T matrix (16384^2 x 12 heads x 4 bytes
+# is ~13 GB per layer). Several temporaries of this size live at once: ~1 GB peak.
+CHUNK_ELEMENTS = 1 << 25
+
+
+def check_attention_type(kind):
+    if kind not in ATTENTION_TYPES:
+        raise ValueError(
+            f"unknown attention type {kind!r}; valid types are: {', '.join(ATTENTION_TYPES)}")
+
+
+def check_reweight_p(p):
+    # p < 1 would flatten rather than sharpen, and relu(.)^p has an infinite slope at 0
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= 1):
+        raise ValueError(f"reweight_p must be a finite number >= 1 (the paper uses 3 and 15), got {p!r}")
+
+
+def check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; valid backends are: {', '.join(BACKENDS)}")
+
+
+def reweight(w, a, n, p):
+    """lssar's second stage from the row's positive weights w (masked entries 0), its
+    l1-normalised weights a = w / Σw and its visible-key counts n (rows x 1).
+
+    relu(n·a − 1)^p is computed in the equivalent form relu(w − τ)^p with τ = Σw / n (exact,
+    because the row is renormalised): n·a − 1 overflows fp16 beyond 2.09 once raised to the
+    15th power. For the same reason the row is divided by its maximum before the power;
+    that too cancels in the renormalisation, so the maximum may be detached. The threshold
+    τ itself is *not* detached: it depends on every score of the row and the gradient must
+    flow through it.
+    """
+    offset = (n > 3).to(w.dtype)                      # o_i = 0 for the first three rows
+    tau = offset * w.sum(-1, keepdim=True) / n
+    r = F.relu(w - tau)                               # masked entries: relu(0 − τ) = 0
+    tiny = torch.finfo(w.dtype).tiny
+    row_max = r.amax(-1, keepdim=True).detach()
+    x = (r / row_max.clamp_min(tiny)).pow(p)
+    x_sum = x.sum(-1, keepdim=True)
+    # A row with every weight at or below uniform has no defined answer in the paper:
+    # we fall back to its lssa weights rather than divide by zero.
+    return torch.where(x_sum > 0, x / x_sum.clamp_min(tiny), a)
+
+
+def attention_weights(q, k, kind, p=15.0, q_start=0):
+    """The attention matrix (B, H, Tq, Tk) of query rows q_start .. q_start+Tq-1 (0-indexed
+    positions) against keys 0 .. Tk-1, computed in fp32 (float64 stays float64)."""
+    check_attention_type(kind)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k = q.to(dtype), k.to(dtype)
+    Tq, Tk, d = q.size(-2), k.size(-2), q.size(-1)
+    n = torch.arange(q_start + 1, q_start + Tq + 1, device=q.device, dtype=dtype)[:, None]
+    visible = torch.arange(1, Tk + 1, device=q.device, dtype=dtype)[None, :] <= n  # (Tq, Tk)
+
+    if kind == "softmax":
+        s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
+        return torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
+
+    # lssa: QK-norm, a length scale that grows with the row's key count, softplus, and a
+    # multiplicative 0/1 mask (not -inf: softplus(-inf) would still be 0, but w must be 0
+    # exactly for the re-weighting's threshold).
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    s = math.log(d) * torch.log(n) * (qn @ kn.transpose(-2, -1))
+    w = torch.where(visible, F.softplus(s), 0.0)
+    a = w / w.sum(-1, keepdim=True)
+    if kind == "lssa":
+        return a
+    return reweight(w, a, n, p)
+
+
+def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS):
+    """Plain-PyTorch causal attention. With autograd it materialises the T x T weights (that
+    is what the fast kernels replace); without, it walks over blocks of query rows, each
+    against only the keys it can see, so memory stays bounded at any length."""
+    check_attention_type(kind)
+    if kind == "softmax":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Keep the reference exact under bf16 autocast: the scores feed softplus and a 15th power.
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        B, H, T, _ = q.shape
+        rows = T if needs_grad else max(1, chunk_elements // max(1, B * H * T))
+        out = []
+        for r0 in range(0, T, rows):
+            r1 = min(T, r0 + rows)
+            a = attention_weights(q[:, :, r0:r1], k[:, :, :r1], kind, p, q_start=r0)
+            out.append(a @ v[:, :, :r1].to(a.dtype))
+        y = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return y.to(v.dtype)
+
+
+def causal_attention(q, k, v, kind, p=15.0, backend="auto"):
+    """Causal self-attention of type `kind` ("softmax" | "lssa" | "lssar").
+
+    q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
+    in v's dtype. `p` is lssar's re-weighting power. `backend`: "auto" uses the fused kernel
+    when one applies (CUDA) and the reference otherwise; "reference" forces the reference;
+    "kernel" requires the kernel and fails loudly where it cannot run.
+    """
+    check_attention_type(kind)
+    check_backend(backend)
+    if kind == "lssar":
+        check_reweight_p(p)
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1] or q.dim() != 4:
+        raise ValueError(f"expected q, k, v of shape (B, n_head, T, head_dim); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if backend == "kernel":
+        raise RuntimeError("no fused attention kernel is available in this build; "
+                           "use backend='auto' or 'reference'")
+    return reference_attention(q, k, v, kind, p)
