@@ -26,8 +26,8 @@ BACKENDS = ("auto", "reference", "kernel")
 
 # Inference-only chunking: keep each (rows x keys) score block under this many elements,
 # so that 16x-context evaluation never holds a T x T matrix (16384^2 x 12 heads x 4 bytes
-# is ~13 GB per layer). Several temporaries of this size live at once: ~1 GB peak.
-CHUNK_ELEMENTS = 1 << 25
+# is ~13 GB per layer). About ten temporaries of this size live at once: ~0.3 GB.
+CHUNK_ELEMENTS = 1 << 23
 
 
 def check_attention_type(kind):

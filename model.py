@@ -1,0 +1,236 @@
+"""
+GPT-2 with rotary position embeddings and a switch for the attention type.
+
+nanoGPT's model (pre-LayerNorm blocks, GELU MLP, tied input/output embeddings, GPT-2's init
+with scaled residual projections) with one change that matters for this repository: RoPE
+replaces the learned position embeddings, so a model trained with a context of T tokens runs
+at 16·T. Learned positions stop dead at T; rotary ones only rotate q and k further.
+
+The attention types (softmax | lssa | lssar) differ only inside attention.causal_attention.
+"""
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import causal_attention, check_attention_type, check_backend, check_reweight_p
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024        # the training context; RoPE lets the model run longer
+    vocab_size: int = 50304       # GPT-2's 50257 padded to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True             # biases in Linear and LayerNorm, as GPT-2
+    attention: str = "softmax"    # "softmax" | "lssa" | "lssar"
+    reweight_p: float = 15.0      # lssar's power p (the paper's default; 3 is also reported)
+    rope_base: float = 10000.0
+    attention_backend: str = "auto"  # "auto" (fused kernel on CUDA) | "reference" | "kernel"
+
+    def __post_init__(self):
+        check_attention_type(self.attention)
+        check_backend(self.attention_backend)
+        check_reweight_p(self.reweight_p)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head_dim={self.n_embd // self.n_head} must be even for RoPE")
+
+
+# Model shapes. The GPT-2 family (head_dim 64 throughout), and small ones for tests and demos.
+PRESETS = {
+    "gpt2-124M": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-350M": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774M": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1.5B": dict(n_layer=48, n_head=25, n_embd=1600),
+    "small": dict(n_layer=4, n_head=4, n_embd=256),   # the spec's minutes-scale model
+    "mini": dict(n_layer=4, n_head=4, n_embd=128),    # CPU demo
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32),     # tests
+}
+
+
+def config_from_preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; valid presets are: {', '.join(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+def rope_tables(T, head_dim, base, device):
+    """cos/sin of shape (T, head_dim/2). Angles are formed in float64: at position 16384 an
+    fp32 angle is already off by ~1e-3 rad."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    angles = torch.outer(torch.arange(T, dtype=torch.float64, device=device), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x[..., :h], x[..., h:]) of x (B, H, T, D) by the position's angles."""
+    h = x.size(-1) // 2
+    x1, x2 = x[..., :h].float(), x[..., h:].float()
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attention, self.p = config.attention, config.reweight_p
+        self.backend = config.attention_backend
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # No dropout on the attention weights: the fused kernels have none, and the attention
+        # types should be compared on the same footing (the paper's recipe uses dropout 0).
+        y = causal_attention(q, k, v, self.attention, self.p, self.backend)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.ln_1(x), cos, sin)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of the projections into the residual stream by 1/sqrt(2·n_layer)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self._rope = {}  # (T, device) -> (cos, sin); not in the state dict, rebuilt on demand
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        """Parameter count (the tied embedding counted once; there are no position embeddings)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def rope(self, T, device):
+        # Tables are cached per length: training uses one length, evaluation a handful.
+        key = (T, str(device))
+        if key not in self._rope:
+            head_dim = self.config.n_embd // self.config.n_head
+            self._rope[key] = rope_tables(T, head_dim, self.config.rope_base, device)
+        return self._rope[key]
+
+    def hidden_states(self, idx):
+        """Final-LayerNorm hidden states (B, T, n_embd) for token ids idx (B, T)."""
+        cos, sin = self.rope(idx.size(1), idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx))
+        for block in self.transformer.h:
+            x = block(x, cos, sin)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """nanoGPT's API: with targets, (logits, mean cross-entropy); without, the logits of
+        the last position only (all that generation needs) and None. The loss is computed
+        in fp32 even under bf16 autocast."""
+        x = self.hidden_states(idx)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def token_losses(self, idx, targets, chunk=4096):
+        """Per-position cross-entropy (B, T) without holding the (B, T, vocab) logits at once:
+        at 16x context the logits alone would be gigabytes."""
+        x = self.hidden_states(idx)
+        out = torch.empty(targets.shape, dtype=torch.float32, device=idx.device)
+        for t0 in range(0, idx.size(1), chunk):
+            logits = self.lm_head(x[:, t0:t0 + chunk]).float()
+            out[:, t0:t0 + chunk] = F.cross_entropy(
+                logits.transpose(1, 2), targets[:, t0:t0 + chunk], reduction="none")
+        return out
+
+    def flops_per_token(self, T):
+        """Training FLOPs per token at context T (forward + backward), as nanoGPT/PaLM count
+        them: 6 per weight plus the attention matmuls (q·k and a·v: 12·L·C·T), counted over
+        the full T x T square. The attention types share these matmuls; they differ in the
+        elementwise work per score, returned separately under "score_ops" (not counted in
+        MFU, which by convention measures matmul throughput)."""
+        cfg = self.config
+        matmul = 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        # elementwise ops per score, forward + backward (~3x forward), per layer and head
+        per_score = {"softmax": 5, "lssa": 9, "lssar": 9 + 8 + math.ceil(math.log2(max(cfg.reweight_p, 2)))}
+        score_ops = 3 * per_score[cfg.attention] * cfg.n_layer * cfg.n_head * T
+        return {"matmul": matmul, "score_ops": score_ops}
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on 2-D weights only (matmuls and embeddings), not on biases,
+        LayerNorm gains or other vectors; fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None):
+        """Sample max_new_tokens after idx (B, T); temperature 0 is greedy. The context is not cropped to block_size
+        (RoPE runs past it: that is the point); max_context crops it if given."""
+        for _ in range(max_new_tokens):
+            cond = idx if max_context is None else idx[:, -max_context:]
+            logits, _ = self(cond)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:  # greedy decoding
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

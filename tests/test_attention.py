@@ -1,0 +1,221 @@
+"""The reference attention maths, checked against values worked out independently of it."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attention import ATTENTION_TYPES, attention_weights, causal_attention, reference_attention
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def naive_weights(q, k, kind, p=15.0):
+    """The spec's formulas for one head, row by row in plain Python floats (no torch)."""
+    T, d = len(q), len(q[0])
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    unit = lambda a: [x / math.sqrt(dot(a, a)) for x in a]
+    A = []
+    for i in range(1, T + 1):                              # 1-indexed query row
+        if kind == "softmax":
+            s = [dot(q[i - 1], k[j]) / math.sqrt(d) for j in range(i)]
+            e = [math.exp(x - max(s)) for x in s]
+            row = [x / sum(e) for x in e]
+        else:
+            s = [math.log(d) * math.log(i) * dot(unit(q[i - 1]), unit(k[j])) for j in range(i)]
+            w = [softplus(x) for x in s]
+            row = [x / sum(w) for x in w]
+            if kind == "lssar":
+                o = 0.0 if i <= 3 else 1.0
+                x = [max(i * a - o, 0.0) ** p for a in row]
+                row = [v / sum(x) for v in x] if sum(x) > 0 else row
+        A.append(row + [0.0] * (T - i))
+    return A
+
+
+def as_tensor(rows):
+    return torch.tensor(rows, dtype=torch.float64)[None, None]
+
+
+def test_two_tokens_written_out():
+    # d = 4; the second query is parallel to the first key and orthogonal to the second.
+    q = [[0.3, -0.2, 0.5, 0.1], [2.0, 0.0, 0.0, 0.0]]
+    k = [[1.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]]
+    v = [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 1.0, 0.0]]
+    Q, K, V = as_tensor(q), as_tensor(k), as_tensor(v)
+    # softmax, row 2: scores 2/sqrt(4) = 1 and 0
+    a = math.e / (math.e + 1)                                 # 0.7310585786
+    expected = [[1, 2, 3, 4], [a * 1 - (1 - a), a * 2, a * 3 + (1 - a), a * 4]]
+    torch.testing.assert_close(causal_attention(Q, K, V, "softmax")[0, 0], torch.tensor(expected, dtype=torch.float64))
+    # lssa, row 2: scores ln(4)·ln(2)·(1, 0) = (0.9609060278, 0); softplus -> (1.2848328, ln 2)
+    w1, w2 = softplus(math.log(4) * math.log(2)), math.log(2)
+    assert abs(w1 - 1.2848328) < 1e-7
+    a = w1 / (w1 + w2)                                        # 0.64956...
+    expected = [[1, 2, 3, 4], [a * 1 - (1 - a), a * 2, a * 3 + (1 - a), a * 4]]
+    torch.testing.assert_close(causal_attention(Q, K, V, "lssa")[0, 0], torch.tensor(expected, dtype=torch.float64))
+    # lssar: rows 1-3 use o = 0, so row 2 is w^p renormalised: with p = 2, a ∝ (w1², w2²)
+    a = w1 ** 2 / (w1 ** 2 + w2 ** 2)
+    expected = [[1, 2, 3, 4], [a * 1 - (1 - a), a * 2, a * 3 + (1 - a), a * 4]]
+    torch.testing.assert_close(causal_attention(Q, K, V, "lssar", p=2.0)[0, 0], torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ATTENTION_TYPES)
+@pytest.mark.parametrize("p", [3.0, 15.0])
+def test_against_naive_formulas(kind, p):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 4, generator=g, dtype=torch.float64) * 2 for _ in range(3))
+    expected = as_tensor(naive_weights(q.tolist(), k.tolist(), kind, p))
+    got = attention_weights(q[None, None], k[None, None], kind, p)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(causal_attention(q[None, None], k[None, None], v[None, None], kind, p),
+                               expected @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ATTENTION_TYPES)
+def test_rows_sum_to_one_and_are_causal(kind):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
+    a = attention_weights(q, k, kind)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 40))
+    assert (a.triu(diagonal=1) == 0).all()
+    y = causal_attention(q, k, v, kind)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 25:] += 5 * torch.randn(2, 3, 15, 16, generator=g)
+    v2[:, :, 25:] -= 3
+    y2 = causal_attention(q, k2, v2, kind)
+    assert torch.equal(y[:, :, :25], y2[:, :, :25])
+    assert not torch.allclose(y[:, :, 25:], y2[:, :, 25:])
+
+
+def test_lssar_first_three_rows_use_offset_zero():
+    g = torch.Generator().manual_seed(2)
+    q, k = (torch.randn(1, 1, 6, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    p = 3.0
+    a = attention_weights(q, k, "lssar", p)[0, 0]
+    w = attention_weights(q, k, "lssa", p)[0, 0]  # l1-normalised softplus weights
+    for i in range(1, 4):   # o_i = 0: plain w^p renormalised
+        x = w[i - 1, :i] ** p
+        torch.testing.assert_close(a[i - 1, :i], x / x.sum())
+    for i in range(4, 7):   # o_i = 1: only weights above uniform survive
+        x = (i * w[i - 1, :i] - 1).clamp_min(0) ** p
+        torch.testing.assert_close(a[i - 1, :i], x / x.sum())
+        assert (a[i - 1, :i][w[i - 1, :i] <= 1 / i] == 0).all()
+
+
+def test_lssar_row_at_uniform_falls_back_to_lssa():
+    # identical keys: every weight of a row equals its mean, relu(w - tau) = 0 everywhere
+    q = torch.randn(1, 2, 9, 8)
+    k = torch.ones(1, 2, 9, 8)
+    v = torch.randn(1, 2, 9, 8, requires_grad=True)
+    y = causal_attention(q, k, v, "lssar")
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, causal_attention(q, k, v, "lssa"))
+    y.sum().backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def test_lssar_large_p_approaches_argmax():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 1, 32, 16, generator=g) for _ in range(3))
+    w = attention_weights(q, k, "lssa")[0, 0]
+    y = causal_attention(q, k, v, "lssar", p=400.0)[0, 0]
+    # rows whose top weight clearly beats the runner-up (1.1^400 ~ 4e16); near-ties need larger p
+    top2 = w.topk(2, dim=-1).values
+    clear = (top2[:, 0] > 1.1 * top2[:, 1]) & (torch.arange(32) >= 3)
+    assert clear.sum() >= 10
+    torch.testing.assert_close(y[clear], v[0, 0][w.argmax(-1)][clear], atol=1e-5, rtol=0)
+    # and p = 15 is sharper than p = 3 everywhere past the offset rows
+    a3 = attention_weights(q, k, "lssar", p=3.0)[0, 0]
+    a15 = attention_weights(q, k, "lssar", p=15.0)[0, 0]
+    assert (a15.amax(-1)[3:] >= a3.amax(-1)[3:] - 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ATTENTION_TYPES)
+def test_finite_at_4096(kind, dtype):
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (8 * torch.randn(1, 2, 4096, 16, generator=g) for _ in range(3))
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    with torch.no_grad():
+        y = causal_attention(q, k, v, kind)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gradients_finite_in_low_precision(kind):
+    q, k, v = (8 * torch.randn(1, 2, 512, 16) for _ in range(3))
+    for dtype in (torch.bfloat16, torch.float16):
+        qkv = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        causal_attention(*qkv, kind).float().square().sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in qkv)
+
+
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gradcheck_float64(kind):
+    g = torch.Generator().manual_seed(5)
+    qkv = [torch.randn(1, 2, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda q, k, v: causal_attention(q, k, v, kind, p=3.0), qkv)
+
+
+def test_lssar_gradient_flows_through_threshold(monkeypatch):
+    # The threshold tau_i = Z_i / n_i depends on every score of the row. Detaching it gives a
+    # different q-gradient; gradcheck above would catch that, and so does this explicit probe.
+    import attention
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 1, 8, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    q.requires_grad_()
+    (gq,) = torch.autograd.grad(causal_attention(q, k, v, "lssar", p=3.0).sum(), q)
+
+    def reweight_detached_tau(w, a, n, p):
+        tau = ((n > 3).to(w.dtype) * w.sum(-1, keepdim=True) / n).detach()
+        x = torch.relu(w - tau) ** p
+        return x / x.sum(-1, keepdim=True)
+
+    monkeypatch.setattr(attention, "reweight", reweight_detached_tau)
+    (gq_detached,) = torch.autograd.grad(causal_attention(q, k, v, "lssar", p=3.0).sum(), q)
+    assert not torch.allclose(gq, gq_detached, atol=1e-6)
+
+
+def test_float64_stays_float64():
+    q, k, v = (torch.randn(1, 1, 5, 4, dtype=torch.float64) for _ in range(3))
+    assert attention_weights(q, k, "lssar").dtype == torch.float64
+    assert causal_attention(q, k, v, "lssar").dtype == torch.float64
+
+
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_chunked_equals_unchunked(kind):
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, 300, 8, generator=g) for _ in range(3))
+    full = attention_weights(q, k, kind) @ v
+    with torch.no_grad():
+        chunked = reference_attention(q, k, v, kind, chunk_elements=2 * 2 * 300 * 7)  # 7 rows a chunk
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+
+
+def test_16k_forward_memory_is_bounded():
+    # One T x T fp32 matrix at 16384 is 1 GiB, and the unchunked maths makes about ten.
+    script = (
+        "import resource, torch\n"
+        "from attention import causal_attention\n"
+        "q, k, v = (torch.randn(1, 1, 16384, 16) for _ in range(3))\n"
+        "with torch.no_grad():\n"
+        "    assert torch.isfinite(causal_attention(q, k, v, 'lssar')).all()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    peak_mib = int(out.stdout.strip().splitlines()[-1])
+    assert peak_mib < 1024, f"16k forward peaked at {peak_mib} MiB"
+
+
+def test_unknown_type_lists_the_valid_ones():
+    q = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"unknown attention type 'flash'.*softmax, lssa, lssar"):
+        causal_attention(q, q, q, "flash")
+    with pytest.raises(ValueError, match="reweight_p"):
+        causal_attention(q, q, q, "lssar", p=0.5)
