@@ -1,0 +1,1 @@
+"""Data preparation (data/prepare.py), token shards and loaders (data/shards.py), GPT-2 tokenizer."""
