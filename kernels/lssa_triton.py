@@ -1,0 +1,762 @@
+"""Fused causal lssa / lssar attention in Triton: forward and backward.
+
+The maths is the reference's (`attention.py`, README "The maths"): for query row i = 1..T
+(1-indexed) and key j <= i,
+
+    s_ij = ln(d) ln(i) q̂_i·k̂_j,   w_ij = softplus(s_ij),   Z_i = Σ_j w_ij
+    lssa   y_i = Σ_j w_ij v_j / Z_i
+    lssar  x_ij = relu(w_ij − τ_i)^p,  τ_i = Z_i / i for i > 3 and 0 for i <= 3,
+           y_i = Σ_j x_ij v_j / Σ_j x_ij, or the lssa row when Σ_j x_ij = 0 (fallback).
+
+Design (per head; every statistic kept is per row, so memory is O(T·d), never O(T²)):
+
+* QK-norm without a rounded copy of q̂, k̂. The kernels take the raw q, k (bf16 products
+  accumulate exactly in fp32) and the fp32 row norms ‖q_i‖, ‖k_j‖ (one small PyTorch
+  reduction each), and scale the fp32 dot product: s2_ij = (q_i·k_j)·ρ_i·κ_j with
+  ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε) and κ_j = 1/max(‖k_j‖, ε), ε = 1e-12 as in
+  F.normalize. s2 = s·log2(e), so softplus runs on exp2/log2 directly.
+* Everything runs in "log2 units": w'_ij = log2(1 + 2^s2_ij) = softplus(s_ij)/ln 2. lssa and
+  lssar are invariant to scaling all weights by one constant (the row is renormalised; τ
+  scales with the weights), so the 1/ln 2 factor never needs undoing. Computed as
+  max(s2, 0) + log2(1 + u), u = 2^-|s2|, with a 3-term series for log2(1 + u) when
+  u < 1/64 (log2(1 + u) alone loses the relative precision of tiny weights). Two special
+  function ops per score; |s| <= ln(d)·ln(T), so nothing overflows and lssa needs no running
+  max: one pass accumulates Σ w'v and Z.
+* lssar, forward: pass 1 over the keys accumulates Z and the row maximum of w'; then
+  τ = Z/i (rows i > 3) and M = max(max_j w' − τ, 0) = max_j relu(w' − τ) are known *before*
+  pass 2. Pass 2 uses x̃ = (relu(w' − τ)/M)^p ∈ [0, 1]: dividing by the exact row maximum is
+  what the reference does (exact after renormalisation), cannot overflow for any p, needs no
+  online rescaling, and the largest entry is 1, so Σx̃ >= 1 never underflows into a false
+  fallback. A row with M = 0 (every weight at or below τ) is the fallback: known before
+  pass 2, so pass 2 simply accumulates x = w' for those rows (= the lssa row), no third pass.
+  Integer p (<= 64) uses repeated squaring (unrolled at compile time); other p use
+  exp2(p·log2(.)).
+* Backward (per row, D_i = dO_i·y_i, dP_ij = dO_i·v_j, σ_ij = sigmoid(s_ij) = 2^(s2 − w')):
+    lssa:  dL/dw'_ij = (dP_ij − D_i)/Z_i
+    lssar: dL/dw'_ij = K_i b_ij^(p−1) (dP_ij − D_i) − E_i,   b = relu(w' − τ)/M,
+           K_i = p/(M_i X̃_i),  X̃_i = Σ_j x̃_ij,
+           E_i = (o_i/i) G_i with G_i = Σ_j K_i b_ij^(p−1)(dP_ij − D_i) — the gradient through τ_i
+           (o_i = 1 for i > 3). G_i needs a full row before any per-element gradient, so the
+           forward also accumulates U_i = Σ_j b_ij^(p−1) v_j and R_i = Σ_j b_ij^(p−1) (one more
+           matmul, training only), and G_i = K_i (dO_i·U_i − D_i R_i) is a per-row
+           preprocessing step. Fallback rows use the lssa formula; encoded without branches as
+           A_i = K_i b^(p−1) + F_i with K = 0, F = 1/Z on fallback rows and F = 0 elsewhere.
+    then dL/ds2 = dL/dw'·σ, dq_i = ρ_i Σ_j dS2_ij κ_j k_j, dk_j = κ_j Σ_i dS2_ij ρ_i q_i,
+    dv_j = Σ_i a_ij dO_i, and the QK-norm chain rule in the epilogue:
+    dq ← dq − q (q·dq)/‖q‖² (only where ‖q‖ > ε, as the clamp in F.normalize), same for k.
+  FlashAttention-2 structure: a preprocessing kernel (D, E), a dK/dV kernel per key block
+  iterating over the query blocks at and below the diagonal, and a dQ kernel per query block
+  iterating over the key blocks at and left of the diagonal (no atomics, deterministic).
+  Saved per row: lssa 1/Z; lssar τ, 1/M, K, F, 1/X̃, R, plus U (T·d fp32).
+* Causal structure: the blocks strictly below the diagonal run without any mask or bounds
+  check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
+  BLOCK_M is a multiple of BLOCK_N (and the reverse in the dK/dV kernel), so the keys past T
+  only ever appear in masked diagonal blocks.
+* Block sizes are autotuned on the GPU (key: head dim, a T bucket, mode, dtype); under the
+  interpreter (TRITON_INTERPRET=1) one small fixed configuration is used (INTERPRET_BLOCKS).
+
+Registration: with torch >= 2.6 the forward and backward are `torch.library.triton_op`s
+(kernels launched through `wrap_triton`, so torch.compile sees them as ordinary ops and
+Inductor may call the kernels directly); torch 2.4/2.5 get opaque `torch.library.custom_op`s;
+older torch a plain `torch.autograd.Function`. LSSA_TRITON_OP=triton_op|custom_op|function
+forces one (for debugging a compile problem).
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KINDS = ("lssa", "lssar")
+NORM_EPS = 1e-12       # F.normalize's default eps, the reference's QK-norm
+MAX_INT_POWER = 64     # integer p up to this uses repeated squaring; larger p uses exp2/log2
+MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x heads here)
+
+# Autotuning on the GPU (set False, or LSSA_TRITON_AUTOTUNE=0, to launch one fixed config).
+AUTOTUNE = os.environ.get("LSSA_TRITON_AUTOTUNE", "1") != "0"
+# Fixed tiles under the interpreter; tests may change them to exercise other block layouts.
+INTERPRET_BLOCKS = {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+_EPS = tl.constexpr(NORM_EPS)
+_SERIES_MAX = tl.constexpr(1.0 / 64.0)
+_TINY = tl.constexpr(1e-30)
+_WIDEN_BF16 = tl.constexpr(INTERPRET)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _softplus2(s2):
+    """log2(1 + 2^s2) = softplus(s)/ln 2 for s2 = s·log2(e); exact-ish for very negative s."""
+    u = tl.exp2(-tl.abs(s2))
+    series = u * (_LOG2E - u * (_LOG2E / 2 - u * (_LOG2E / 3)))
+    return tl.maximum(s2, 0.0) + tl.where(u < _SERIES_MAX, series, tl.log2(1.0 + u))
+
+
+@triton.jit
+def _ipow(x, N: tl.constexpr):
+    """x**N for a compile-time integer 0 <= N < 128, by repeated squaring (unrolled)."""
+    result = tl.full(x.shape, 1.0, tl.float32)
+    base = x
+    for bit in tl.static_range(7):
+        if (N >> bit) & 1:
+            result = result * base
+        if (N >> (bit + 1)) != 0:
+            base = base * base
+    return result
+
+
+@triton.jit
+def _reweight(b, p, P_INT: tl.constexpr):
+    """(b^(p−1), b^p) for b in [0, 1], with b^(p−1) = 0 where b = 0 (also for p = 1, where it
+    stands for relu's zero slope). P_INT > 0: p is that integer; P_INT = 0: use the float p."""
+    if P_INT > 0:
+        pm1 = _ipow(b, P_INT - 1)
+        if P_INT == 1:
+            pm1 = tl.where(b > 0.0, pm1, 0.0)
+    else:
+        lb = tl.log2(tl.maximum(b, _TINY))
+        pm1 = tl.where(b > 0.0, tl.exp2((p - 1.0) * lb), 0.0)
+    return pm1, pm1 * b
+
+
+@triton.jit
+def _mm(a, b, DOT_PREC: tl.constexpr):
+    """a @ b with fp32 accumulation. Triton's CPU interpreter multiplies bfloat16 tiles as their
+    raw uint16 bits (triton 3.9), so there, and only there, bf16 tiles are widened first."""
+    if _WIDEN_BF16:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _load_rows(ptr, offs, offs_d, stride, T, BOUNDED: tl.constexpr):
+    """A (rows x head_dim) tile; rows at or past T read as 0 when BOUNDED."""
+    ptrs = ptr + offs[:, None] * stride + offs_d[None, :]
+    if BOUNDED:
+        tile = tl.load(ptrs, mask=(offs < T)[:, None], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _inv_norm(NRM, offs, T, BOUNDED: tl.constexpr):
+    """1 / max(‖x‖, eps) for the given rows (rows past T read as 1)."""
+    if BOUNDED:
+        nrm = tl.load(NRM + offs, mask=offs < T, other=1.0)
+    else:
+        nrm = tl.load(NRM + offs)
+    return 1.0 / tl.maximum(nrm, _EPS)
+
+
+@triton.jit
+def _bh_offset(pid_bh, H, stride_b, stride_h):
+    """Offset of head (pid_bh // H, pid_bh % H) in a (B, H, T, d) tensor, in 64 bits."""
+    return (pid_bh // H).to(tl.int64) * stride_b + (pid_bh % H).to(tl.int64) * stride_h
+
+
+@triton.jit
+def _norm_chain(nrm):
+    """1/‖x‖² where ‖x‖ > eps, else 0 (see _store_input_grad)."""
+    big = nrm > _EPS
+    return tl.where(big, 1.0 / tl.where(big, nrm * nrm, 1.0), 0.0)
+
+
+@triton.jit
+def _row_scale(NQ, offs_m, T, LN_D):
+    """ρ_i = ln(d)·log2(i)/max(‖q_i‖, eps): the row's score scale in log2 units (i 1-indexed)."""
+    return LN_D * tl.log2((offs_m + 1).to(tl.float32)) * _inv_norm(NQ, offs_m, T, True)
+
+
+# ----------------------------------------------------------------------------- forward
+
+@triton.jit
+def _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, lo, hi,
+                 DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
+    """lssar pass 1: Z and max_j w' over the key blocks [lo, hi)."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
+        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :])
+        if DIAG:
+            w = tl.where(offs_m[:, None] >= offs_n[None, :], w, 0.0)
+        z += tl.sum(w, 1)
+        wmax = tl.maximum(wmax, tl.max(w, 1))
+    return z, wmax
+
+
+@triton.jit
+def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
+                    K, V, NK, skt, svt, T, offs_m, offs_d, lo, hi,
+                    MODE: tl.constexpr, P_INT: tl.constexpr, STORE_U: tl.constexpr,
+                    DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
+    """The output pass over the key blocks [lo, hi): Σ x v and Σ x (x = w' for lssa and on
+    lssar's fallback rows, x̃ = b^p otherwise), and for training lssar U = Σ b^(p−1) v, R."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
+        v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
+        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :])
+        if MODE == 0:
+            x = w
+        else:
+            pm1, x = _reweight(tl.maximum(w - tau[:, None], 0.0) * invm[:, None], p, P_INT)
+            x = tl.where(fb[:, None], w, x)
+        if DIAG:
+            keep = offs_m[:, None] >= offs_n[None, :]
+            x = tl.where(keep, x, 0.0)
+        acc += _mm(x.to(v.dtype), v, DOT_PREC)
+        xsum += tl.sum(x, 1)
+        if STORE_U:
+            if DIAG:
+                pm1 = tl.where(keep, pm1, 0.0)
+            uacc += _mm(pm1.to(v.dtype), v, DOT_PREC)
+            rsum += tl.sum(pm1, 1)
+    return acc, xsum, uacc, rsum
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
+                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                H, T, LN_D, p, T_BUCKET,
+                HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                STORE_U: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # the last row blocks have the most keys: launch them first
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bh = pid_bh.to(tl.int64)
+    Q += _bh_offset(pid_bh, H, sqb, sqh)
+    K += _bh_offset(pid_bh, H, skb, skh)
+    V += _bh_offset(pid_bh, H, svb, svh)
+    O += _bh_offset(pid_bh, H, sob, soh)
+    NQ += bh * T
+    NK += bh * T
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T
+    q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
+    rho = _row_scale(NQ, offs_m, T, LN_D)
+    hi = tl.minimum(m0 + BLOCK_M, T)
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    xsum = tl.zeros([BLOCK_M], tl.float32)
+    if STORE_U:
+        uacc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        rsum = tl.zeros([BLOCK_M], tl.float32)
+    else:  # placeholders, never updated
+        uacc = tl.zeros([1, 1], tl.float32)
+        rsum = tl.zeros([1], tl.float32)
+
+    if MODE == 0:
+        tau = xsum
+        invm = xsum
+        fb = row_ok
+    else:
+        z = tl.zeros([BLOCK_M], tl.float32)
+        wmax = tl.zeros([BLOCK_M], tl.float32)
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, 0, m0,
+                               DOT_PREC, BLOCK_N, False)
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, m0, hi,
+                               DOT_PREC, BLOCK_N, True)
+        tau = tl.where(offs_m >= 3, z / (offs_m + 1).to(tl.float32), 0.0)
+        mx = tl.maximum(wmax - tau, 0.0)
+        fb = mx == 0.0  # every weight at or below the threshold: the lssa fallback
+        invm = tl.where(fb, 0.0, 1.0 / tl.where(fb, 1.0, mx))
+
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
+                                            K, V, NK, skt, svt, T, offs_m, offs_d, 0, m0,
+                                            MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
+                                            K, V, NK, skt, svt, T, offs_m, offs_d, m0, hi,
+                                            MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
+
+    inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)
+    out = acc * inv_x[:, None]
+    tl.store(O + offs_m[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+    if MODE == 0:
+        tl.store(STATS + bh * T + offs_m, inv_x, mask=row_ok)                       # 1/Z
+    else:
+        S = STATS + bh * 6 * T + offs_m
+        tl.store(S, tau, mask=row_ok)                                                # τ
+        tl.store(S + T, invm, mask=row_ok)                                           # 1/M
+        tl.store(S + 2 * T, tl.where(fb, 0.0, p * invm * inv_x), mask=row_ok)       # K
+        tl.store(S + 3 * T, tl.where(fb, inv_x, 0.0), mask=row_ok)                  # F
+        tl.store(S + 4 * T, tl.where(fb, 0.0, inv_x), mask=row_ok)                  # 1/X̃
+        if STORE_U:
+            tl.store(S + 5 * T, rsum, mask=row_ok)                                   # R
+            tl.store(U + bh * T * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                     uacc, mask=row_ok[:, None])
+
+
+# ----------------------------------------------------------------------------- backward
+
+@triton.jit
+def _bwd_pre_kernel(O, DO, U, STATS, DE,
+                    sob, soh, sot, sdb, sdh, sdt, H, T,
+                    HEAD_DIM: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per row: D = dO·y and, for lssar, E = (o/i)·K·(dO·U − D·R), the gradient through τ."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bh = pid_bh.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T
+    o = _load_rows(O + _bh_offset(pid_bh, H, sob, soh), offs_m, offs_d, sot, T, True).to(tl.float32)
+    do = _load_rows(DO + _bh_offset(pid_bh, H, sdb, sdh), offs_m, offs_d, sdt, T, True).to(tl.float32)
+    dd = tl.sum(o * do, 1)
+    tl.store(DE + bh * 2 * T + offs_m, dd, mask=row_ok)
+    if MODE == 1:
+        u = _load_rows(U + bh * T * HEAD_DIM, offs_m, offs_d, HEAD_DIM, T, True)
+        S = STATS + bh * 6 * T + offs_m
+        g = tl.load(S + 2 * T, mask=row_ok, other=0.0) * (
+            tl.sum(do * u, 1) - dd * tl.load(S + 5 * T, mask=row_ok, other=0.0))
+        e = tl.where(offs_m >= 3, g / (offs_m + 1).to(tl.float32), 0.0)
+        tl.store(DE + bh * 2 * T + T + offs_m, e, mask=row_ok)
+
+
+@triton.jit
+def _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+               sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE: tl.constexpr):
+    """The backward kernels' inputs moved to head pid_bh."""
+    bh = pid_bh.to(tl.int64)
+    return (Q + _bh_offset(pid_bh, H, sqb, sqh), K + _bh_offset(pid_bh, H, skb, skh),
+            V + _bh_offset(pid_bh, H, svb, svh), DO + _bh_offset(pid_bh, H, sdb, sdh),
+            NQ + bh * T, NK + bh * T, STATS + bh * (1 + 5 * MODE) * T, DE + bh * 2 * T)
+
+
+@triton.jit
+def _store_input_grad(PTR, offs, offs_d, stride, T, g, scale, x, NRM):
+    """Store the gradient of q (or k): scale·g at fixed norm, then the chain rule through
+    x/max(‖x‖, eps): g − x (x·g)/‖x‖² where ‖x‖ > eps (the clamp passes no gradient)."""
+    g = g * scale[:, None]
+    xf = x.to(tl.float32)
+    nrm = tl.load(NRM + offs, mask=offs < T, other=1.0)
+    g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]
+    tl.store(PTR + offs[:, None] * stride + offs_d[None, :], g.to(PTR.dtype.element_ty),
+             mask=(offs < T)[:, None])
+
+
+@triton.jit
+def _row_stats(STATS, DE, offs_m, T, MODE: tl.constexpr):
+    """The saved per-row values the gradient needs (rows past T read as 0: no contribution)."""
+    ok = offs_m < T
+    dd = tl.load(DE + offs_m, mask=ok, other=0.0)
+    if MODE == 0:
+        fc = tl.load(STATS + offs_m, mask=ok, other=0.0)   # 1/Z
+        tau = fc  # unused by lssa
+        invm = fc
+        kc = fc
+        invx = fc
+        e = fc
+    else:
+        tau = tl.load(STATS + offs_m, mask=ok, other=0.0)
+        invm = tl.load(STATS + T + offs_m, mask=ok, other=0.0)
+        kc = tl.load(STATS + 2 * T + offs_m, mask=ok, other=0.0)
+        fc = tl.load(STATS + 3 * T + offs_m, mask=ok, other=0.0)
+        invx = tl.load(STATS + 4 * T + offs_m, mask=ok, other=0.0)
+        e = tl.load(DE + T + offs_m, mask=ok, other=0.0)
+    return dd, tau, invm, kc, fc, invx, e
+
+
+@triton.jit
+def _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE: tl.constexpr, P_INT: tl.constexpr):
+    """From a score tile s2 and dP = dO·v (row statistics already broadcast to the tile):
+    the forward's normalised weights a and dL/ds2."""
+    w = _softplus2(s2)
+    if MODE == 0:
+        a = w * fc
+        dw = (dp - dd) * fc
+    else:
+        pm1, x = _reweight(tl.maximum(w - tau, 0.0) * invm, p, P_INT)
+        a = x * invx + w * fc
+        dw = (kc * pm1 + fc) * (dp - dd) - e
+    return a, dw * tl.exp2(s2 - w)   # dw'/ds2 = sigmoid(s) = 2^(s2 − w')
+
+
+@triton.jit
+def _mm_ds(ds, x, DOT_PREC: tl.constexpr, DS_F32: tl.constexpr):
+    """ds @ x with ds rounded to x's dtype (as FlashAttention-2), or in tf32 for fp16 inputs,
+    whose range the score gradient may exceed."""
+    if DS_F32:
+        res = _mm(ds, x.to(tl.float32), "tf32")
+    else:
+        res = _mm(ds.to(x.dtype), x, DOT_PREC)
+    return res
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+                 offs_d, lo, hi, MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
+                 DS_F32: tl.constexpr, BLOCK_M: tl.constexpr, DIAG: tl.constexpr):
+    """dK, dV of one key block from the query blocks [lo, hi) (tiles transposed: keys x rows)."""
+    for start in range(lo, hi, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
+        do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
+        rho = _row_scale(NQ, offs_m, T, LN_D)
+        dd, tau, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
+        s2 = _mm(k, tl.trans(q), DOT_PREC) * rho[None, :] * kappa[:, None]
+        dp = _mm(v, tl.trans(do), DOT_PREC)
+        a, ds = _bwd_weights(s2, dp, dd[None, :], tau[None, :], invm[None, :], kc[None, :],
+                             fc[None, :], invx[None, :], e[None, :], p, MODE, P_INT)
+        if DIAG:
+            keep = offs_m[None, :] >= offs_n[:, None]
+            a = tl.where(keep, a, 0.0)
+            ds = tl.where(keep, ds, 0.0)
+        dv += _mm(a.to(do.dtype), do, DOT_PREC)
+        dk += _mm_ds(ds * rho[None, :], q, DOT_PREC, DS_F32)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DK, DV,
+                     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+                     sdkb, sdkh, sdkt, sdvb, sdvh, sdvt,
+                     H, T, LN_D, p, T_BUCKET,
+                     HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                     DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)   # key block 0 sees every query: the heaviest go first
+    pid_bh = tl.program_id(1)
+    Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+                                                sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
+
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = _load_rows(K, offs_n, offs_d, skt, T, True)
+    v = _load_rows(V, offs_n, offs_d, svt, T, True)
+    kappa = _inv_norm(NK, offs_n, T, True)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    # the diagonal query blocks (masked), then every later query block (no mask)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+                          offs_d, n0, tl.minimum(n0 + BLOCK_N, T),
+                          MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, True)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+                          offs_d, n0 + BLOCK_N, T,
+                          MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, False)
+
+    # dk_j = κ_j Σ_i dS2_ij ρ_i q_i
+    _store_input_grad(DK + _bh_offset(pid_bh, H, sdkb, sdkh), offs_n, offs_d, sdkt, T, dk, kappa, k, NK)
+    tl.store(DV + _bh_offset(pid_bh, H, sdvb, sdvh) + offs_n[:, None] * sdvt + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=(offs_n < T)[:, None])
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p,
+               K, V, NK, skt, svt, T, offs_d, lo, hi,
+               MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
+               DS_F32: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
+    """dQ of one query block from the key blocks [lo, hi) (row stats already broadcast)."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
+        v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
+        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        s2 = _mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :]
+        dp = _mm(do, tl.trans(v), DOT_PREC)
+        a, ds = _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE, P_INT)
+        if DIAG:
+            ds = tl.where(offs_m[:, None] >= offs_n[None, :], ds, 0.0)
+        dq += _mm_ds(ds * kappa[None, :], k, DOT_PREC, DS_F32)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DQ,
+                   sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, sdqb, sdqh, sdqt,
+                   H, T, LN_D, p, T_BUCKET,
+                   HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                   DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+                                                sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
+    do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
+    rho = _row_scale(NQ, offs_m, T, LN_D)
+    dd, tau, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
+    dd = dd[:, None]
+    tau = tau[:, None]
+    invm = invm[:, None]
+    kc = kc[:, None]
+    fc = fc[:, None]
+    invx = invx[:, None]
+    e = e[:, None]
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p, K, V, NK, skt, svt, T,
+                    offs_d, 0, m0, MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, False)
+    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p, K, V, NK, skt, svt, T,
+                    offs_d, m0, tl.minimum(m0 + BLOCK_M, T), MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, True)
+
+    # dq_i = ρ_i Σ_j dS2_ij κ_j k_j
+    _store_input_grad(DQ + _bh_offset(pid_bh, H, sdqb, sdqh), offs_m, offs_d, sdqt, T, dq, rho, q, NQ)
+
+
+# ----------------------------------------------------------------------------- launching
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in shapes]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dQ: BLOCK_M % BLOCK_N == 0;
+# dK/dV (BLOCK_N keys per program, BLOCK_M queries per step): BLOCK_N % BLOCK_M == 0.
+_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+                         (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4)])
+_DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (64, 128, 4, 2), (32, 64, 4, 3),
+                          (64, 64, 4, 3), (16, 64, 4, 4)])
+_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 2), (64, 32, 4, 3),
+                        (64, 64, 4, 3)])
+_TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "MODE", "P_INT", "STORE_U"]
+_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_TUNE_KEY)(_fwd_kernel)
+_dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=_TUNE_KEY[:4])(_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(_DQ_CONFIGS, key=_TUNE_KEY[:4])(_bwd_dq_kernel)
+
+
+def _fixed_meta(which, dtype):
+    """Launch parameters when not autotuning: the interpreter's small tiles, or one safe GPU config."""
+    if INTERPRET:
+        bm, bn = INTERPRET_BLOCKS[which]
+        return {"BLOCK_M": bm, "BLOCK_N": bn}
+    bm, bn = {"fwd": (64, 64), "dkdv": (32, 64), "dq": (64, 32)}[which]
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2 if dtype == torch.float32 else 3}
+
+
+def _pick(which, plain, tuned, dtype):
+    if AUTOTUNE and not INTERPRET:
+        return tuned, {}
+    return plain, _fixed_meta(which, dtype)
+
+
+def _t_bucket(T):
+    for bucket in (256, 1024, 4096):
+        if T <= bucket:
+            return bucket
+    return 16384
+
+
+def _p_int(p):
+    return int(p) if float(p).is_integer() and 1 <= p <= MAX_INT_POWER else 0
+
+
+def _dot_precision(dtype):
+    # fp32 inputs are matched to the fp32 reference: no tf32 rounding. Ignored for 16-bit.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _norms(x):
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).contiguous()
+
+
+def _identity(kernel):
+    return kernel
+
+
+def _forward(q, k, v, kind, p, need_grad, wrap=_identity):
+    """Launch the forward. Returns (out, stats, u); stats/u are what the backward needs."""
+    B, H, T, D = q.shape
+    mode = KINDS.index(kind)
+    store_u = mode == 1 and need_grad
+    nq, nk = _norms(q), _norms(k)
+    out = torch.empty_like(q, dtype=v.dtype)   # q's memory layout, v's dtype
+    stats = torch.empty((B, H, 1 + 5 * mode, T), device=q.device, dtype=torch.float32)
+    u = torch.empty((B, H, T, D) if store_u else (1,), device=q.device, dtype=torch.float32)
+    kernel, meta = _pick("fwd", _fwd_kernel, _fwd_tuned, q.dtype)
+
+    def grid(META):
+        return (triton.cdiv(T, META["BLOCK_M"]), B * H)
+
+    wrap(kernel)[grid](
+        q, k, v, nq, nk, out, stats, u,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        H, T, math.log(D), float(p), _t_bucket(T),
+        HEAD_DIM=D, MODE=mode, P_INT=_p_int(p), STORE_U=store_u, DOT_PREC=_dot_precision(q.dtype),
+        **meta)
+    return out, stats, u
+
+
+def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
+    """Launch the backward kernels. Returns (dq, dk, dv) in the inputs' dtypes and layouts."""
+    B, H, T, D = q.shape
+    mode = KINDS.index(kind)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    nq, nk = _norms(q), _norms(k)
+    de = torch.empty((B, H, 2, T), device=q.device, dtype=torch.float32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    pre_block = 16 if INTERPRET else 64
+    wrap(_bwd_pre_kernel)[(triton.cdiv(T, pre_block), B * H)](
+        out, dout, u, stats, de,
+        out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+        H, T, HEAD_DIM=D, MODE=mode, BLOCK_M=pre_block)
+
+    common = dict(HEAD_DIM=D, MODE=mode, P_INT=_p_int(p), DOT_PREC=_dot_precision(q.dtype),
+                  DS_F32=q.dtype == torch.float16)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
+    kernel, meta = _pick("dkdv", _bwd_dkdv_kernel, _dkdv_tuned, q.dtype)
+
+    def grid_n(META):
+        return (triton.cdiv(T, META["BLOCK_N"]), B * H)
+
+    wrap(kernel)[grid_n](
+        q, k, v, nq, nk, dout, stats, de, dk, dv, *strides,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        H, T, math.log(D), float(p), _t_bucket(T), **common, **meta)
+
+    kernel, meta = _pick("dq", _bwd_dq_kernel, _dq_tuned, q.dtype)
+
+    def grid_m(META):
+        return (triton.cdiv(T, META["BLOCK_M"]), B * H)
+
+    wrap(kernel)[grid_m](
+        q, k, v, nq, nk, dout, stats, de, dq, *strides,
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        H, T, math.log(D), float(p), _t_bucket(T), **common, **meta)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- autograd / ops
+
+def _op_kind():
+    forced = os.environ.get("LSSA_TRITON_OP")
+    if forced:
+        if forced not in ("triton_op", "custom_op", "function"):
+            raise ValueError(f"LSSA_TRITON_OP must be triton_op, custom_op or function, got {forced!r}")
+        return forced
+    if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton"):
+        return "triton_op"
+    if hasattr(torch.library, "custom_op"):
+        return "custom_op"
+    return "function"
+
+
+OP_KIND = _op_kind()
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kind, p, _ = inputs
+    out, stats, u = output
+    ctx.save_for_backward(q, k, v, out, stats, u)
+    ctx.kind, ctx.p = kind, p
+
+
+def _grad(ctx, dout, *_unused):
+    q, k, v, out, stats, u = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(q, k, v, out, stats, u, dout, ctx.kind, ctx.p)
+    return dq, dk, dv, None, None, None
+
+
+if OP_KIND == "function":
+    def _bwd_op(q, k, v, out, stats, u, dout, kind, p):
+        return _backward(q, k, v, out, stats, u, dout, kind, p)
+
+    class _Attention(torch.autograd.Function):
+        @staticmethod
+        def forward(q, k, v, kind, p, need_grad):
+            return _forward(q, k, v, kind, p, need_grad)
+
+        setup_context = staticmethod(_setup_context)
+        backward = staticmethod(_grad)
+
+    def _fwd_op(q, k, v, kind, p, need_grad):
+        return _Attention.apply(q, k, v, kind, p, need_grad)
+else:
+    if OP_KIND == "triton_op":
+        _define, _wrap = torch.library.triton_op, torch.library.wrap_triton
+    else:
+        _define, _wrap = torch.library.custom_op, _identity
+
+    @_define("lssa_kernels::attention_fwd", mutates_args=())
+    def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str, p: float,
+                need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _forward(q, k, v, kind, p, need_grad, _wrap)
+
+    @_define("lssa_kernels::attention_bwd", mutates_args=())
+    def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                stats: torch.Tensor, u: torch.Tensor, dout: torch.Tensor, kind: str,
+                p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _backward(q, k, v, out, stats, u, dout, kind, p, _wrap)
+
+    if OP_KIND == "custom_op":  # triton_op derives its fake (meta) implementation by itself
+        @_fwd_op.register_fake
+        def _(q, k, v, kind, p, need_grad):
+            B, H, T, D = q.shape
+            mode = KINDS.index(kind)
+            u_shape = (B, H, T, D) if mode == 1 and need_grad else (1,)
+            return (torch.empty_like(q, dtype=v.dtype),
+                    q.new_empty((B, H, 1 + 5 * mode, T), dtype=torch.float32),
+                    q.new_empty(u_shape, dtype=torch.float32))
+
+        @_bwd_op.register_fake
+        def _(q, k, v, out, stats, u, dout, kind, p):
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    _fwd_op.register_autograd(_grad, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def unsupported_reason(q, k, v, kind):
+    """Why the fused kernel cannot run on these inputs, or None when it can."""
+    if kind not in KINDS:
+        return f"no fused kernel for attention type {kind!r} (only {', '.join(KINDS)})"
+    if not all(t.is_cuda for t in (q, k, v)):
+        if not (INTERPRET and all(t.device.type == "cpu" for t in (q, k, v))):
+            return ("q, k, v are not all CUDA tensors (CPU tensors need Triton's interpreter, "
+                    "TRITON_INTERPRET=1 set before triton is imported)")
+    if len({t.device for t in (q, k, v)}) != 1:
+        return "q, k, v are on different devices"
+    if q.dim() != 4 or q.shape != k.shape or q.shape[:-1] != v.shape[:-1] or v.shape[-1] != q.shape[-1]:
+        return f"expected q, k, v of one shape (B, n_head, T, head_dim), got {tuple(q.shape)}, " \
+               f"{tuple(k.shape)}, {tuple(v.shape)}"
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"head_dim {q.shape[-1]} is not supported (supported: {SUPPORTED_HEAD_DIMS})"
+    if any(t.dtype not in SUPPORTED_DTYPES for t in (q, k, v)):
+        return f"dtypes {q.dtype}, {k.dtype}, {v.dtype}: the kernel takes float16, bfloat16 or float32"
+    B, H, T, _ = q.shape
+    if B * H * T == 0:
+        return "empty input"
+    if B * H > MAX_GRID_Y:
+        return f"batch x heads = {B * H} exceeds the launch grid limit {MAX_GRID_Y}"
+    return None
+
+
+def lssa_attention(q, k, v, kind="lssa", p=15.0):
+    """Fused causal lssa/lssar attention. q, k, v: (B, n_head, T, head_dim) after RoPE
+    (q, k raw: the QK-norm is part of the op). Returns (B, n_head, T, head_dim) in v's dtype.
+    Differentiable in q, k, v. See `unsupported_reason` for what is supported."""
+    reason = unsupported_reason(q, k, v, kind)
+    if reason is not None:
+        raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}")
+    out_dtype = v.dtype
+    if not (q.dtype == k.dtype == v.dtype):
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    out, _, _ = _fwd_op(q, k, v, kind, float(p), need_grad)
+    return out.to(out_dtype)
