@@ -17,6 +17,7 @@ plain-PyTorch code in this file is the *reference*: fast kernels must match it, 
 gradient, and the tests hold them to it.
 """
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -122,8 +123,10 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto"):
 
     q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
     in v's dtype. `p` is lssar's re-weighting power. `backend`: "auto" uses the fused kernel
-    when one applies (CUDA) and the reference otherwise; "reference" forces the reference;
-    "kernel" requires the kernel and fails loudly where it cannot run.
+    when one applies (CUDA tensors, triton importable, head_dim 16/32/64/128, fp16/bf16/fp32:
+    kernels/lssa_triton.py) and the reference otherwise; "reference" forces the reference;
+    "kernel" requires the kernel and fails loudly where it cannot run (it also accepts CPU
+    tensors under Triton's interpreter, TRITON_INTERPRET=1, for tests). softmax is always SDPA.
     """
     check_attention_type(kind)
     check_backend(backend)
@@ -132,7 +135,22 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto"):
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1] or q.dim() != 4:
         raise ValueError(f"expected q, k, v of shape (B, n_head, T, head_dim); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if kind == "softmax" or backend == "reference":
+        return reference_attention(q, k, v, kind, p)   # softmax is always SDPA, whatever the backend
+    if q.is_cuda or backend == "kernel":  # "auto" never imports triton for CPU tensors
+        try:
+            from kernels import lssa_triton
+        except Exception as e:  # ImportError without triton; anything else is a broken install
+            reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
+            if backend == "auto":
+                warnings.warn(f"{reason}; using the slow reference {kind} attention")
+        else:
+            reason = lssa_triton.unsupported_reason(q, k, v, kind)
+            if reason is None:
+                return lssa_triton.lssa_attention(q, k, v, kind, p)
+    else:
+        reason = f"the fused kernel needs CUDA tensors, got {q.device.type}"
     if backend == "kernel":
-        raise RuntimeError("no fused attention kernel is available in this build; "
+        raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}; "
                            "use backend='auto' or 'reference'")
     return reference_attention(q, k, v, kind, p)
