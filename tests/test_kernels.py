@@ -1,0 +1,335 @@
+"""The fused Triton kernels (kernels/lssa_triton.py) against the reference (attention.py):
+outputs and the gradients of q, k, v.
+
+CPU (CI): the kernels run under Triton's interpreter, which must be switched on
+(TRITON_INTERPRET=1) before triton is imported. This process may already have imported
+triton (torch does, lazily), so every interpreter case runs in one child process that sets
+the variable first; the cases below are parametrised over that child's results. Skipped with
+a reason when triton is not installed.
+
+GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024},
+fp32/bf16/fp16, lssar's fallback and large p, a T = 16384 forward in O(T) memory and a
+torch.compile'd forward/backward.
+
+Errors are max |kernel − reference| / max |reference| per tensor (fp32 reference, computed
+from the same inputs). fp32 must agree to 1e-4; bf16/fp16 are loose (the output, the weights
+fed to the value matmul and the score gradients are rounded to 16 bits).
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import attention
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (see requirements-dev.txt)")
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+TOL = {"float32": 1e-4, "bfloat16": 6e-2, "float16": 2e-2}
+MIXED_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}  # BLOCK_M != BLOCK_N
+
+
+def _case(name, kind, T, d=16, p=15.0, dtype="float32", B=1, H=2, **extra):
+    return dict(name=name, kind=kind, T=T, d=d, p=p, dtype=dtype, B=B, H=H, **extra)
+
+
+INTERPRETER_CASES = (
+    # the first rows: row 1 is uniform, rows 1-3 have no lssar threshold, row 4 is the first with one
+    [_case(f"{kind}-T{T}", kind, T) for kind in ("lssa", "lssar") for T in (1, 2, 3, 4, 5)]
+    + [
+        # T not a multiple of the block, several blocks, two batches
+        _case("lssa-T17-d32", "lssa", 17, d=32, B=2),
+        _case("lssar-T17-d32", "lssar", 17, d=32, B=2),
+        # BLOCK_M != BLOCK_N, q/k/v strided views of one (B, T, 3, H, d) tensor
+        _case("lssa-T67-mixedblocks-strided", "lssa", 67, blocks=MIXED_BLOCKS, strided=True),
+        _case("lssar-T67-mixedblocks-strided", "lssar", 67, blocks=MIXED_BLOCKS, strided=True),
+        # large and non-integer powers
+        _case("lssar-T67-p40", "lssar", 67, p=40.0),
+        _case("lssar-T40-p2.5", "lssar", 40, p=2.5),
+        _case("lssar-T40-p1", "lssar", 40, p=1.0),
+        # zero queries: every weight of the row is softplus(0), nothing is above the mean, so
+        # lssar falls back to lssa. Rows <= 11 only: there the fp32 reference's mean is exact
+        # and it takes the fallback too (beyond, it may round the mean below the weights).
+        _case("lssa-T11-zero-queries", "lssa", 11, zero_rows=list(range(4, 11))),
+        _case("lssar-T11-zero-queries", "lssar", 11, zero_rows=list(range(4, 11))),
+        # inference (no autograd: lssar skips the gradient statistics)
+        _case("lssar-T67-nograd", "lssar", 67, grad=False),
+        # 16-bit inputs
+        _case("lssa-T67-bf16", "lssa", 67, d=32, dtype="bfloat16", B=2),
+        _case("lssar-T67-bf16", "lssar", 67, d=32, dtype="bfloat16", B=2),
+        _case("lssar-T40-fp16", "lssar", 40, d=32, dtype="float16"),
+    ]
+)
+
+# Run in the child process: TRITON_INTERPRET is set before anything imports triton.
+_CHILD = r"""
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, sys.argv[1])
+import torch
+import attention
+from kernels import lssa_triton
+
+def err(a, b):
+    a, b = a.double(), b.double()
+    if b.numel() == 0:
+        return 0.0
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+def inputs(c, dtype):
+    g = torch.Generator().manual_seed(1234 + c["T"])
+    B, H, T, d = c["B"], c["H"], c["T"], c["d"]
+    if c.get("strided"):
+        qkv = torch.randn(B, T, 3, H, d, generator=g).to(dtype)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    else:
+        q, k, v = (torch.randn(B, H, T, d, generator=g).to(dtype) for _ in range(3))
+    if c.get("zero_rows"):
+        q = q.clone()
+        q[:, :, c["zero_rows"]] = 0
+    return q, k, v, torch.randn(B, H, T, d, generator=g).to(dtype)
+
+def run(c, backend, q, k, v, dout):
+    grad = c.get("grad", True)
+    q, k, v = (t.detach().requires_grad_(grad) for t in (q, k, v))
+    with torch.set_grad_enabled(grad):
+        out = attention.causal_attention(q, k, v, c["kind"], c["p"], backend=backend)
+    if not grad:
+        return [out]
+    (out.float() * dout.float()).sum().backward()
+    return [out, q.grad, k.grad, v.grad]
+
+results = {}
+default_blocks = dict(lssa_triton.INTERPRET_BLOCKS)
+for c in json.loads(sys.stdin.read()):
+    lssa_triton.INTERPRET_BLOCKS.update(c.get("blocks") or default_blocks)
+    q, k, v, dout = inputs(c, getattr(torch, c["dtype"]))
+    got = run(c, "kernel", q, k, v, dout)
+    ref = run(c, "reference", q, k, v, dout)
+    names = ["out", "dq", "dk", "dv"]
+    res = {"nan": any(bool(t.isnan().any()) for t in got), "err": {}}
+    for name, a, b in zip(names, got, ref):
+        if name == "dq" and c.get("zero_rows"):  # zero rows' gradient is ~1/eps: compare apart
+            zero = torch.zeros(c["T"], dtype=torch.bool)
+            zero[c["zero_rows"]] = True
+            res["err"]["dq_zero_rows"] = err(a[:, :, zero], b[:, :, zero])
+            a, b = a[:, :, ~zero], b[:, :, ~zero]
+        res["err"][name] = err(a, b)
+    results[c["name"]] = res
+print("RESULTS" + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (see requirements-dev.txt)")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, REPO], input=json.dumps(INTERPRETER_CASES),
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS")]
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULTS"):])
+
+
+@needs_triton
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=[c["name"] for c in INTERPRETER_CASES])
+def test_interpreter_matches_reference(interpreter_results, case):
+    res = interpreter_results[case["name"]]
+    assert not res["nan"], "NaN in the kernel's output or gradients"
+    tol = TOL[case["dtype"]]
+    bad = {name: e for name, e in res["err"].items() if not e <= tol}
+    assert not bad, f"errors above {tol:g}: {bad} (all: {res['err']})"
+
+
+_COMPILE_CHILD = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+os.environ["LSSA_TRITON_OP"] = "custom_op"
+sys.path.insert(0, sys.argv[1])
+import torch
+import attention
+
+def f(q, k, v):
+    return attention.causal_attention(q, k, v, "lssar", 15.0, backend="kernel")
+
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, 2, 20, 16, generator=g, requires_grad=True) for _ in range(3))
+eager = f(q, k, v)
+eager.sum().backward()
+want = [t.grad.clone() for t in (q, k, v)]
+for t in (q, k, v):
+    t.grad = None
+out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+out.sum().backward()
+assert torch.equal(out, eager)
+assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+print("COMPILED-OK")
+"""
+
+
+@needs_triton
+def test_interpreter_under_torch_compile():
+    """The dispatch and the op trace into one graph (fullgraph=True: no graph break) and give
+    the eager results. On the CPU only the opaque custom_op registration can be traced (the
+    interpreter's kernels are not traceable); the GPU test covers the default."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, REPO], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert "COMPILED-OK" in proc.stdout, f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 16, generator=g) for _ in range(3))
+    for kind in ("lssa", "lssar"):
+        want = attention.causal_attention(q, k, v, kind, backend="reference")
+        assert torch.equal(attention.causal_attention(q, k, v, kind, backend="auto"), want)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="the interpreter is on: the kernel would run")
+def test_kernel_backend_on_cpu_fails_loudly():
+    q = torch.randn(1, 2, 9, 16)
+    with pytest.raises(RuntimeError, match="fused lssa kernel cannot run"):
+        attention.causal_attention(q, q, q, "lssa", backend="kernel")
+
+
+def test_softmax_ignores_the_backend():
+    q = torch.randn(1, 2, 9, 16)
+    want = attention.causal_attention(q, q, q, "softmax", backend="reference")
+    assert torch.equal(attention.causal_attention(q, q, q, "softmax", backend="kernel"), want)
+
+
+@needs_triton
+def test_unsupported_inputs_are_named():
+    from kernels import lssa_triton
+    q = torch.randn(1, 2, 9, 48)
+    reason = lssa_triton.unsupported_reason(q, q, q, "lssa")
+    assert reason is not None and ("CUDA" in reason or "head_dim 48" in reason)
+    assert "softmax" in lssa_triton.unsupported_reason(q, q, q, "softmax")
+
+
+# ----------------------------------------------------------------------------- GPU
+
+@pytest.fixture
+def fixed_config():
+    """One fixed tile configuration: autotuning every dtype x head dim x mode would take minutes."""
+    from kernels import lssa_triton
+    saved, lssa_triton.AUTOTUNE = lssa_triton.AUTOTUNE, False
+    yield lssa_triton
+    lssa_triton.AUTOTUNE = saved
+
+
+def _gpu_errors(kind, T, d, dtype, p=15.0, B=2, H=3, zero_rows=None, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v, dout = (torch.randn(B, H, T, d, device="cuda", generator=g).to(dtype) for _ in range(4))
+    if zero_rows is not None:
+        q[:, :, zero_rows] = 0
+    res = {}
+    for backend in ("kernel", "reference"):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attention.causal_attention(*x, kind, p, backend=backend)
+        (out.float() * dout.float()).sum().backward()
+        res[backend] = [out] + [t.grad for t in x]
+    errors = {}
+    for name, a, b in zip(("out", "dq", "dk", "dv"), res["kernel"], res["reference"]):
+        assert not a.isnan().any(), f"NaN in {name}"
+        scale = b.double().abs().max().item()
+        errors[name] = (a.double() - b.double()).abs().max().item() / (scale if scale > 0 else 1.0)
+    return errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 127, 1000, 1024])
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_matches_reference(fixed_config, kind, T, d, dtype):
+    errors = _gpu_errors(kind, T, d, dtype)
+    tol = TOL[str(dtype).split(".")[-1]]
+    assert all(e <= tol for e in errors.values()), errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("p", [1.0, 2.5, 40.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_lssar_powers(fixed_config, p, dtype):
+    errors = _gpu_errors("lssar", 1000, 64, dtype, p=p)
+    assert all(e <= TOL[str(dtype).split(".")[-1]] for e in errors.values()), errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_fallback_rows(fixed_config, kind):
+    errors = _gpu_errors(kind, 11, 64, torch.float32, zero_rows=list(range(4, 11)))
+    errors.pop("dq")  # ~1/eps on the zero rows, checked on the CPU
+    assert all(e <= TOL["float32"] for e in errors.values()), errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_autotuned(kind):
+    from kernels import lssa_triton
+    assert lssa_triton.AUTOTUNE
+    errors = _gpu_errors(kind, 1024, 64, torch.bfloat16, B=4, H=4)
+    assert all(e <= TOL["bfloat16"] for e in errors.values()), errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_long_forward_in_linear_memory(kind):
+    """T = 16384, 12 heads: the score matrix alone would be 16384² x 12 x 4 bytes = 12.9 GB."""
+    B, H, T, d = 1, 12, 16384, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, d, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        out = attention.causal_attention(q, k, v, kind, backend="kernel")
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 256 * 2**20, f"the forward allocated {extra / 2**20:.0f} MiB"
+    with torch.no_grad():  # the reference walks over row blocks: bounded memory, slower
+        want = attention.causal_attention(q, k, v, kind, backend="reference")
+    err = (out.double() - want.double()).abs().max().item() / want.double().abs().max().item()
+    assert err <= TOL["bfloat16"], err
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_torch_compile(kind):
+    def f(q, k, v):
+        return attention.causal_attention(q, k, v, kind, backend="kernel")
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = [torch.randn(2, 4, 256, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3)]
+    results = []
+    for fn in (f, torch.compile(f)):
+        leaves = [t.clone().requires_grad_() for t in x]
+        out = fn(*leaves)
+        out.float().square().sum().backward()
+        results.append([out] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert (a.float() - b.float()).abs().max().item() <= 1e-2 * b.float().abs().max().item()
