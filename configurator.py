@@ -1,0 +1,186 @@
+"""
+Training configuration: one dataclass of defaults, overridden by config files and --key=value.
+
+    python train.py config/paper_124m.py --attention=lssar --batch_size=16
+
+A config file is plain Python (as in nanoGPT): every top-level name it assigns overrides the
+default of the same name, and `include("config/other.py")` pulls in another file first, so a
+variant states only what differs. --key=value arguments come last and win. An unknown key or
+a value of the wrong type is an error that names the key and the closest valid ones.
+"""
+import ast
+import difflib
+import os
+from dataclasses import asdict, dataclass, fields
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out/{model}-{dataset}-{attention}"   # {key} is filled from this config
+    init_from: str = "scratch"          # "scratch" | "resume" (latest checkpoint in out_dir)
+    eval_interval: int = 250            # steps between validation losses
+    eval_iters: int = 20                # validation batches per evaluation (a fixed set)
+    log_interval: int = 10              # steps between metrics.jsonl lines
+    ckpt_interval: int = 1000           # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2           # older ones are deleted after a newer one is safe
+    wandb_log: bool = False
+    wandb_project: str = "lssa-gpt"
+    wandb_run_name: str = "{model}-{dataset}-{attention}"
+    # data
+    dataset: str = "fineweb-10B"        # shards in data/<dataset>/ (python data/prepare.py <dataset>)
+    data_dir: str = ""                  # overrides data/<dataset>/
+    batch_size: int = 32                # sequences per micro-step per process
+    block_size: int = 1024              # the training context
+    total_batch_size: int = 524288      # tokens per optimizer step; 0 = one micro-step per process
+    # model
+    model: str = "gpt2-124M"            # a preset of model.PRESETS
+    n_layer: int = 0                    # 0 = the preset's
+    n_head: int = 0
+    n_embd: int = 0
+    vocab_size: int = 50304
+    attention: str = "softmax"          # "softmax" | "lssa" | "lssar"
+    reweight_p: float = 15.0            # lssar's power p
+    rope_base: float = 10000.0
+    attention_backend: str = "auto"     # "auto" | "reference" | "kernel"
+    dropout: float = 0.0
+    bias: bool = True
+    # optimizer: AdamW, linear warm-up then cosine decay
+    learning_rate: float = 6e-4
+    max_iters: int = 18865
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0              # 0 disables clipping
+    decay_lr: bool = True
+    warmup_iters: int = 700
+    lr_decay_iters: int = 0             # 0 = max_iters
+    min_lr: float = 0.0
+    # system
+    device: str = "auto"                # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"                 # "auto" (bfloat16 on CUDA, else float32) | "float32" | "bfloat16" | "float16"
+    compile: bool = True                # torch.compile the model
+    tf32: bool = True                   # TF32 matmuls for the fp32 parts on Ampere and later
+    backend: str = "auto"               # DDP backend: "auto" (nccl on CUDA, gloo on CPU) | "nccl" | "gloo"
+    seed: int = 1337
+
+    def resolve_templates(self):
+        """Fill the {key} templates of out_dir and wandb_run_name from the config."""
+        values = asdict(self)
+        self.out_dir = self.out_dir.format(**values)
+        self.wandb_run_name = self.wandb_run_name.format(**values)
+        return self
+
+
+CHOICES = {
+    "init_from": ("scratch", "resume"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+    "backend": ("auto", "nccl", "gloo"),
+}
+
+# Keys that may change when a run is resumed; every other key must match the checkpoint's.
+RESUMABLE_CHANGES = {"out_dir", "init_from", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
+                     "keep_checkpoints", "wandb_log", "wandb_project", "wandb_run_name", "max_iters",
+                     "device", "compile", "backend", "data_dir", "attention_backend"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _unknown_key(key, valid):
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} (valid keys are listed in configurator.py: TrainConfig)")
+
+
+def _check_value(key, value, default):
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        raise ConfigError(f"config key {key!r} expects {expected.__name__}, got {type(value).__name__} {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(CHOICES[key])}; got {value!r}")
+    return value
+
+
+def _exec_config_file(path, namespace, seen):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found (config files live in {os.path.join(REPO_ROOT, 'config')})")
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(f"config file {path!r} includes itself")
+    seen.add(real)
+    namespace["include"] = lambda other: _exec_config_file(
+        other if os.path.isabs(other) or os.path.exists(other) else os.path.join(REPO_ROOT, other), namespace, seen)
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), namespace)
+
+
+def parse_value(text, default):
+    """--key=value: a Python literal (1e-3, True, 'x'), or the raw text for a string key."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(default, str):
+            return text
+        raise ConfigError(f"cannot parse {text!r} as a value")
+
+
+def load_config(argv):
+    """TrainConfig from argv: config files (paths ending in .py) then --key=value overrides."""
+    defaults = TrainConfig()
+    valid = [f.name for f in fields(TrainConfig)]
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise ConfigError(f"expected --key=value, got {arg!r}")
+            if key not in valid:
+                raise _unknown_key(key, valid)
+            try:
+                value = parse_value(text, getattr(defaults, key))
+            except ConfigError as e:
+                raise ConfigError(f"config key {key!r}: {e}") from None
+            values[key] = _check_value(key, value, getattr(defaults, key))
+        else:
+            namespace = {}
+            _exec_config_file(arg, namespace, set())
+            for key, value in namespace.items():
+                if key.startswith("_") or key == "include" or callable(value) or type(value).__name__ == "module":
+                    continue
+                if key not in valid:
+                    raise ConfigError(f"in {arg}: " + str(_unknown_key(key, valid)))
+                values[key] = _check_value(key, value, getattr(defaults, key))
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    """Catch bad model settings at load time, with the message of the module that owns them."""
+    from attention import check_attention_type, check_backend, check_reweight_p
+    from model import PRESETS
+    try:
+        check_attention_type(cfg.attention)
+        check_backend(cfg.attention_backend)
+        check_reweight_p(cfg.reweight_p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.model not in PRESETS:
+        raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
+                          f"(n_layer/n_head/n_embd override a preset's shape)")
+    positive = ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                "ckpt_interval", "keep_checkpoints")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
+
+
+def config_diff(a, b, ignore=()):
+    """Keys whose values differ between two config dicts."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)}

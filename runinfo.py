@@ -1,0 +1,72 @@
+"""What a result needs to be traced: code version, hardware, software, peak FLOPs."""
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Dense bf16 tensor-core peak FLOP/s (no sparsity), for MFU. Matched against the CUDA
+# device name; first match wins, so the more specific names come first.
+PEAK_BF16_FLOPS = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),          # SXM
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),          # fp16: V100 has no bf16
+    ("T4", 65e12),             # fp16
+]
+
+
+def peak_flops(device):
+    """Peak bf16 FLOP/s of a CUDA device, or None (CPU, unknown GPU: no MFU is reported)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def code_version():
+    """{'commit', 'dirty'} of the repository's git checkout ('unknown' outside one)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": "unknown", "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def hardware(device="cpu"):
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        try:
+            import triton
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    return info
