@@ -1,0 +1,3 @@
+# The paper's recipe on OpenWebText instead of FineWeb (python data/prepare.py openwebtext).
+include("config/paper_124m.py")
+dataset = "openwebtext"

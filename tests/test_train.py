@@ -1,0 +1,196 @@
+"""train.py: configs, the demo config learning, exact resume after kill -9, DDP, errors."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from checkpoint import list_checkpoints, load_checkpoint
+from configurator import ConfigError, load_config
+from data.shards import write_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    """A learnable token stream: a fixed Markov chain where each token has two likely successors."""
+    d = tmp_path_factory.mktemp("synth")
+    rng = np.random.default_rng(0)
+    successors = rng.integers(0, VOCAB, size=(VOCAB, 2))
+    for split, n, index in (("val", 20_000, 0), ("train", 200_000, 1)):
+        tokens = np.empty(n, dtype=np.uint16)
+        tokens[0] = 0
+        choice = rng.integers(0, 2, size=n)
+        for i in range(1, n):
+            tokens[i] = successors[tokens[i - 1], choice[i]]
+        write_shard(d / f"synth_{split}_{index:06d}.bin", tokens)
+    return str(d)
+
+
+def tiny_args(synth_dir, out_dir, *extra):
+    return ["config/demo_cpu.py", f"--data_dir={synth_dir}", f"--out_dir={out_dir}", "--model=tiny",
+            f"--vocab_size={VOCAB}", "--block_size=32", "--batch_size=8", "--eval_iters=2", *extra]
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(out_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(out_dir) if "loss" in r}
+
+
+def run_train(args, env=None, check=True, nproc=None):
+    cmd = [sys.executable, "train.py", *args]
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=check,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
+
+
+def test_demo_config_learns(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=40", "--log_interval=5", "--eval_interval=20",
+                         "--attention=lssar", "--learning_rate=1e-2"))
+    metrics = read_metrics(out)
+    losses = [r["loss"] for r in metrics if "loss" in r]
+    vals = [r["val_loss"] for r in metrics if "val_loss" in r]
+    assert losses[-1] < losses[0] - 1.0 and vals[-1] < vals[0] - 1.0
+    assert all(k in metrics[1] for k in ("step", "loss", "lr", "tokens_per_s", "grad_norm"))
+    saved = json.load(open(out / "config.json"))
+    assert saved["attention"] == "lssar" and saved["model"] == "tiny"
+    run = json.load(open(out / "run.json"))
+    assert {"code", "hardware", "command"} <= set(run) and "commit" in run["code"]
+    ckpt = load_checkpoint(str(out))
+    assert ckpt["step"] == 40 and ckpt["model_config"]["attention"] == "lssar"
+
+
+def test_resume_after_kill_is_exact(synth_dir, tmp_path):
+    args = ["--max_iters=12", "--ckpt_interval=4", "--log_interval=1", "--eval_interval=6", "--dropout=0.1"]
+    straight = tmp_path / "straight"
+    run_train(tiny_args(synth_dir, straight, *args))
+    crashed = tmp_path / "crashed"
+    proc = run_train(tiny_args(synth_dir, crashed, *args), env={"TRAIN_CRASH_AFTER_STEP": "10"}, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(crashed)] == [4, 8]       # keep_checkpoints=2
+    (crashed / "ckpt_000099.pt.tmp").write_bytes(b"half-written")     # a torn write is ignored
+    run_train(tiny_args(synth_dir, crashed, *args, "--init_from=resume"))
+    expected, got = train_losses(straight), train_losses(crashed)
+    assert sorted(got) == list(range(1, 13))
+    assert got == expected  # bit-for-bit, dropout included
+    vals = lambda d: [(r["step"], r["val_loss"]) for r in read_metrics(d) if "val_loss" in r]
+    assert [s for s, _ in vals(crashed)] == [0, 6, 12] and vals(crashed) == vals(straight)
+
+
+def test_torchrun_two_processes_match_one(synth_dir, tmp_path):
+    # 2 processes x batch 4 == 1 process x 2 micro-steps x batch 4: the same global batch
+    common = ["--max_iters=6", "--log_interval=1", "--eval_interval=100", "--batch_size=4",
+              "--total_batch_size=256", "--attention=lssa"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train(tiny_args(synth_dir, one, *common)[:-1] + ["--batch_size=4"])
+    run_train(tiny_args(synth_dir, two, *common)[:-1] + ["--batch_size=4"], nproc=2)
+    a, b = train_losses(one), train_losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5)
+    assert json.load(open(two / "run.json"))["world_size"] == 2
+
+
+def test_paper_configs_token_budget():
+    cfg = load_config(["config/paper_124m.py", "--attention=lssar"])
+    assert (cfg.model, cfg.dataset, cfg.block_size, cfg.attention) == ("gpt2-124M", "fineweb-10B", 1024, "lssar")
+    assert cfg.total_batch_size == 524288 and cfg.max_iters == 18865
+    assert cfg.total_batch_size * cfg.max_iters == 9_890_693_120  # ~10B tokens
+    assert (cfg.learning_rate, cfg.warmup_iters, cfg.min_lr, cfg.weight_decay, cfg.grad_clip) == (6e-4, 700, 0.0, 0.1, 1.0)
+    assert (cfg.beta1, cfg.beta2) == (0.9, 0.95)
+    assert [train.grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [16, 8, 4, 2]
+    owt = load_config(["config/paper_124m_owt.py"])
+    assert owt.dataset == "openwebtext" and owt.max_iters == cfg.max_iters
+    for name, model in (("350m", "gpt2-350M"), ("774m", "gpt2-774M"), ("1.5b", "gpt2-1.5B")):
+        big = load_config([f"config/paper_{name}.py"])
+        assert big.model == model and big.total_batch_size == 524288
+        assert train.grad_accum_steps(big, 8) * 8 * big.batch_size * 1024 == 524288
+    assert load_config(["config/paper_124m.py"]).resolve_templates().out_dir == "out/gpt2-124M-fineweb-10B-softmax"
+
+
+def test_lr_schedule():
+    cfg = load_config(["config/paper_124m.py"])
+    assert train.lr_at(0, cfg) == pytest.approx(6e-4 / 700)
+    assert train.lr_at(699, cfg) == pytest.approx(6e-4)
+    assert train.lr_at(18865, cfg) == pytest.approx(0.0, abs=1e-12)
+    mid = 700 + (18865 - 700) // 2
+    assert train.lr_at(mid, cfg) == pytest.approx(3e-4, rel=1e-3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rat=1e-3"], "unknown config key 'learning_rat'; did you mean learning_rate"),
+    (["--max_iters=ten"], "'max_iters'.*cannot parse"),
+    (["--max_iters=1.5"], "'max_iters' expects int, got float"),
+    (["--compile=1"], "'compile' expects bool"),
+    (["--dtype=fp8"], "'dtype' must be one of auto, float32, bfloat16, float16"),
+    (["config/nope.py"], "config file 'config/nope.py' not found"),
+    (["--max_iters"], "expected --key=value"),
+])
+def test_config_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("include('config/paper_124m.py')\nbatchsize = 8\n")
+    with pytest.raises(ConfigError, match=r"bad.py.*unknown config key 'batchsize'; did you mean batch_size"):
+        load_config([str(path)])
+
+
+def test_run_errors_are_clear(synth_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown attention type 'softplus'.*softmax, lssa, lssar"):
+        train.main(tiny_args(synth_dir, tmp_path / "x", "--attention=softplus"))
+    with pytest.raises(ConfigError, match="has no checkpoint; start with --init_from=scratch"):
+        train.main(tiny_args(synth_dir, tmp_path / "y", "--init_from=resume"))
+    with pytest.raises(ConfigError, match="not a multiple of batch_size x block_size x processes"):
+        train.main(tiny_args(synth_dir, tmp_path / "z", "--total_batch_size=1000"))
+    with pytest.raises(ConfigError, match="unknown model 'gpt5'"):
+        train.main(tiny_args(synth_dir, tmp_path / "z", "--model=gpt5"))
+    # on the command line: one line naming the problem and the fix, no traceback
+    proc = run_train(tiny_args(str(tmp_path / "missing"), tmp_path / "w"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("data error:") and "python data/prepare.py" in proc.stderr
+
+
+def test_scratch_never_overwrites_and_resume_checks_config(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=2", "--ckpt_interval=2"))
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--init_from=resume"):
+        train.main(tiny_args(synth_dir, out, "--max_iters=2"))
+    with pytest.raises(ConfigError, match="different config: attention"):
+        train.main(tiny_args(synth_dir, out, "--max_iters=4", "--init_from=resume", "--attention=lssa"))
+    train.main(tiny_args(synth_dir, out, "--max_iters=4", "--init_from=resume"))  # max_iters may grow
+    assert list_checkpoints(out)[-1][0] == 4
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train.main(tiny_args(synth_dir, out, "--max_iters=20", "--ckpt_interval=1", "--log_interval=1",
+                             "--learning_rate=1e30", "--warmup_iters=0", "--decay_lr=False", "--grad_clip=0.0"))
+    ckpts = list_checkpoints(out)
+    assert ckpts and ckpts[-1][0] < 20
+    state = load_checkpoint(str(out))["model"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_wandb_offline_writes_files(synth_dir, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed")
+    out = tmp_path / "run"
+    run_train(tiny_args(synth_dir, out, "--max_iters=2", "--wandb_log=True"), env={"WANDB_MODE": "offline"})
+    assert glob.glob(str(out / "wandb" / "offline-run-*" / "*.wandb"))

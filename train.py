@@ -1,0 +1,307 @@
+"""
+Train a GPT with softmax, lssa or lssar attention.
+
+    python train.py config/demo_cpu.py                          # CPU, a couple of minutes
+    python train.py config/paper_124m.py --attention=lssar      # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/paper_124m.py --attention=lssar
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST:29500 train.py config/paper_124m.py           # multi-node
+
+Each run writes into out_dir: config.json (the resolved config), run.json (code version,
+hardware, command), metrics.jsonl (one JSON object per logged step) and ckpt_<step>.pt
+checkpoints. --init_from=resume continues from the newest checkpoint exactly: the same
+batches, the same random numbers, the same losses as a run that never stopped.
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, load_config
+from data.shards import ShardError, TrainLoader, load_tokens, val_windows
+from model import GPT, config_from_preset
+from runinfo import code_version, hardware, peak_flops
+
+
+def setup_distributed(cfg):
+    """(rank, local_rank, world_size, device). torchrun sets RANK/WORLD_SIZE; else one process."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and ddp:
+        device = f"cuda:{local_rank}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    if ddp:
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend=backend)
+    return rank, local_rank, world_size, device
+
+
+def lr_at(step, cfg):
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at lr_decay_iters."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    progress = min(1.0, (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters))
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def grad_accum_steps(cfg, world_size):
+    per_step = cfg.batch_size * cfg.block_size * world_size
+    if cfg.total_batch_size == 0:
+        return 1
+    if cfg.total_batch_size % per_step:
+        raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size x block_size x "
+                          f"processes = {cfg.batch_size} x {cfg.block_size} x {world_size} = {per_step}; "
+                          f"change batch_size or total_batch_size")
+    return cfg.total_batch_size // per_step
+
+
+def rng_states(device):
+    states = {"torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states, device):
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and device.startswith("cuda"):
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def append_jsonl(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path, ckpt_step):
+    """On resume, drop what the interrupted run logged after its last checkpoint: the train
+    record of the checkpoint's step stays, its validation (logged after) is redone."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keep = [json.dumps(r) + "\n" for r in records
+            if r["step"] < ckpt_step or (r["step"] == ckpt_step and "val_loss" not in r)]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv):
+    cfg = load_config(argv).resolve_templates()
+    rank, local_rank, world_size, device = setup_distributed(cfg)
+    master = rank == 0
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bfloat16; use --dtype=float16 (or float32)")
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    if cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    accum = grad_accum_steps(cfg, world_size)
+    tokens_per_step = accum * cfg.batch_size * cfg.block_size * world_size
+
+    # --- the run directory: refuse to overwrite, or pick up where the last run stopped
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    checkpoints = list_checkpoints(cfg.out_dir)
+    ckpt = None
+    if cfg.init_from == "scratch" and checkpoints:
+        raise ConfigError(f"{cfg.out_dir} already holds checkpoints (newest: step {checkpoints[-1][0]}); "
+                          f"continue it with --init_from=resume, or choose another --out_dir")
+    if cfg.init_from == "resume":
+        if not checkpoints:
+            raise ConfigError(f"--init_from=resume but {cfg.out_dir} has no checkpoint; start with --init_from=scratch")
+        ckpt = load_checkpoint(checkpoints[-1][1], map_location=device)
+        changed = config_diff(ckpt["config"], asdict(cfg), ignore=RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError("cannot resume with a different config: " + ", ".join(
+                f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items()))
+        if ckpt["world_size"] != world_size or ckpt["accum"] != accum:
+            raise ConfigError(f"the checkpoint was written by {ckpt['world_size']} processes x {ckpt['accum']} "
+                              f"micro-steps; resume with the same layout for an exact continuation")
+
+    # --- model, optimizer, data
+    torch.manual_seed(cfg.seed)
+    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
+    model_config = config_from_preset(
+        cfg.model, **shape, block_size=cfg.block_size, vocab_size=cfg.vocab_size, attention=cfg.attention,
+        reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
+        dropout=cfg.dropout, bias=cfg.bias)
+    model = GPT(model_config).to(device)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    data_dir = cfg.data_dir or os.path.join(REPO_ROOT, "data", cfg.dataset)
+    loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, rank=rank, world_size=world_size,
+                         seed=cfg.seed, vocab_size=cfg.vocab_size)
+    # A fixed validation set: the first eval_iters x batch_size x processes windows.
+    val = val_windows(load_tokens(data_dir, "val"), cfg.block_size, cfg.eval_iters * cfg.batch_size * world_size)
+    val = torch.from_numpy(np.ascontiguousarray(val[rank::world_size]))
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        loader.load_state_dict(ckpt["loader"])
+        set_rng_states(ckpt["rng"][rank], device)
+        step = ckpt["step"]
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if world_size > 1:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    # --- what makes a result traceable
+    run_info = {"code": code_version(), "hardware": hardware(device), "world_size": world_size,
+                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                "params": raw_model.num_params(), "grad_accum_steps": accum, "tokens_per_step": tokens_per_step}
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if master:
+        print(json.dumps(asdict(cfg), indent=2))
+        print(f"{raw_model.num_params() / 1e6:.2f}M parameters, {world_size} process(es) x {accum} micro-steps x "
+              f"{cfg.batch_size} x {cfg.block_size} = {tokens_per_step:,} tokens per step on {device} ({dtype})")
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+        with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:
+            json.dump(run_info, f, indent=2)
+        truncate_metrics(metrics_path, step)
+    wandb = None
+    if cfg.wandb_log and master:
+        import wandb  # imported only when used
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, dir=cfg.out_dir,
+                   config={**asdict(cfg), **run_info}, resume="allow")
+    flops = raw_model.flops_per_token(cfg.block_size)["matmul"]
+    peak = peak_flops(device)
+
+    def reduce_mean(t):
+        if world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.AVG if device_type == "cuda" else dist.ReduceOp.SUM)
+            if device_type != "cuda":  # gloo has no AVG
+                t /= world_size
+        return t
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        total = torch.zeros((), device=device)
+        for i in range(0, len(val), cfg.batch_size):
+            batch = val[i:i + cfg.batch_size].to(device)
+            with autocast:
+                _, loss = model(batch[:, :-1], batch[:, 1:])
+            total += loss.float() * len(batch)
+        model.train()
+        return reduce_mean(total / len(val)).item()
+
+    def checkpoint(step_done):
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise FloatingPointError(f"non-finite weights at step {step_done}; not saving. The last good "
+                                     f"checkpoint in {cfg.out_dir} is kept")
+        rngs = [None] * world_size
+        if world_size > 1:
+            dist.all_gather_object(rngs, rng_states(device))
+        else:
+            rngs = [rng_states(device)]
+        if master:
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "loader": loader.state_dict(), "rng": rngs,
+                     "step": step_done, "config": asdict(cfg), "model_config": asdict(model_config),
+                     "world_size": world_size, "accum": accum, "code": run_info["code"]}
+            save_checkpoint(state, cfg.out_dir, step_done, keep=cfg.keep_checkpoints)
+
+    # --- the loop
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=not master, dynamic_ncols=True, mininterval=1.0)
+    bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
+    t_last, steps_since = time.time(), 0
+    while step < cfg.max_iters:
+        if step % cfg.eval_interval == 0:
+            val_loss = evaluate()
+            if master:
+                append_jsonl(metrics_path, {"step": step, "val_loss": val_loss})
+                bar.write(f"step {step}: val loss {val_loss:.4f}")
+                if wandb:
+                    wandb.log({"val/loss": val_loss}, step=step)
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            x, y = loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = nullcontext() if (world_size == 1 or micro == accum - 1) else model.no_sync()
+            with sync:
+                with autocast:
+                    _, loss = model(x, y)
+                scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach().float()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        bad |= ~torch.isfinite(loss_sum)
+        step += 1
+        steps_since += 1
+        bar.update(1)
+
+        last = step == cfg.max_iters
+        if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
+            loss_value = reduce_mean(loss_sum / accum).item()
+            if reduce_mean(bad.float()).item() > 0:
+                raise FloatingPointError(
+                    f"non-finite training loss by step {step}; stopping. The last good checkpoint in {cfg.out_dir} "
+                    f"is kept: resume from it with a lower learning_rate or a different seed")
+            dt = time.time() - t_last
+            tokens_per_s = tokens_per_step * steps_since / dt
+            record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
+                      "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
+            if peak:
+                record["mfu"] = flops * tokens_per_s / (peak * world_size)
+            if master and (step % cfg.log_interval == 0 or last):
+                append_jsonl(metrics_path, record)
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                if wandb:
+                    wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+            t_last, steps_since = time.time(), 0
+        if step % cfg.ckpt_interval == 0 or last:
+            checkpoint(step)
+        if os.environ.get("TRAIN_CRASH_AFTER_STEP") == str(step):  # for the resume tests: a real kill -9
+            os.kill(os.getpid(), 9)
+    val_loss = evaluate()
+    bar.close()
+    if master:
+        append_jsonl(metrics_path, {"step": step, "val_loss": val_loss})
+        print(f"step {step}: val loss {val_loss:.4f}; checkpoints in {cfg.out_dir}")
+        if wandb:
+            wandb.log({"val/loss": val_loss}, step=step)
+            wandb.finish()
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    except ShardError as e:
+        sys.exit(f"data error: {e}")
