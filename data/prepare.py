@@ -48,6 +48,10 @@ from data.shards import SPLITS, ShardError, read_header, write_shard
 from data.tokenizer import EOT, RANKS_PIN, get_encoding
 
 
+class PrepareError(ValueError):
+    """Bad arguments or input data; main() turns it into a one-line error exit."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     prefix: str  # shard file prefix, llm.c's where llm.c has one
@@ -92,11 +96,11 @@ def resolve_source(paths) -> tuple:
         else:
             found = [Path(p)] if os.path.isfile(p) else []
         if not found:
-            raise SystemExit(f"--source {p}: no such file, or no {'/'.join(SOURCE_BUILDERS)} files in it")
+            raise PrepareError(f"--source {p}: no such file, or no {'/'.join(SOURCE_BUILDERS)} files in it")
         files += found
     builders = {_builder(f) for f in files}
     if None in builders or len(builders) > 1:
-        raise SystemExit(f"--source: files must all be one of parquet, json/jsonl or txt; got "
+        raise PrepareError(f"--source: files must all be one of parquet, json/jsonl or txt; got "
                          f"{sorted({''.join(f.suffixes) for f in files})}")
     return builders.pop(), [str(f.resolve()) for f in files]
 
@@ -107,15 +111,17 @@ def _builder(path):
 
 
 def stream_texts(spec: DatasetSpec, builder=None, files=None):
-    """The 'text' of every row, streamed: from local files when given, else from the hub."""
+    """The 'text' of every row, streamed: from local files when given, else from the hub.
+    The dataset is opened here, eagerly, so that an unreachable hub fails before anything changes
+    on disk; rows are read only as the returned iterator is consumed."""
     import datasets  # here, not at the top: `embedded` and the loaders do not need it
 
     if files:
         # a .txt file is one document (not one per line)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
         rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
-        where = f"--source ({len(files)} {builder} files)"
-    else:
+        return _texts(rows, f"--source ({len(files)} {builder} files)")
+    try:
         try:
             rows = datasets.load_dataset(spec.hub, name=spec.config, split="train", streaming=True)
         except Exception as e:  # noqa: BLE001
@@ -127,10 +133,18 @@ def stream_texts(spec: DatasetSpec, builder=None, files=None):
                   f"conversion (revision refs/convert/parquet); check its token count against the dataset card")
             rows = datasets.load_dataset(spec.hub, name=spec.config, revision="refs/convert/parquet",
                                          split="train", streaming=True)
-        where = f"{spec.hub} {spec.config or ''}".strip()
+    except ConnectionError as e:
+        raise PrepareError(
+            f"could not reach the Hugging Face hub for {spec.hub} ({e}). Without hub access, download its "
+            f"parquet files elsewhere and pass them with --source, or use the offline corpus: "
+            f"python data/prepare.py embedded") from e
+    return _texts(rows, f"{spec.hub} {spec.config or ''}".strip())
+
+
+def _texts(rows, where):
     for row in rows:
         if "text" not in row:
-            raise SystemExit(f"{where}: rows have columns {sorted(row)}; a 'text' column is needed")
+            raise PrepareError(f"{where}: rows have columns {sorted(row)}; a 'text' column is needed")
         if row["text"]:
             yield row["text"]
 
@@ -164,17 +178,23 @@ def tokenized(texts, workers: int, chunksize: int):
         yield from map(tokenize, texts)
         return
     in_flight = threading.BoundedSemaphore(workers * chunksize * 4)
+    stop = threading.Event()
 
-    def feed():  # runs in the pool's task-feeding thread; blocks while too much is in flight
+    def feed():  # runs in the pool's task-feeding thread; waits while too much is in flight
         for t in texts:
-            in_flight.acquire()
+            while not in_flight.acquire(timeout=0.1):
+                if stop.is_set():  # the consumer is gone (error, Ctrl-C): let the pool shut down
+                    return
             yield t
 
     get_encoding()  # resolved once here, so forked workers inherit it instead of each loading it
     with mp.Pool(workers, initializer=_init_worker) as pool:
-        for tokens in pool.imap(tokenize, feed(), chunksize=chunksize):
-            in_flight.release()
-            yield tokens
+        try:
+            for tokens in pool.imap(tokenize, feed(), chunksize=chunksize):
+                in_flight.release()
+                yield tokens
+        finally:
+            stop.set()
 
 
 class ShardWriter:
@@ -214,11 +234,11 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
     workers = workers or os.cpu_count() or 1
     val_every = spec.val_every if val_every is None else val_every
     if shard_size < 1 or val_every < 0:
-        raise SystemExit("--shard-size must be >= 1 and --val-every >= 0")
+        raise PrepareError("--shard-size must be >= 1 and --val-every >= 0")
     if source and dataset == "embedded":
-        raise SystemExit("--source is for the hub datasets (fineweb*, openwebtext); embedded has fixed sources")
+        raise PrepareError("--source is for the hub datasets (fineweb*, openwebtext); embedded has fixed sources")
     if with_wikipedia and dataset != "embedded":
-        raise SystemExit("--with-wikipedia only applies to the embedded dataset")
+        raise PrepareError("--with-wikipedia only applies to the embedded dataset")
     builder, files = resolve_source(source) if source else (None, None)
 
     config = {"dataset": dataset, "shard_size": shard_size, "val_every": val_every,
@@ -227,7 +247,8 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
     meta_path = out_dir / "meta.json"
     if not force and _up_to_date(meta_path, config):
         meta = json.loads(meta_path.read_text())
-        print(f"{out_dir} is up to date ({_split_summary(meta)}); use --force to rebuild")
+        print(f"{out_dir} is up to date ({_split_summary(meta)}; made at {meta['tokens_per_second']:,} "
+              f"tokens/s); use --force to rebuild")
         return meta
 
     # provenance, and the documents (a stream; nothing is read until tokenization pulls it)
@@ -298,7 +319,7 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
             hint = (f"all {n_tokens:,} tokens fit in the first (validation) shard: pass a --shard-size "
                     f"below that" if not val_every else f"{sum(docs.values())} documents with "
                     f"--val-every {val_every}: give more documents or a smaller --val-every")
-            raise SystemExit(f"{dataset}: the {s} split is empty ({hint})")
+            raise PrepareError(f"{dataset}: the {s} split is empty ({hint})")
 
     meta = {
         "dataset": dataset,
@@ -362,7 +383,7 @@ def main(argv=None) -> dict:
     try:
         return prepare(args.dataset, args.source, args.out_dir, args.shard_size, args.workers,
                        args.val_every, args.with_wikipedia, args.force)
-    except (ShardError, sources.PinError) as e:
+    except (PrepareError, ShardError, sources.PinError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

@@ -298,8 +298,9 @@ def test_prepare_text_files_are_documents(tmp_path):
 def test_prepare_input_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"content": "no text column"}) + "\n")
-    with pytest.raises(SystemExit, match="rows have columns \\['content'\\]; a 'text' column is needed"):
-        prepare.main(["openwebtext", "--source", str(bad), "--out-dir", str(tmp_path / "o1"), "--workers", "1"])
+    for workers in ("1", "2"):  # with workers, the error comes from the pool's feeding thread
+        with pytest.raises(SystemExit, match="rows have columns \\['content'\\]; a 'text' column is needed"):
+            prepare.main(["openwebtext", "--source", str(bad), "--out-dir", str(tmp_path / "o1"), "--workers", workers])
     with pytest.raises(SystemExit, match="no such file"):
         prepare.main(["openwebtext", "--source", str(tmp_path / "missing.parquet"), "--workers", "1"])
     one = tmp_path / "one.jsonl"
@@ -307,6 +308,14 @@ def test_prepare_input_errors(tmp_path):
     with pytest.raises(SystemExit, match="the train split is empty .*--shard-size"):
         prepare.main(["fineweb-10B", "--source", str(one), "--out-dir", str(tmp_path / "o2"), "--workers", "1"])
     assert not (tmp_path / "o2" / "meta.json").exists()  # an incomplete run is not marked done
+
+
+def test_worker_pool_stops_when_the_consumer_does():
+    texts = iter(["some text"] * 100_000)  # far more than the in-flight bound
+    gen = prepare.tokenized(texts, workers=2, chunksize=4)
+    assert next(gen)[0] == EOT
+    gen.close()  # must shut the pool down, not hang on the blocked feeding thread
+    assert len(list(texts)) > 90_000  # and the input was not read ahead without bound
 
 
 def test_prepare_module_imports_without_datasets():
