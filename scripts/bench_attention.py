@@ -1,0 +1,281 @@
+"""Kernel-level attention benchmark: forward and forward+backward time and peak memory of
+softmax (SDPA) and of each lssa / lssar implementation.
+
+    python scripts/bench_attention.py --out results/bench_attention.json
+    python scripts/bench_attention.py --T 1024 4096 16384 --H 12 --d 64 --tokens 16384
+    python scripts/bench_attention.py --cpu-smoke          # no GPU: check this script itself
+
+Implementations (each for lssa and lssar, softmax once):
+  sdpa        softmax, F.scaled_dot_product_attention(is_causal=True) (flash on an H100)
+  reference   attention.reference_attention, plain PyTorch (materialises T x T)
+  compiled    the same under torch.compile (skip with --no-compile; only up to
+              --compile-max-T: for an inference forward the reference loops over row blocks,
+              which torch.compile unrolls)
+  triton      kernels/lssa_triton.py, the fused kernels (autotuned on the first call)
+  flex        FlexAttention: lssa as softmax of log(softplus(s)); lssar as a second pass with
+              score_mod p·log(relu(softplus(s) − τ)), τ from the first pass's log-sum-exp
+              (benchmark only: no fallback rows; skip with --no-flex)
+
+Modes: "fwd" is an inference forward (torch.no_grad: the reference walks over row blocks,
+lssar's kernel keeps no gradient statistics); "fwd+bwd" is a forward with inputs that require
+grad plus the backward of a random output gradient. Times are CUDA-event medians after
+warm-up; peak memory is max_memory_allocated during one call minus what was allocated before
+it (the inputs). An implementation that fails (e.g. out of memory) is reported as such.
+B defaults to tokens/T (16 at T=1024), so every T holds the same number of tokens.
+TFLOP/s use the softmax-attention count for a causal mask: 2·B·H·T²·d forward, 2.5x that
+for the backward, whatever the implementation really computes.
+Without a CUDA device the script says so and exits 0, unless --cpu-smoke, which runs tiny
+shapes through Triton's interpreter (timings meaningless) to check the script end to end.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--T", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths")
+    ap.add_argument("--tokens", type=int, default=16384, help="B = tokens // T unless --B is given")
+    ap.add_argument("--B", type=int, default=None, help="fixed batch size for every T")
+    ap.add_argument("--H", type=int, default=12)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--p", type=float, default=15.0, help="lssar's power")
+    ap.add_argument("--kinds", nargs="+", default=["lssa", "lssar"], choices=["lssa", "lssar"])
+    ap.add_argument("--impls", nargs="+", default=["reference", "compiled", "triton", "flex"],
+                    choices=["reference", "compiled", "triton", "flex"],
+                    help="lssa/lssar implementations (softmax SDPA always runs)")
+    ap.add_argument("--no-compile", action="store_true", help="drop the torch.compile'd reference")
+    ap.add_argument("--no-flex", action="store_true", help="drop FlexAttention")
+    ap.add_argument("--compile-max-T", type=int, default=4096, help="longest T for the compiled reference")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="tiny shapes on the CPU through Triton's interpreter (checks the script only)")
+    args = ap.parse_args(argv)
+    if args.cpu_smoke:  # tiny everything; the numbers mean nothing
+        args.T, args.B, args.H, args.d, args.dtype = [40], 1, 2, 16, "float32"
+        args.warmup, args.reps = 0, 1
+        args.impls = [i for i in args.impls if i in ("reference", "triton")]
+    if args.no_compile and "compiled" in args.impls:
+        args.impls.remove("compiled")
+    if args.no_flex and "flex" in args.impls:
+        args.impls.remove("flex")
+    return args
+
+
+def git_commit():
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+class Timer:
+    """Milliseconds of one call: CUDA events on the GPU, wall clock on the CPU."""
+
+    def __init__(self, torch, cuda):
+        self.torch, self.cuda = torch, cuda
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def make_impls(torch, attention, args):
+    """name -> (kind -> attention function or None), built lazily so a missing feature only
+    removes its own rows."""
+    F = torch.nn.functional
+    impls = {"sdpa": {"softmax": lambda q, k, v: attention.causal_attention(q, k, v, "softmax")}}
+    p = args.p
+    if "reference" in args.impls:
+        impls["reference"] = {kind: (lambda q, k, v, kind=kind: attention.reference_attention(q, k, v, kind, p))
+                              for kind in args.kinds}
+    if "compiled" in args.impls:
+        compiled = torch.compile(attention.reference_attention, dynamic=False)
+        impls["compiled"] = {kind: (lambda q, k, v, kind=kind: compiled(q, k, v, kind, p)) for kind in args.kinds}
+    if "triton" in args.impls:
+        from kernels import lssa_triton
+        impls["triton"] = {kind: (lambda q, k, v, kind=kind: lssa_triton.lssa_attention(q, k, v, kind, p))
+                           for kind in args.kinds}
+    if "flex" in args.impls:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        except ImportError:
+            print("FlexAttention is not available in this torch: skipped")
+        else:
+            impls["flex"] = {kind: flex_impl(torch, F, kind, p, create_block_mask,
+                                             torch.compile(flex_attention, dynamic=False))
+                             for kind in args.kinds}
+    return impls
+
+
+def flex_impl(torch, F, kind, p, create_block_mask, flex):
+    masks = {}
+
+    def attn(q, k, v):
+        B, H, T, d = q.shape
+        if T not in masks:
+            masks[T] = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, T, T, device=q.device)
+        block_mask = masks[T]
+        n = torch.arange(1, T + 1, device=q.device, dtype=torch.float32)
+        scale = math.log(d) * torch.log(n)                         # ln(d)·ln(i), per query row
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)   # QK-norm
+
+        def log_softplus(score, b, h, qi, ki):
+            return torch.log(F.softplus(score * scale[qi]))
+
+        out, lse = flex(qn, kn, v, score_mod=log_softplus, block_mask=block_mask, scale=1.0, return_lse=True)
+        if kind == "lssa":
+            return out
+        tau = torch.where(n > 3, torch.exp(lse.float()) / n, 0.0)   # Σ softplus / i
+
+        def reweight(score, b, h, qi, ki):
+            r = F.softplus(score * scale[qi]) - tau[b, h, qi]
+            return torch.where(r > 0, p * torch.log(r), -float("inf"))
+
+        return flex(qn, kn, v, score_mod=reweight, block_mask=block_mask, scale=1.0)
+
+    return attn
+
+
+def measure(torch, timer, fn, q, k, v, mode, args, cuda):
+    """(median ms, peak MiB or None) of `fn` in `mode`."""
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(q, k, v)
+    else:
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        dout = torch.randn_like(q)
+
+        def step():
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(dout)
+    for _ in range(args.warmup):
+        step()
+    peak = None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    times = [timer(step) for _ in range(args.reps)]
+    return statistics.median(times), peak
+
+
+def attention_flops(B, H, T, d, mode):
+    fwd = 2.0 * B * H * T * T * d   # QK^T and PV, 2 flops per MAC, half the matrix (causal)
+    return fwd * (3.5 if mode == "fwd+bwd" else 1.0)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"   # before anything imports triton
+    sys.path.insert(0, REPO)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.cpu_smoke:
+        print("no CUDA device: nothing to benchmark (figures need a GPU; "
+              "--cpu-smoke checks this script with Triton's interpreter)")
+        return 0
+    import attention
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+        args.impls = [i for i in args.impls if i != "triton"]
+        print("triton is not installed: the fused kernels are skipped")
+
+    device = "cuda" if cuda else "cpu"
+    dtype = getattr(torch, args.dtype)
+    impls = make_impls(torch, attention, args)
+    timer = Timer(torch, cuda)
+    meta = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or 'unknown'}), "
+                                                            "Triton interpreter: timings meaningless",
+        "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+        "git_commit": git_commit(), "dtype": args.dtype, "H": args.H, "d": args.d, "p": args.p,
+        "warmup": args.warmup, "reps": args.reps,
+    }
+    print(f"# {meta['device']} | torch {meta['torch']} | triton {triton_version} | commit {meta['git_commit']}")
+    print(f"# H={args.H} d={args.d} {args.dtype} p={args.p}; median of {args.reps} after {args.warmup} warm-up")
+    rows = []
+    header = f"{'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for T in args.T:
+        B = args.B or max(1, args.tokens // T)
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(B, args.H, T, args.d, device=device, dtype=dtype, generator=g) for _ in range(3))
+        for mode in args.modes:
+            sdpa_ms = None
+            for name, by_kind in impls.items():
+                for kind, fn in by_kind.items():
+                    row = {"T": T, "B": B, "mode": mode, "attention": kind, "impl": name}
+                    if name == "compiled" and T > args.compile_max_T:
+                        row["skipped"] = f"T > --compile-max-T {args.compile_max_T}"
+                        rows.append(row)
+                        continue
+                    try:
+                        ms, peak = measure(torch, timer, fn, q, k, v, mode, args, cuda)
+                    except Exception as e:  # OOM, a missing feature, a compile failure: report it
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                        print(f"{T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {'failed: ' + row['error'][:60]}")
+                        if cuda:
+                            torch.cuda.empty_cache()
+                        rows.append(row)
+                        continue
+                    if name == "sdpa":
+                        sdpa_ms = ms
+                    row.update(ms=ms, peak_mib=peak,
+                               x_sdpa=ms / sdpa_ms if sdpa_ms else None,
+                               tflops=attention_flops(B, args.H, T, args.d, mode) / ms / 1e9)
+                    rows.append(row)
+                    ratio = f"{row['x_sdpa']:.2f}" if row["x_sdpa"] else "-"
+                    peak_s = f"{peak:.0f}" if peak is not None else "-"
+                    print(f"{T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {ms:>9.3f} {ratio:>7} "
+                          f"{row['tflops']:>8.1f} {peak_s:>9}")
+        del q, k, v
+        if cuda:
+            torch.cuda.empty_cache()
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
