@@ -225,6 +225,43 @@ class ShardWriter:
 
 # -----------------------------------------------------------------------------
 
+def write_splits(texts, out_dir: Path, prefix: str, shard_size: int, val_every: int, workers: int,
+                 chunksize: int, approx_tokens=None) -> dict:
+    """Tokenize the documents into val/train shards; returns {split: {tokens, documents, shards}}."""
+    if val_every:  # every K-th document to val; val shards count from 0, train from 1 (as llm.c's)
+        writers = {"val": ShardWriter(out_dir, shard_size, lambda k: f"{prefix}_val_{k:06d}.bin"),
+                   "train": ShardWriter(out_dir, shard_size, lambda k: f"{prefix}_train_{k + 1:06d}.bin")}
+    else:  # one stream whose first shard is val (llm.c)
+        both = ShardWriter(out_dir, shard_size, lambda k: f"{prefix}_{'val' if k == 0 else 'train'}_{k:06d}.bin")
+        writers = {"val": both, "train": both}
+    docs = {"val": 0, "train": 0}
+    bar = tqdm(total=approx_tokens, unit="tok", unit_scale=True, disable=None, smoothing=0.05)
+    for i, tokens in enumerate(tokenized(texts, workers, chunksize)):
+        if val_every:
+            split = "val" if i % val_every == 0 else "train"
+        else:
+            split = "val" if not writers["val"].shards else "train"  # until shard 0 is written
+        writers[split].add(tokens)
+        docs[split] += 1
+        bar.update(len(tokens))
+    bar.close()
+    written = {}
+    for w in writers.values():
+        w.flush()
+        written.update(w.shards)
+    splits = {}
+    for s in SPLITS:
+        shards = {name: n for name, n in written.items() if f"_{s}_" in name}
+        splits[s] = {"tokens": sum(shards.values()), "documents": docs[s], "shards": shards}
+    for s in SPLITS:
+        if not splits[s]["tokens"]:
+            hint = (f"all tokens fit in the first (validation) shard: pass a --shard-size below "
+                    f"{splits['val']['tokens']:,}" if not val_every else f"{sum(docs.values())} documents with "
+                    f"--val-every {val_every}: give more documents or a smaller --val-every")
+            raise PrepareError(f"the {s} split is empty ({hint})")
+    return splits
+
+
 def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, val_every=None,
             with_wikipedia=False, force=False) -> dict:
     """Write the shards of a dataset and its meta.json; returns the meta dict."""
@@ -251,28 +288,28 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
               f"tokens/s); use --force to rebuild")
         return meta
 
-    # provenance, and the documents (a stream; nothing is read until tokenization pulls it)
     get_encoding()  # resolve (or fetch) the tokenizer once, before the workers start and the clock
     print(f"tokenizer: tiktoken gpt2 (offline fallback: {RANKS_PIN.project}=={RANKS_PIN.version}, "
           f"{RANKS_PIN.licence}, {RANKS_PIN.page})")
-    val_titles = []
+    meta = {"dataset": dataset}
     if dataset == "embedded":
         pins = sources.embedded_pins(with_wikipedia)
         for p in pins:
-            print(f"source: {p.project}=={p.version} {p.filename}\n  sha256 {p.sha256}\n  {p.page}\n  licence: {p.licence}")
+            print(f"source: {p.project}=={p.version} {p.filename}\n  sha256 {p.sha256}\n  {p.page}\n"
+                  f"  licence: {p.licence}")
         docs = sources.embedded_documents(with_wikipedia)
-        val_titles = [d.title for i, d in enumerate(docs) if val_every and i % val_every == 0]
-        texts, n_docs = (d.text for d in docs), len(docs)
-        provenance = [{"project": p.project, "version": p.version, "file": p.filename, "sha256": p.sha256,
-                       "url": p.page, "licence": p.licence} for p in pins]
+        texts = (d.text for d in docs)
+        meta["sources"] = [{"project": p.project, "version": p.version, "file": p.filename, "sha256": p.sha256,
+                            "url": p.page, "licence": p.licence} for p in pins]
+        meta["val_documents"] = [d.title for i, d in enumerate(docs) if val_every and i % val_every == 0]
     else:
-        texts, n_docs = stream_texts(spec, builder, files), None
+        texts = stream_texts(spec, builder, files)  # opens the dataset now, reads rows as tokenized
         if files:
             print(f"source: {len(files)} local {builder} file(s): {files[0]}{' ...' if len(files) > 1 else ''}")
         else:
             print(f"source: https://huggingface.co/datasets/{spec.hub} ({spec.config or 'default'}), streamed")
         print(f"licence: {spec.licence}")
-        provenance = {"hub": spec.hub, "config": spec.config, "files": files, "licence": spec.licence}
+        meta["sources"] = {"hub": spec.hub, "config": spec.config, "files": files}
 
     # start clean: stale shards from an earlier, different run must not mix with the new ones
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,52 +318,16 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
         for f in out_dir.glob(f"{spec.prefix}_{split}_*.bin"):
             f.unlink()
 
-    p = spec.prefix
-    if val_every:  # every K-th document to val; val shards count from 0, train from 1 (as llm.c's)
-        writers = {"val": ShardWriter(out_dir, shard_size, lambda k: f"{p}_val_{k:06d}.bin"),
-                   "train": ShardWriter(out_dir, shard_size, lambda k: f"{p}_train_{k + 1:06d}.bin")}
-    else:  # one stream whose first shard is val (llm.c)
-        both = ShardWriter(out_dir, shard_size, lambda k: f"{p}_{'val' if k == 0 else 'train'}_{k:06d}.bin")
-        writers = {"val": both, "train": both}
-    docs = {"val": 0, "train": 0}
-    n_tokens = 0
     t1 = time.time()
     chunksize = 1 if dataset == "embedded" else 16  # embedded: few, long documents
-    bar = tqdm(total=spec.approx_tokens if not files else None, unit="tok", unit_scale=True,
-               desc=dataset, disable=None, smoothing=0.05)
-    for i, tokens in enumerate(tokenized(texts, workers, chunksize)):
-        if val_every:
-            split = "val" if i % val_every == 0 else "train"
-        else:
-            split = "val" if not writers["val"].shards else "train"  # until shard 0 is written
-        writers[split].add(tokens)
-        docs[split] += 1
-        n_tokens += len(tokens)
-        bar.update(len(tokens))
-    bar.close()
-    for w in writers.values():
-        w.flush()
+    splits = write_splits(texts, out_dir, spec.prefix, shard_size, val_every, workers, chunksize,
+                          None if files else spec.approx_tokens)
     seconds = time.time() - t1
-
-    splits = {s: {"tokens": 0, "documents": docs[s], "shards": {}} for s in SPLITS}
-    for w in {id(w): w for w in writers.values()}.values():
-        for name, n in w.shards.items():
-            s = "val" if "_val_" in name else "train"
-            splits[s]["tokens"] += n
-            splits[s]["shards"][name] = n
-    for s in SPLITS:
-        if not splits[s]["tokens"]:
-            hint = (f"all {n_tokens:,} tokens fit in the first (validation) shard: pass a --shard-size "
-                    f"below that" if not val_every else f"{sum(docs.values())} documents with "
-                    f"--val-every {val_every}: give more documents or a smaller --val-every")
-            raise PrepareError(f"{dataset}: the {s} split is empty ({hint})")
-
-    meta = {
-        "dataset": dataset,
+    n_tokens = sum(s["tokens"] for s in splits.values())
+    meta.update({
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "format": "llm.c .bin: 256 x int32 header [20240520, 1, n_tokens, 0...], then n_tokens x uint16",
         "tokenizer": f"tiktoken gpt2 (50257 tokens); <|endoftext|> = {EOT} before every document",
-        "sources": provenance,
         "licence": spec.licence,
         "validation": (f"every {val_every}th document (index % {val_every} == 0)" if val_every
                        else "the first shard (llm.c's convention)"),
@@ -335,15 +336,11 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
         "workers": workers,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(n_tokens / max(seconds, 1e-9)),
-    }
-    if val_titles:
-        meta["val_documents"] = val_titles
-    if n_docs is not None:
-        assert sum(docs.values()) == n_docs
+    })
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")  # written last: marks a complete run
     print(f"wrote {out_dir}: {_split_summary(meta)}")
     print(f"tokenized {n_tokens:,} tokens in {seconds:.1f}s with {workers} worker(s): "
-          f"{n_tokens / max(seconds, 1e-9):,.0f} tokens/s (total wall time {time.time() - t0:.1f}s)")
+          f"{meta['tokens_per_second']:,} tokens/s (total wall time {time.time() - t0:.1f}s)")
     return meta
 
 

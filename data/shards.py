@@ -52,7 +52,8 @@ def write_shard(path, tokens):
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ShardError(f"write_shard({path}): token ids must fit uint16, got range [{tokens.min()}, {tokens.max()}]")
     if tokens.size >= 2**31:
-        raise ShardError(f"write_shard({path}): {tokens.size:,} tokens do not fit the int32 header count; use smaller shards")
+        raise ShardError(f"write_shard({path}): {tokens.size:,} tokens do not fit the int32 header count; "
+                         f"use smaller shards")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same dir, so os.replace is atomic
@@ -178,7 +179,8 @@ class TrainLoader:
             if key not in self._perms:
                 if len(self._perms) >= 2:  # the current shard and the one a step may run into
                     self._perms.pop(next(iter(self._perms)))
-                self._perms[key] = np.random.default_rng([self.seed, epoch, shard]).permutation(int(self.n_windows[shard]))
+                rng = np.random.default_rng([self.seed, epoch, shard])
+                self._perms[key] = rng.permutation(int(self.n_windows[shard]))
             local = int(self._perms[key][local])
         return shard, local * self.T
 

@@ -123,7 +123,8 @@ def _index_download(pin: Pin, dest: Path):
         if "json" in ctype:
             urls = [f["url"] for f in json.loads(body)["files"] if f["filename"] == pin.filename]
         else:  # PEP 503 html page
-            urls = [h for h in re.findall(r'href="([^"]+)"', body.decode()) if h.split("#")[0].endswith("/" + pin.filename)]
+            hrefs = re.findall(r'href="([^"]+)"', body.decode())
+            urls = [h for h in hrefs if h.split("#")[0].endswith("/" + pin.filename)]
         if not urls:
             raise PinError(f"{pin.filename} is not listed on {page}")
         url = urllib.parse.urljoin(page, html.unescape(urls[0]).split("#")[0])
