@@ -5,38 +5,16 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import train
 from checkpoint import list_checkpoints, load_checkpoint
 from configurator import ConfigError, load_config
-from data.shards import write_shard
+
+from helpers import VOCAB, tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = 97
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    """A learnable token stream: a fixed Markov chain where each token has two likely successors."""
-    d = tmp_path_factory.mktemp("synth")
-    rng = np.random.default_rng(0)
-    successors = rng.integers(0, VOCAB, size=(VOCAB, 2))
-    for split, n, index in (("val", 20_000, 0), ("train", 200_000, 1)):
-        tokens = np.empty(n, dtype=np.uint16)
-        tokens[0] = 0
-        choice = rng.integers(0, 2, size=n)
-        for i in range(1, n):
-            tokens[i] = successors[tokens[i - 1], choice[i]]
-        write_shard(d / f"synth_{split}_{index:06d}.bin", tokens)
-    return str(d)
-
-
-def tiny_args(synth_dir, out_dir, *extra):
-    return ["config/demo_cpu.py", f"--data_dir={synth_dir}", f"--out_dir={out_dir}", "--model=tiny",
-            f"--vocab_size={VOCAB}", "--block_size=32", "--batch_size=8", "--eval_iters=2", *extra]
 
 
 def read_metrics(out_dir):

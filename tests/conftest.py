@@ -1,0 +1,35 @@
+"""Shared fixtures: a learnable synthetic token dataset and a tiny trained checkpoint."""
+import numpy as np
+import pytest
+
+from helpers import VOCAB, tiny_args
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    """A learnable token stream: a fixed Markov chain where each token has two likely successors."""
+    from data.shards import write_shard
+    d = tmp_path_factory.mktemp("synth")
+    rng = np.random.default_rng(0)
+    successors = rng.integers(0, VOCAB, size=(VOCAB, 2))
+    for split, n, index in (("val", 20_000, 0), ("train", 200_000, 1)):
+        tokens = np.empty(n, dtype=np.uint16)
+        tokens[0] = 0
+        choice = rng.integers(0, 2, size=n)
+        for i in range(1, n):
+            tokens[i] = successors[tokens[i - 1], choice[i]]
+        write_shard(d / f"synth_{split}_{index:06d}.bin", tokens)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(synth_dir, tmp_path_factory):
+    """Tiny models trained briefly at block_size 32, one per attention type: {attention: run_dir}."""
+    import train
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for attention in ("softmax", "lssa", "lssar"):
+        runs[attention] = str(root / attention)
+        train.main(tiny_args(synth_dir, runs[attention], "--max_iters=30", "--eval_interval=100",
+                             f"--attention={attention}", "--learning_rate=1e-2"))
+    return runs
