@@ -181,15 +181,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def token_losses(self, idx, targets, chunk=4096):
-        """Per-position cross-entropy (B, T) without holding the (B, T, vocab) logits at once:
-        at 16x context the logits alone would be gigabytes."""
-        x = self.hidden_states(idx)
-        out = torch.empty(targets.shape, dtype=torch.float32, device=idx.device)
-        for t0 in range(0, idx.size(1), chunk):
-            logits = self.lm_head(x[:, t0:t0 + chunk]).float()
-            out[:, t0:t0 + chunk] = F.cross_entropy(
-                logits.transpose(1, 2), targets[:, t0:t0 + chunk], reduction="none")
-        return out
+        """Per-position cross-entropy (B, T), computed `chunk` tokens at a time so that the
+        (tokens, vocab) logits never exist at once: at 16x context they would be gigabytes."""
+        x = self.hidden_states(idx).flatten(0, 1)
+        flat_targets = targets.flatten()
+        out = torch.empty(flat_targets.shape, dtype=torch.float32, device=idx.device)
+        for t0 in range(0, len(flat_targets), chunk):
+            logits = self.lm_head(x[t0:t0 + chunk]).float()
+            out[t0:t0 + chunk] = F.cross_entropy(logits, flat_targets[t0:t0 + chunk], reduction="none")
+        return out.view(targets.shape)
 
     def flops_per_token(self, T):
         """Training FLOPs per token at context T (forward + backward), as nanoGPT/PaLM count

@@ -1,0 +1,188 @@
+"""
+Validation loss against inference length: the length-extrapolation sweep.
+
+    python eval_length.py out/small-softmax out/small-lssa out/small-lssar --out results/small.json
+    python eval_length.py out/small-lssa --attention lssar --p 15     # lssa model, re-weighted at inference
+
+For each checkpoint (a run directory means its newest checkpoint) and each length L (by
+default 1x, 2x, 4x, 8x, 16x the checkpoint's training context), the same validation token
+budget is cut into non-overlapping windows of L tokens; the loss is averaged over every
+position, and also reported per position bucket (by default one bucket per training
+context), because an all-position mean dilutes what happens far beyond the training length.
+Writes JSON (and a CSV next to it) with the hardware, code version and the checkpoints' configs.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+
+import torch
+
+from checkpoint import load_model
+from configurator import REPO_ROOT
+from data.shards import ShardError, load_tokens, val_windows
+from runinfo import code_version, hardware
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="run directories or checkpoint files")
+    p.add_argument("--multipliers", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                   help="lengths as multiples of each checkpoint's training context (default 1 2 4 8 16)")
+    p.add_argument("--lengths", type=int, nargs="+", help="absolute lengths instead of --multipliers")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="validation tokens per length (default 2^21, capped to what the validation set holds)")
+    p.add_argument("--bucket", type=int, default=None, help="position-bucket size (default: the training context)")
+    p.add_argument("--attention", choices=["softmax", "lssa", "lssar"], help="evaluate with this attention type")
+    p.add_argument("--p", type=float, default=None, help="lssar's power p at evaluation (with --attention lssar)")
+    p.add_argument("--attention_backend", default=None, help="auto | reference | kernel")
+    p.add_argument("--data_dir", default=None, help="validation shards (default: the checkpoint's dataset)")
+    p.add_argument("--batch_tokens", type=int, default=None,
+                   help="tokens per forward pass (default 131072 on GPU, 8192 on CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="JSON path (a .csv is written beside it)")
+    return p.parse_args(argv)
+
+
+DEFAULT_TOKENS = 2 ** 21
+
+
+def token_budget(requested, lengths, available):
+    """The validation tokens every length gets: a multiple of every length (so each length
+    sees exactly the same tokens), at most `requested` (default 2^21), at most what the
+    validation set holds. An explicit request that does not fit is an error."""
+    longest, usable = max(lengths), available - 1   # the last window needs one extra target token
+    if usable < longest:
+        raise ShardError(f"validation set has {available:,} tokens; a window of {longest:,} needs "
+                         f"{longest + 1:,}; use shorter lengths or prepare a larger validation split")
+    if requested and requested > usable:
+        raise ShardError(f"--tokens {requested:,} is more than the validation set holds ({available:,} tokens); "
+                         f"ask for {usable:,} or fewer")
+    unit = math.lcm(*lengths)
+    budget = min(requested or DEFAULT_TOKENS, usable) // unit * unit
+    if budget == 0:
+        raise ShardError(f"lengths {lengths} need a token budget that is a multiple of {unit:,}, more than the "
+                         f"{min(requested or DEFAULT_TOKENS, usable):,} available; use lengths that divide each "
+                         f"other (e.g. --multipliers 1 2 4 8 16)")
+    return budget
+
+
+@torch.no_grad()
+def sweep_one(model, tokens, lengths, budget, bucket, batch_tokens, device, autocast, label):
+    from tqdm import tqdm
+    results = []
+    for length in lengths:
+        windows = torch.from_numpy(val_windows(tokens, length, budget // length))
+        per_batch = max(1, batch_tokens // length)
+        n_buckets = math.ceil(length / bucket)
+        bucket_sum = torch.zeros(n_buckets, dtype=torch.float64)
+        bucket_count = torch.zeros(n_buckets, dtype=torch.float64)
+        position_bucket = torch.arange(length) // bucket
+        t0 = time.time()
+        for i in tqdm(range(0, len(windows), per_batch), desc=f"{label} L={length}", leave=False,
+                      disable=not sys.stderr.isatty()):
+            batch = windows[i:i + per_batch].to(device)
+            with autocast:
+                losses = model.token_losses(batch[:, :-1], batch[:, 1:])
+            per_position = losses.double().sum(0).cpu()
+            bucket_sum.index_add_(0, position_bucket, per_position)
+            bucket_count.index_add_(0, position_bucket, torch.full((length,), float(len(batch)), dtype=torch.float64))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        n = int(bucket_count.sum().item())
+        results.append({
+            "length": length,
+            "loss": bucket_sum.sum().item() / n,
+            "tokens": n,
+            "windows": len(windows),
+            "buckets": [{"start": b * bucket, "end": min(length, (b + 1) * bucket),
+                         "loss": (bucket_sum[b] / bucket_count[b]).item()} for b in range(n_buckets)],
+            "time_s": round(time.time() - t0, 3),
+        })
+        print(f"  {label:<28} L={length:>6}  loss {results[-1]['loss']:.4f}  ({n:,} tokens, "
+              f"{len(windows)} windows, {results[-1]['time_s']:.1f}s)")
+    return results
+
+
+def main(argv):
+    args = parse_args(argv)
+    if args.p is not None and args.attention != "lssar":
+        raise SystemExit("--p sets lssar's power: use it with --attention lssar")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+    batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
+    overrides = {k: v for k, v in (("attention", args.attention), ("reweight_p", args.p),
+                                   ("attention_backend", args.attention_backend)) if v is not None}
+    if args.attention == "lssar" and args.p is None:
+        overrides["reweight_p"] = 15.0
+
+    report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", "eval_length.py"] + argv), "code": code_version(),
+              "hardware": hardware(device), "runs": []}
+    token_cache = {}
+    for path in args.checkpoints:
+        model, ckpt = load_model(path, device, **overrides)
+        train_cfg, model_cfg = ckpt["config"], ckpt["model_config"]
+        context = model_cfg["block_size"]
+        lengths = args.lengths or [m * context for m in args.multipliers]
+        data_dir = args.data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
+        if data_dir not in token_cache:
+            token_cache[data_dir] = load_tokens(data_dir, "val")
+        tokens = token_cache[data_dir]
+        budget = token_budget(args.tokens, lengths, len(tokens))
+        evaluated = model.config.attention + (f" p={model.config.reweight_p:g}" if model.config.attention == "lssar" else "")
+        label = f"{os.path.basename(os.path.dirname(ckpt['path']))} [{evaluated}]"
+        print(f"{ckpt['path']}: trained with {model_cfg['attention']} at context {context}, step {ckpt['step']}; "
+              f"evaluating {evaluated} on {budget:,} validation tokens per length from {data_dir}")
+        results = sweep_one(model, tokens, lengths, budget, args.bucket or context, batch_tokens, device, autocast, label)
+        report["runs"].append({
+            "checkpoint": ckpt["path"], "run": os.path.basename(os.path.dirname(ckpt["path"])), "step": ckpt["step"],
+            "label": label, "trained_attention": model_cfg["attention"], "attention": model.config.attention,
+            "reweight_p": model.config.reweight_p, "overrides": overrides, "train_context": context,
+            "data_dir": data_dir, "tokens_per_length": budget, "results": results,
+            "config": train_cfg, "model_config": model_cfg,
+        })
+        del model
+    print_table(report)
+    if args.out:
+        write_outputs(report, args.out)
+    return report
+
+
+def print_table(report):
+    runs = report["runs"]
+    multipliers = sorted({r["length"] / run["train_context"] for run in runs for r in run["results"]})
+    head = f"{'run [attention]':<36}" + "".join(f"{m:>8g}x" for m in multipliers)
+    print(head + "\n" + "-" * len(head))
+    for run in runs:
+        by_m = {r["length"] / run["train_context"]: r["loss"] for r in run["results"]}
+        print(f"{run['label']:<36}" + "".join(f"{by_m[m]:>9.4f}" if m in by_m else f"{'':>9}" for m in multipliers))
+
+
+def write_outputs(report, out):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.splitext(out)[0] + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "trained_attention", "attention", "reweight_p", "step", "train_context", "length",
+                    "multiplier", "loss", "tokens", "windows", "time_s"])
+        for run in report["runs"]:
+            for r in run["results"]:
+                w.writerow([run["run"], run["trained_attention"], run["attention"], run["reweight_p"], run["step"],
+                            run["train_context"], r["length"], r["length"] / run["train_context"], f"{r['loss']:.6f}",
+                            r["tokens"], r["windows"], r["time_s"]])
+    print(f"wrote {out} and {os.path.splitext(out)[0]}.csv")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ShardError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,58 @@
+"""
+Generate text from a checkpoint, also past the training context.
+
+    python scripts/sample.py out/small-lssar --prompt "And God said" --tokens 200
+    python scripts/sample.py out/small-lssar --tokens 2000 --temperature 0.8   # 8x a 256 context
+
+RoPE lets every model run past its training length; what the text looks like out there is
+the qualitative side of the length sweep.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from checkpoint import load_model  # noqa: E402
+from data.tokenizer import EOT, get_encoding  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=200)
+    p.add_argument("--attention", choices=["softmax", "lssa", "lssar"], help="generate with another attention type")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {"attention": args.attention} if args.attention else {}
+    model, ckpt = load_model(args.checkpoint, device, **overrides)
+    enc = get_encoding()
+    if model.config.vocab_size < enc.n_vocab:
+        raise SystemExit(f"this checkpoint's vocabulary has {model.config.vocab_size} tokens, fewer than GPT-2's "
+                         f"{enc.n_vocab}: it was not trained on GPT-2 tokens, so there is no text to decode")
+    context = model.config.block_size
+    prompt = [EOT] + enc.encode(args.prompt)
+    print(f"# {ckpt['path']} (step {ckpt['step']}, {model.config.attention}, trained at {context} tokens); "
+          f"generating {args.tokens} tokens: the prompt plus generation reaches "
+          f"{(len(prompt) + args.tokens) / context:.1f}x the training context", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    idx = torch.tensor([prompt] * args.samples, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    with autocast:
+        out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k)
+    for row in out.tolist():
+        print(enc.decode(row[1:]))
+        print("-" * 60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""eval_length.py, scripts/plot_length.py and scripts/sample.py on tiny trained checkpoints."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval_length
+from checkpoint import load_model
+from data.shards import ShardError, load_tokens, val_windows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sweep(trained_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results") / "sweep.json"
+    runs = [trained_runs[a] for a in ("softmax", "lssa", "lssar")]
+    report = eval_length.main(runs + ["--multipliers", "1", "2", "4", "--tokens", "4096", "--out", str(out)])
+    return report, out
+
+
+def test_one_x_loss_equals_forward_loss(sweep, trained_runs, synth_dir):
+    report, _ = sweep
+    for run in report["runs"]:
+        model, _ = load_model(run["checkpoint"])
+        windows = torch.from_numpy(val_windows(load_tokens(synth_dir, "val"), 32, 4096 // 32))
+        with torch.no_grad():
+            _, loss = model(windows[:, :-1], windows[:, 1:])
+        one_x = next(r for r in run["results"] if r["length"] == 32)
+        assert one_x["loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_every_length_gets_the_same_tokens_and_schema(sweep):
+    report, out = sweep
+    assert {"created", "command", "code", "hardware", "runs"} <= set(report)
+    for run in report["runs"]:
+        assert {"checkpoint", "step", "trained_attention", "attention", "overrides", "train_context",
+                "tokens_per_length", "results", "config", "model_config"} <= set(run)
+        assert run["step"] == 30 and run["train_context"] == 32 and run["overrides"] == {}
+        assert [r["length"] for r in run["results"]] == [32, 64, 128]
+        assert {r["tokens"] for r in run["results"]} == {4096}
+        assert [r["windows"] for r in run["results"]] == [128, 64, 32]
+        for r in run["results"]:
+            buckets = r["buckets"]
+            assert len(buckets) == r["length"] // 32 and buckets[-1]["end"] == r["length"]
+            # the all-position mean is the mean of equal-sized buckets
+            assert r["loss"] == pytest.approx(sum(b["loss"] for b in buckets) / len(buckets), rel=1e-9)
+    assert json.load(open(out)) == json.loads(json.dumps(report))
+    rows = list(csv.DictReader(open(str(out).replace(".json", ".csv"))))
+    assert len(rows) == 9 and rows[0]["loss"] and rows[0]["multiplier"] == "1.0"
+
+
+def test_attention_override_is_recorded(trained_runs):
+    report = eval_length.main([trained_runs["lssa"], "--attention", "lssar", "--p", "3", "--multipliers", "1", "2",
+                               "--tokens", "2048"])
+    run = report["runs"][0]
+    assert run["trained_attention"] == "lssa" and run["attention"] == "lssar" and run["reweight_p"] == 3.0
+    assert run["overrides"] == {"attention": "lssar", "reweight_p": 3.0}
+    plain = eval_length.main([trained_runs["lssa"], "--multipliers", "1", "--tokens", "2048"])
+    assert plain["runs"][0]["results"][0]["loss"] != run["results"][0]["loss"]
+
+
+def test_validation_too_short_is_a_clear_error(trained_runs):
+    with pytest.raises(ShardError, match=r"validation set has 20,000 tokens; a window of 32,768 needs 32,769"):
+        eval_length.main([trained_runs["softmax"], "--lengths", "32768"])
+    with pytest.raises(ShardError, match=r"--tokens 50,000 is more than the validation set holds"):
+        eval_length.main([trained_runs["softmax"], "--tokens", "50000"])
+    # without --tokens the budget is capped to what the set holds, the same at every length
+    report = eval_length.main([trained_runs["softmax"], "--multipliers", "1", "16"])
+    assert report["runs"][0]["tokens_per_length"] == 19_968  # the largest multiple of 512 below 20,000
+    proc = subprocess.run([sys.executable, "eval_length.py", trained_runs["softmax"], "--lengths", "65536"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: validation set has")
+
+
+def test_plot_is_written(sweep, tmp_path):
+    _, out = sweep
+    png = tmp_path / "sweep.png"
+    subprocess.run([sys.executable, "scripts/plot_length.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_generates_past_the_training_context(synth_dir, tmp_path):
+    import train
+    from helpers import tiny_args
+    run = str(tmp_path / "gpt2-vocab")
+    train.main(tiny_args(synth_dir, run, "--max_iters=2", "--vocab_size=50304", "--attention=lssar"))
+    proc = subprocess.run([sys.executable, "scripts/sample.py", run, "--tokens", "40", "--prompt", "Hello",
+                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "trained at 32 tokens" in proc.stderr and "1.3x the training context" in proc.stderr
+    assert proc.stdout.startswith("Hello") and len(proc.stdout) > len("Hello")
+
+
+def test_sample_refuses_a_non_gpt2_vocabulary(trained_runs):
+    proc = subprocess.run([sys.executable, "scripts/sample.py", trained_runs["lssar"], "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "not trained on GPT-2 tokens" in proc.stderr
