@@ -20,7 +20,7 @@ REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 class TrainConfig:
     # I/O
     out_dir: str = "out/{model}-{dataset}-{attention}"   # {key} is filled from this config
-    init_from: str = "scratch"          # "scratch" | "resume" (latest checkpoint in out_dir)
+    init_from: str = "scratch"          # "scratch" | "resume" (newest checkpoint in out_dir) | "auto" (resume if any)
     eval_interval: int = 250            # steps between validation losses
     eval_iters: int = 20                # validation batches per evaluation (a fixed set)
     log_interval: int = 10              # steps between metrics.jsonl lines
@@ -75,7 +75,7 @@ class TrainConfig:
 
 
 CHOICES = {
-    "init_from": ("scratch", "resume"),
+    "init_from": ("scratch", "resume", "auto"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "backend": ("auto", "nccl", "gloo"),
 }

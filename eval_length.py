@@ -109,6 +109,21 @@ def sweep_one(model, tokens, lengths, budget, bucket, batch_tokens, device, auto
     return results
 
 
+def final_losses(run_dir, step):
+    """The run's last logged train and validation loss up to the checkpoint's step, from its
+    metrics.jsonl, so that a sweep also shows how far training got (and any overfitting)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["step"] <= step:
+                out.update({"train_loss": r["loss"]} if "loss" in r else {"val_loss": r["val_loss"]})
+    return out
+
+
 def main(argv):
     args = parse_args(argv)
     if args.p is not None and args.attention != "lssar":
@@ -146,6 +161,7 @@ def main(argv):
             "label": label, "trained_attention": model_cfg["attention"], "attention": model.config.attention,
             "reweight_p": model.config.reweight_p, "overrides": overrides, "train_context": context,
             "data_dir": data_dir, "tokens_per_length": budget, "results": results,
+            "training": final_losses(os.path.dirname(ckpt["path"]), ckpt["step"]),
             "config": train_cfg, "model_config": model_cfg,
         })
         del model

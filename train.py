@@ -126,6 +126,8 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     checkpoints = list_checkpoints(cfg.out_dir)
     ckpt = None
+    if cfg.init_from == "auto":  # for preemptible jobs and re-runnable scripts
+        cfg.init_from = "resume" if checkpoints else "scratch"
     if cfg.init_from == "scratch" and checkpoints:
         raise ConfigError(f"{cfg.out_dir} already holds checkpoints (newest: step {checkpoints[-1][0]}); "
                           f"continue it with --init_from=resume, or choose another --out_dir")
@@ -164,6 +166,12 @@ def main(argv):
         loader.load_state_dict(ckpt["loader"])
         set_rng_states(ckpt["rng"][rank], device)
         step = ckpt["step"]
+        if step >= cfg.max_iters:
+            if master:
+                print(f"{cfg.out_dir} is complete (step {step} of max_iters={cfg.max_iters}); nothing to do")
+            if world_size > 1:
+                dist.destroy_process_group()
+            return
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)

@@ -41,6 +41,7 @@ def test_every_length_gets_the_same_tokens_and_schema(sweep):
         assert {"checkpoint", "step", "trained_attention", "attention", "overrides", "train_context",
                 "tokens_per_length", "results", "config", "model_config"} <= set(run)
         assert run["step"] == 30 and run["train_context"] == 32 and run["overrides"] == {}
+        assert set(run["training"]) == {"train_loss", "val_loss"}
         assert [r["length"] for r in run["results"]] == [32, 64, 128]
         assert {r["tokens"] for r in run["results"]} == {4096}
         assert [r["windows"] for r in run["results"]] == [128, 64, 32]

@@ -154,6 +154,12 @@ def test_scratch_never_overwrites_and_resume_checks_config(synth_dir, tmp_path):
         train.main(tiny_args(synth_dir, out, "--max_iters=4", "--init_from=resume", "--attention=lssa"))
     train.main(tiny_args(synth_dir, out, "--max_iters=4", "--init_from=resume"))  # max_iters may grow
     assert list_checkpoints(out)[-1][0] == 4
+    lines = len(read_metrics(out))
+    train.main(tiny_args(synth_dir, out, "--max_iters=4", "--init_from=auto"))  # complete: nothing to do
+    assert len(read_metrics(out)) == lines and list_checkpoints(out)[-1][0] == 4
+    fresh = tmp_path / "fresh"
+    train.main(tiny_args(synth_dir, fresh, "--max_iters=2", "--init_from=auto"))  # nothing there: from scratch
+    assert list_checkpoints(fresh)[-1][0] == 2
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(synth_dir, tmp_path):
