@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded public-domain corpus, from a fresh clone:
+# environment -> token shards -> train softmax, lssa, lssar -> length sweep 1x-16x -> plot.
+#   bash scripts/demo.sh
+# About 10 minutes on 2 CPU cores (config/demo_cpu.py), a few on a GPU (config/small_gpu.py).
+# Re-running reuses the environment, the shards and finished runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+source scripts/env.sh
+
+python data/prepare.py embedded
+
+if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    config=config/small_gpu.py; tokens=()            # the default budget, capped to the validation split
+else
+    config=config/demo_cpu.py; tokens=(--tokens 16384) # CPU: a smaller, equal budget per length
+fi
+echo "[demo] training with $config"
+runs=()
+for attention in softmax lssa lssar; do
+    out=out/demo-$attention
+    python train.py "$config" --attention=$attention --out_dir=$out --init_from=auto
+    runs+=("$out")
+done
+
+mkdir -p results
+python eval_length.py "${runs[@]}" "${tokens[@]}" --out results/demo.json
+python scripts/plot_length.py results/demo.json -o results/demo.png --title "demo: $config"
+python scripts/table_length.py results/demo.json
+echo "[demo] plot: results/demo.png   numbers: results/demo.json   wall time: $(( $(date +%s) - start )) s"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The paper's experiment on one multi-GPU box: FineWeb-10B shards, GPT-2 124M + RoPE trained
+# with softmax, lssa and lssar (18,865 steps of 524,288 tokens each), the 1x-16x length sweep
+# (plus the lssa model re-weighted at inference), and the plots.
+#   bash scripts/reproduce_paper.sh 8                 # 8 GPUs
+#   CONFIG=config/paper_124m_owt.py bash scripts/reproduce_paper.sh 8
+#   DRY_RUN=1 bash scripts/reproduce_paper.sh 8       # print the commands only
+# Every step is resumable: re-running skips finished work and resumes interrupted training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ngpu=${1:?usage: bash scripts/reproduce_paper.sh NUM_GPUS}
+config=${CONFIG:-config/paper_124m.py}
+name=$(basename "$config" .py)
+results=results/$name
+run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
+
+dataset=$(python -c "from configurator import load_config; print(load_config(['$config']).dataset)")
+run python data/prepare.py "$dataset"
+for attention in softmax lssa lssar; do
+    run torchrun --standalone --nproc_per_node="$ngpu" train.py "$config" --attention=$attention \
+        --out_dir=out/$name-$attention --init_from=auto
+done
+run python eval_length.py out/$name-softmax out/$name-lssa out/$name-lssar --out $results/sweep.json
+run python eval_length.py out/$name-lssa --attention lssar --p 15 --out $results/lssa_reweighted.json
+run python scripts/plot_length.py $results/sweep.json $results/lssa_reweighted.json -o $results/sweep.png \
+    --title "$name ($dataset)"
+run python scripts/table_length.py $results/sweep.json $results/lssa_reweighted.json

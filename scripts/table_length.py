@@ -1,0 +1,49 @@
+"""
+A markdown table of eval_length.py results, for the README and notes.
+
+    python scripts/table_length.py results/small/small.json
+
+One row per checkpoint and attention type: the run's last train and validation loss (from
+its metrics.jsonl, at the training context), the sweep's loss at each multiple of the
+training context, and the ratio of the longest to the 1x loss.
+"""
+import argparse
+import json
+
+
+def markdown(runs):
+    multipliers = sorted({r["length"] / run["train_context"] for run in runs for r in run["results"]})
+    head = ["run", "evaluated as", "train loss", "val loss"] + [f"{m:g}x" for m in multipliers] + ["last / 1x"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–"
+    for run in runs:
+        by_m = {r["length"] / run["train_context"]: r["loss"] for r in run["results"]}
+        evaluated = run["attention"] + (f" p={run['reweight_p']:g}" if run["attention"] == "lssar" else "")
+        if run.get("overrides"):
+            evaluated += f" (trained {run['trained_attention']})"
+        training = run.get("training", {})
+        ratio = by_m[max(by_m)] / by_m[min(by_m)]
+        cells = [run["run"], evaluated, fmt(training.get("train_loss")), fmt(training.get("val_loss"))]
+        cells += [fmt(by_m.get(m)) for m in multipliers] + [f"{ratio:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON files written by eval_length.py --out")
+    p.add_argument("--out", help="also write the table to this file")
+    args = p.parse_args(argv)
+    runs = []
+    for path in args.results:
+        with open(path) as f:
+            runs.extend(json.load(f)["runs"])
+    table = markdown(runs)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

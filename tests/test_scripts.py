@@ -1,0 +1,71 @@
+"""The reproduction scripts: every command they would run resolves, without running it."""
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from configurator import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dry_run(script, *args, env=None):
+    """The commands a script prints with DRY_RUN=1, as argument lists."""
+    env = {**os.environ, "DRY_RUN": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           **(env or {})}
+    proc = subprocess.run(["bash", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
+
+
+def check_pipeline(commands, expected_runs):
+    prepare, *rest = commands
+    assert prepare[:2] == ["python", "data/prepare.py"]
+    trains = [c for c in rest if "train.py" in c]
+    out_dirs = []
+    for cmd in trains:
+        args = cmd[cmd.index("train.py") + 1:]
+        cfg = load_config(args).resolve_templates()           # the config loads, every key is valid
+        assert cfg.dataset == prepare[2]                      # trains on what was prepared
+        assert cfg.init_from == "auto"                        # re-running resumes or skips
+        out_dirs.append(cfg.out_dir)
+    assert len(set(out_dirs)) == len(out_dirs) == expected_runs
+    evals = [c for c in rest if c[:2] == ["python", "eval_length.py"]]
+    results = []
+    for cmd in evals:
+        paths = [a for a in cmd[2:cmd.index("--out")] if not a.startswith("-") and "/" in a]
+        assert paths and set(paths) <= set(out_dirs)          # sweeps exactly the trained runs
+        results.append(cmd[cmd.index("--out") + 1])
+    plots = [c for c in rest if c[:2] == ["python", "scripts/plot_length.py"]]
+    assert plots and all(set(a for a in p[2:p.index("-o")]) <= set(results) for p in plots)
+    return trains, evals
+
+
+@pytest.mark.parametrize("ngpu", ["1", "8"])
+def test_reproduce_paper_commands_resolve(ngpu):
+    commands = dry_run("scripts/reproduce_paper.sh", ngpu)
+    trains, evals = check_pipeline(commands, expected_runs=3)
+    assert commands[0] == ["python", "data/prepare.py", "fineweb-10B"]
+    for cmd in trains:
+        assert cmd[:4] == ["torchrun", "--standalone", f"--nproc_per_node={ngpu}", "train.py"]
+        cfg = load_config(cmd[4:])
+        assert cfg.total_batch_size * cfg.max_iters == 524288 * 18865
+        assert cfg.total_batch_size % (cfg.batch_size * cfg.block_size * int(ngpu)) == 0
+    assert {load_config(c[4:]).attention for c in trains} == {"softmax", "lssa", "lssar"}
+    assert any("--attention" in e and "lssar" in e for e in evals)  # lssa re-weighted at inference
+
+
+def test_reproduce_paper_on_openwebtext():
+    commands = dry_run("scripts/reproduce_paper.sh", "4", env={"CONFIG": "config/paper_124m_owt.py"})
+    check_pipeline(commands, expected_runs=3)
+    assert commands[0] == ["python", "data/prepare.py", "openwebtext"]
+
+
+@pytest.mark.parametrize("mode, config", [("gpu", "config/small_gpu.py"), ("cpu", "config/demo_cpu.py")])
+def test_reproduce_small_commands_resolve(mode, config):
+    commands = dry_run("scripts/reproduce_small.sh", mode)
+    trains, _ = check_pipeline(commands, expected_runs=4)
+    assert all(config in c for c in trains)
+    ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
+    assert ps == [3.0, 15.0]
