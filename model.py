@@ -50,7 +50,8 @@ PRESETS = {
     "gpt2-774M": dict(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-1.5B": dict(n_layer=48, n_head=25, n_embd=1600),
     "small": dict(n_layer=4, n_head=4, n_embd=256),   # the spec's minutes-scale model
-    "mini": dict(n_layer=4, n_head=4, n_embd=128),    # CPU demo
+    "mini": dict(n_layer=4, n_head=4, n_embd=128),
+    "micro": dict(n_layer=4, n_head=4, n_embd=64),    # CPU demo: the vocabulary projection dominates
     "tiny": dict(n_layer=2, n_head=2, n_embd=32),     # tests
 }
 

@@ -237,7 +237,8 @@ def main(argv):
 
     # --- the loop
     from tqdm import tqdm
-    bar = tqdm(total=cfg.max_iters, initial=step, disable=not master, dynamic_ncols=True, mininterval=1.0)
+    interactive = master and sys.stderr.isatty()  # in a log file, plain lines read better than a bar
+    bar = tqdm(total=cfg.max_iters, initial=step, disable=not interactive, dynamic_ncols=True, mininterval=1.0)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     t_last, steps_since = time.time(), 0
     while step < cfg.max_iters:
@@ -245,7 +246,7 @@ def main(argv):
             val_loss = evaluate()
             if master:
                 append_jsonl(metrics_path, {"step": step, "val_loss": val_loss})
-                bar.write(f"step {step}: val loss {val_loss:.4f}")
+                bar.write(f"step {step}: val loss {val_loss:.4f}")  # tqdm.write prints plainly without a bar
                 if wandb:
                     wandb.log({"val/loss": val_loss}, step=step)
         lr = lr_at(step, cfg)
@@ -287,6 +288,10 @@ def main(argv):
             if master and (step % cfg.log_interval == 0 or last):
                 append_jsonl(metrics_path, record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+                if not interactive:
+                    eta = (cfg.max_iters - step) * dt / steps_since
+                    print(f"step {step}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, "
+                          f"{tokens_per_s:,.0f} tokens/s, eta {eta / 60:.1f} min", flush=True)
                 if wandb:
                     wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
             t_last, steps_since = time.time(), 0
