@@ -20,8 +20,15 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   scales with the weights), so the 1/ln 2 factor never needs undoing. Computed as
   max(s2, 0) + log2(1 + u), u = 2^-|s2|, with a 3-term series for log2(1 + u) when
   u < 1/64 (log2(1 + u) alone loses the relative precision of tiny weights). Two special
-  function ops per score; |s| <= ln(d)·ln(T), so nothing overflows and lssa needs no running
-  max: one pass accumulates Σ w'v and Z.
+  function ops per score (ex2.approx and, for 16-bit inputs, lg2.approx: tl.log2 would be
+  libdevice's ~20-instruction log2f); |s| <= ln(d)·ln(T), so nothing overflows and lssa needs
+  no running max: one pass accumulates Σ w'v and Z.
+* Precision: fp32 accumulation everywhere; fp32 inputs get fp32-accurate dots (tf32x3, or
+  exact "ieee" with LSSA_TRITON_FP32_DOT=ieee; never plain tf32) and the precise log2, so they
+  match the fp32 reference (the DOT_PREC constexpr; "tf32" marks 16-bit inputs); 16-bit
+  inputs round the weights fed to the value matmul and the score gradients fed to the dK/dQ
+  matmuls to the input dtype as FlashAttention-2 does, except fp16, whose range the score
+  gradient may exceed: there those two matmuls run in tf32.
 * lssar, forward: pass 1 over the keys accumulates Z and the row maximum of w'; then
   τ = Z/i (rows i > 3) and M = max(max_j w' − τ, 0) = max_j relu(w' − τ) are known *before*
   pass 2. Pass 2 uses x̃ = (relu(w' − τ)/M)^p ∈ [0, 1]: dividing by the exact row maximum is
@@ -29,6 +36,8 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   online rescaling, and the largest entry is 1, so Σx̃ >= 1 never underflows into a false
   fallback. A row with M = 0 (every weight at or below τ) is the fallback: known before
   pass 2, so pass 2 simply accumulates x = w' for those rows (= the lssa row), no third pass.
+  τ = Z/i uses IEEE division (div_rn), rounded like the reference's Σw/n: where every weight
+  of a row is equal, both then agree on taking the fallback.
   Integer p (<= 64) uses repeated squaring (unrolled at compile time); other p use
   exp2(p·log2(.)).
 * Backward (per row, D_i = dO_i·y_i, dP_ij = dO_i·v_j, σ_ij = sigmoid(s_ij) = 2^(s2 − w')):
@@ -52,8 +61,11 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
   BLOCK_M is a multiple of BLOCK_N (and the reverse in the dK/dV kernel), so the keys past T
   only ever appear in masked diagonal blocks.
-* Block sizes are autotuned on the GPU (key: head dim, a T bucket, mode, dtype); under the
-  interpreter (TRITON_INTERPRET=1) one small fixed configuration is used (INTERPRET_BLOCKS).
+* Block sizes are autotuned on the GPU over a few tiles per head-dim class (_TILES; key: head
+  dim, a T bucket, mode, p, dtype); AUTOTUNE = False launches the first tile of each list.
+  Under the interpreter (TRITON_INTERPRET=1) one small fixed configuration is used
+  (INTERPRET_BLOCKS), and bf16 tiles are widened to fp32 before tl.dot (the interpreter
+  multiplies bf16 as raw integers).
 
 Registration: with torch >= 2.6 the forward and backward are `torch.library.triton_op`s
 (kernels launched through `wrap_triton`, so torch.compile sees them as ordinary ops and
@@ -78,6 +90,9 @@ MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x head
 
 # Autotuning on the GPU (set False, or LSSA_TRITON_AUTOTUNE=0, to launch one fixed config).
 AUTOTUNE = os.environ.get("LSSA_TRITON_AUTOTUNE", "1") != "0"
+# tl.dot precision for fp32 inputs: "tf32x3" (three tf32 tensor-core products, close to fp32
+# accuracy) or "ieee" (exact fp32 on the FMA units: much slower, spills registers).
+FP32_DOT_PRECISION = os.environ.get("LSSA_TRITON_FP32_DOT", "tf32x3")
 # Fixed tiles under the interpreter; tests may change them to exercise other block layouts.
 INTERPRET_BLOCKS = {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}
 
@@ -86,16 +101,33 @@ _EPS = tl.constexpr(NORM_EPS)
 _SERIES_MAX = tl.constexpr(1.0 / 64.0)
 _TINY = tl.constexpr(1e-30)
 _WIDEN_BF16 = tl.constexpr(INTERPRET)
+# lg2.approx.f32 (PTX) for the per-score log2 of 16-bit inputs on NVIDIA GPUs; tl.log2 for fp32
+# inputs, under the interpreter and on ROCm
+_FAST_LOG2 = tl.constexpr(not INTERPRET and torch.version.hip is None)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 @triton.jit
-def _softplus2(s2):
+def _log2(x, DOT_PREC: tl.constexpr):
+    """log2. For 16-bit inputs (DOT_PREC == "tf32") on the special-function unit
+    (lg2.approx.f32: absolute error ~2^-22 on [1, 2]); tl.log2 becomes libdevice's precise
+    log2f, about 20 FMA-pipe instructions, and the per-score elementwise work is what limits
+    these kernels. fp32 inputs keep the precise log2 (they are matched to the fp32 reference)."""
+    y = tl.log2(x)
+    if _FAST_LOG2:
+        if DOT_PREC == "tf32":
+            y = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    return y
+
+
+@triton.jit
+def _softplus2(s2, DOT_PREC: tl.constexpr):
     """log2(1 + 2^s2) = softplus(s)/ln 2 for s2 = s·log2(e); exact-ish for very negative s."""
     u = tl.exp2(-tl.abs(s2))
     series = u * (_LOG2E - u * (_LOG2E / 2 - u * (_LOG2E / 3)))
-    return tl.maximum(s2, 0.0) + tl.where(u < _SERIES_MAX, series, tl.log2(1.0 + u))
+    return tl.maximum(s2, 0.0) + tl.where(u < _SERIES_MAX, series, _log2(1.0 + u, DOT_PREC))
 
 
 @triton.jit
@@ -112,7 +144,7 @@ def _ipow(x, N: tl.constexpr):
 
 
 @triton.jit
-def _reweight(b, p, P_INT: tl.constexpr):
+def _reweight(b, p, P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
     """(b^(p−1), b^p) for b in [0, 1], with b^(p−1) = 0 where b = 0 (also for p = 1, where it
     stands for relu's zero slope). P_INT > 0: p is that integer; P_INT = 0: use the float p."""
     if P_INT > 0:
@@ -120,7 +152,7 @@ def _reweight(b, p, P_INT: tl.constexpr):
         if P_INT == 1:
             pm1 = tl.where(b > 0.0, pm1, 0.0)
     else:
-        lb = tl.log2(tl.maximum(b, _TINY))
+        lb = _log2(tl.maximum(b, _TINY), DOT_PREC)
         pm1 = tl.where(b > 0.0, tl.exp2((p - 1.0) * lb), 0.0)
     return pm1, pm1 * b
 
@@ -187,7 +219,7 @@ def _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, lo, hi,
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         kappa = _inv_norm(NK, offs_n, T, DIAG)
-        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :])
+        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
         if DIAG:
             w = tl.where(offs_m[:, None] >= offs_n[None, :], w, 0.0)
         z += tl.sum(w, 1)
@@ -207,11 +239,11 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
         kappa = _inv_norm(NK, offs_n, T, DIAG)
-        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :])
+        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
         if MODE == 0:
             x = w
         else:
-            pm1, x = _reweight(tl.maximum(w - tau[:, None], 0.0) * invm[:, None], p, P_INT)
+            pm1, x = _reweight(tl.maximum(w - tau[:, None], 0.0) * invm[:, None], p, P_INT, DOT_PREC)
             x = tl.where(fb[:, None], w, x)
         if DIAG:
             keep = offs_m[:, None] >= offs_n[None, :]
@@ -272,7 +304,7 @@ def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
                                DOT_PREC, BLOCK_N, False)
         z, wmax = _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, m0, hi,
                                DOT_PREC, BLOCK_N, True)
-        tau = tl.where(offs_m >= 3, z / (offs_m + 1).to(tl.float32), 0.0)
+        tau = tl.where(offs_m >= 3, tl.math.div_rn(z, (offs_m + 1).to(tl.float32)), 0.0)  # IEEE, as the reference
         mx = tl.maximum(wmax - tau, 0.0)
         fb = mx == 0.0  # every weight at or below the threshold: the lssa fallback
         invm = tl.where(fb, 0.0, 1.0 / tl.where(fb, 1.0, mx))
@@ -374,15 +406,16 @@ def _row_stats(STATS, DE, offs_m, T, MODE: tl.constexpr):
 
 
 @triton.jit
-def _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE: tl.constexpr, P_INT: tl.constexpr):
+def _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p,
+                 MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
     """From a score tile s2 and dP = dO·v (row statistics already broadcast to the tile):
     the forward's normalised weights a and dL/ds2."""
-    w = _softplus2(s2)
+    w = _softplus2(s2, DOT_PREC)
     if MODE == 0:
         a = w * fc
         dw = (dp - dd) * fc
     else:
-        pm1, x = _reweight(tl.maximum(w - tau, 0.0) * invm, p, P_INT)
+        pm1, x = _reweight(tl.maximum(w - tau, 0.0) * invm, p, P_INT, DOT_PREC)
         a = x * invx + w * fc
         dw = (kc * pm1 + fc) * (dp - dd) - e
     return a, dw * tl.exp2(s2 - w)   # dw'/ds2 = sigmoid(s) = 2^(s2 − w')
@@ -413,7 +446,7 @@ def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T,
         s2 = _mm(k, tl.trans(q), DOT_PREC) * rho[None, :] * kappa[:, None]
         dp = _mm(v, tl.trans(do), DOT_PREC)
         a, ds = _bwd_weights(s2, dp, dd[None, :], tau[None, :], invm[None, :], kc[None, :],
-                             fc[None, :], invx[None, :], e[None, :], p, MODE, P_INT)
+                             fc[None, :], invx[None, :], e[None, :], p, MODE, P_INT, DOT_PREC)
         if DIAG:
             keep = offs_m[None, :] >= offs_n[:, None]
             a = tl.where(keep, a, 0.0)
@@ -471,7 +504,7 @@ def _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p,
         kappa = _inv_norm(NK, offs_n, T, DIAG)
         s2 = _mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :]
         dp = _mm(do, tl.trans(v), DOT_PREC)
-        a, ds = _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE, P_INT)
+        a, ds = _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE, P_INT, DOT_PREC)
         if DIAG:
             ds = tl.where(offs_m[:, None] >= offs_n[None, :], ds, 0.0)
         dq += _mm_ds(ds * kappa[None, :], k, DOT_PREC, DS_F32)
@@ -523,31 +556,37 @@ def _configs(shapes):
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dQ: BLOCK_M % BLOCK_N == 0;
 # dK/dV (BLOCK_N keys per program, BLOCK_M queries per step): BLOCK_N % BLOCK_M == 0.
-_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-                         (64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4)])
-_DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (64, 128, 4, 2), (32, 64, 4, 3),
-                          (64, 64, 4, 3), (16, 64, 4, 4)])
-_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 4, 2), (64, 32, 4, 3),
-                        (64, 64, 4, 3)])
-_TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "MODE", "P_INT", "STORE_U"]
-_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_TUNE_KEY)(_fwd_kernel)
-_dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=_TUNE_KEY[:4])(_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_DQ_CONFIGS, key=_TUNE_KEY[:4])(_bwd_dq_kernel)
+# Chosen from an offline sm_90 compile of every candidate (bf16, both modes, lssar's forward
+# with the gradient statistics): these fit the registers without spilling (a few bytes at most),
+# none timed yet. The first entry of each list is the configuration used without autotuning.
+_TILES = {
+    ("fwd", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 32, 4, 4)],
+    ("fwd", 128): [(64, 64, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 8, 3), (64, 32, 4, 4)],
+    ("dkdv", 64): [(32, 64, 4, 3), (32, 128, 8, 3), (32, 64, 8, 3), (16, 128, 8, 3), (16, 64, 4, 4)],
+    ("dkdv", 128): [(32, 32, 4, 3), (16, 64, 8, 3), (16, 32, 4, 3), (32, 64, 8, 3)],
+    ("dq", 64): [(64, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+    ("dq", 128): [(64, 32, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3)],
+}
+_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+_TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "MODE", "P_INT", "DOT_PREC"]
+_TUNED = {(which, d): triton.autotune(_configs(tiles), key=_TUNE_KEY + (["STORE_U"] if which == "fwd" else []))(
+    _KERNELS[which]) for (which, d), tiles in _TILES.items()}
 
 
-def _fixed_meta(which, dtype):
-    """Launch parameters when not autotuning: the interpreter's small tiles, or one safe GPU config."""
+def _tile_class(head_dim):
+    return 128 if head_dim > 64 else 64
+
+
+def _pick(which, dtype, head_dim):
+    """The kernel to launch and the launch parameters it is not given by the autotuner."""
     if INTERPRET:
         bm, bn = INTERPRET_BLOCKS[which]
-        return {"BLOCK_M": bm, "BLOCK_N": bn}
-    bm, bn = {"fwd": (64, 64), "dkdv": (32, 64), "dq": (64, 32)}[which]
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 2 if dtype == torch.float32 else 3}
-
-
-def _pick(which, plain, tuned, dtype):
-    if AUTOTUNE and not INTERPRET:
-        return tuned, {}
-    return plain, _fixed_meta(which, dtype)
+        return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn}
+    if AUTOTUNE:
+        return _TUNED[which, _tile_class(head_dim)], {}
+    bm, bn, warps, stages = _TILES[which, _tile_class(head_dim)][0]
+    return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps,
+                             "num_stages": min(stages, 2) if dtype == torch.float32 else stages}
 
 
 def _t_bucket(T):
@@ -562,8 +601,9 @@ def _p_int(p):
 
 
 def _dot_precision(dtype):
-    # fp32 inputs are matched to the fp32 reference: no tf32 rounding. Ignored for 16-bit.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    # fp32 inputs are matched to the fp32 reference: FP32_DOT_PRECISION, not plain tf32.
+    # "tf32" is ignored by 16-bit dots; it also selects the fast log2 (see _log2).
+    return FP32_DOT_PRECISION if dtype == torch.float32 else "tf32"
 
 
 def _norms(x):
@@ -583,7 +623,7 @@ def _forward(q, k, v, kind, p, need_grad, wrap=_identity):
     out = torch.empty_like(q, dtype=v.dtype)   # q's memory layout, v's dtype
     stats = torch.empty((B, H, 1 + 5 * mode, T), device=q.device, dtype=torch.float32)
     u = torch.empty((B, H, T, D) if store_u else (1,), device=q.device, dtype=torch.float32)
-    kernel, meta = _pick("fwd", _fwd_kernel, _fwd_tuned, q.dtype)
+    kernel, meta = _pick("fwd", q.dtype, D)
 
     def grid(META):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)
@@ -617,7 +657,7 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
                   DS_F32=q.dtype == torch.float16)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
-    kernel, meta = _pick("dkdv", _bwd_dkdv_kernel, _dkdv_tuned, q.dtype)
+    kernel, meta = _pick("dkdv", q.dtype, D)
 
     def grid_n(META):
         return (triton.cdiv(T, META["BLOCK_N"]), B * H)
@@ -627,7 +667,7 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         H, T, math.log(D), float(p), _t_bucket(T), **common, **meta)
 
-    kernel, meta = _pick("dq", _bwd_dq_kernel, _dq_tuned, q.dtype)
+    kernel, meta = _pick("dq", q.dtype, D)
 
     def grid_m(META):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)

@@ -5,7 +5,8 @@ CPU (CI): the kernels run under Triton's interpreter, which must be switched on
 (TRITON_INTERPRET=1) before triton is imported. This process may already have imported
 triton (torch does, lazily), so every interpreter case runs in one child process that sets
 the variable first; the cases below are parametrised over that child's results. Skipped with
-a reason when triton is not installed.
+a reason when triton is not installed. The interpreter runs the kernels as Python, so one more
+CPU test runs Triton's real compiler down to an sm_90 binary (no GPU needed).
 
 GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024},
 fp32/bf16/fp16, lssar's fallback and large p, a T = 16384 forward in O(T) memory and a
@@ -188,6 +189,44 @@ def test_interpreter_under_torch_compile():
     assert "COMPILED-OK" in proc.stdout, f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}"
 
 
+@needs_triton
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="the interpreter is on: no compiler")
+def test_kernels_compile_for_an_h100():
+    """The interpreter runs the kernels as Python; this runs Triton's real compiler down to an
+    sm_90 cubin (no GPU needed), so code that only the GPU compiler rejects fails in CI too.
+    Small tiles; between them the four launches cover every code path (float and integer p,
+    fp16's tf32 score-gradient matmuls, fp32's DOT_PREC, lssar's gradient statistics)."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as e:
+        pytest.skip(f"this triton has no ahead-of-time compile API: {e}")
+    from kernels import lssa_triton as L
+
+    pointers = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
+    fp32_pointers = {"NQ", "NK", "STATS", "U", "DE"}
+    launches = [
+        (L._fwd_kernel, "bf16", dict(MODE=1, P_INT=0, STORE_U=True, DOT_PREC="tf32", BLOCK_N=32)),
+        (L._bwd_pre_kernel, "bf16", dict(MODE=1)),
+        (L._bwd_dkdv_kernel, "fp16", dict(MODE=1, P_INT=15, DOT_PREC="tf32", DS_F32=True, BLOCK_N=32)),
+        (L._bwd_dq_kernel, "fp32", dict(MODE=1, P_INT=15, DOT_PREC=L.FP32_DOT_PRECISION, DS_F32=False,
+                                        BLOCK_N=32)),
+    ]
+    for fn, dtype, constexprs in launches:
+        constexprs = dict(constexprs, HEAD_DIM=32, BLOCK_M=32)
+        signature = {name: "constexpr" if name in constexprs else
+                     f"*{dtype}" if name in pointers else "*fp32" if name in fp32_pointers else
+                     "fp32" if name in ("LN_D", "p") else "i32" for name in fn.arg_names}
+        try:
+            source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+            target = GPUTarget("cuda", 90, 32)
+        except TypeError as e:
+            pytest.skip(f"this triton's ahead-of-time compile API differs: {e}")
+        compiled = triton.compile(source, target=target, options={"num_warps": 4, "num_stages": 2})
+        assert compiled.asm["cubin"], fn.__name__
+
+
 def test_auto_backend_on_cpu_is_the_reference():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 9, 16, generator=g) for _ in range(3))
@@ -221,12 +260,10 @@ def test_unsupported_inputs_are_named():
 # ----------------------------------------------------------------------------- GPU
 
 @pytest.fixture
-def fixed_config():
+def fixed_config(monkeypatch):
     """One fixed tile configuration: autotuning every dtype x head dim x mode would take minutes."""
     from kernels import lssa_triton
-    saved, lssa_triton.AUTOTUNE = lssa_triton.AUTOTUNE, False
-    yield lssa_triton
-    lssa_triton.AUTOTUNE = saved
+    monkeypatch.setattr(lssa_triton, "AUTOTUNE", False)
 
 
 def _gpu_errors(kind, T, d, dtype, p=15.0, B=2, H=3, zero_rows=None, seed=0):
@@ -285,9 +322,9 @@ def test_gpu_fallback_rows(fixed_config, kind):
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize("kind", ["lssa", "lssar"])
-def test_gpu_autotuned(kind):
+def test_gpu_autotuned(kind, monkeypatch):
     from kernels import lssa_triton
-    assert lssa_triton.AUTOTUNE
+    monkeypatch.setattr(lssa_triton, "AUTOTUNE", True)
     errors = _gpu_errors(kind, 1024, 64, torch.bfloat16, B=4, H=4)
     assert all(e <= TOL["bfloat16"] for e in errors.values()), errors
 
