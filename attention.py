@@ -12,6 +12,10 @@ n_i = i visible keys and a causal mask j <= i:
 
   y_i = Σ_j a_ij v_j
 
+and the paper's baselines and ablations (the RECIPES table below): sigmoid, relu, ssmax,
+softmax_reweight, sigmoid_l1_reweight. Every type is three choices: how a score becomes a
+positive weight, whether rows are l1-normalised, whether lssar's re-weighting follows.
+
 The exact definitions and their numerical traps are in the README ("The maths"). The
 plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
 gradient, and the tests hold them to it.
@@ -22,7 +26,19 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-ATTENTION_TYPES = ("softmax", "lssa", "lssar")
+# type: (positive weights from scores, l1-normalise rows, re-weight)       source
+RECIPES = {
+    "softmax": ("exp", True, False),              # exp(q·k/√d)                  Vaswani et al. 2017
+    "lssa": ("softplus", True, False),            # softplus(ln d·ln n·q̂·k̂)     Gao et al. 2025
+    "lssar": ("softplus", True, True),            # lssa, re-weighted            Gao et al. 2025
+    "sigmoid": ("sigmoid", False, False),         # σ(q·k/√d − ln n)             Ramapuram et al. 2024
+    "relu": ("relu", False, False),               # relu(q·k/√d) / n             Wortsman et al. 2023
+    "ssmax": ("exp", True, False),                # exp(s_h·ln n·q·k/√d)         Nakanishi 2025
+    "softmax_reweight": ("exp", True, True),      # softmax, re-weighted         Gao et al. 2025 (ablation)
+    "sigmoid_l1_reweight": ("sigmoid", True, True),  # sigmoid, l1, re-weighted  Gao et al. 2025 (ablation)
+}
+ATTENTION_TYPES = tuple(RECIPES)
+REWEIGHTED_TYPES = tuple(k for k, (_, _, rw) in RECIPES.items() if rw)
 BACKENDS = ("auto", "reference", "kernel")
 
 # Inference-only chunking: keep each (rows x keys) score block under this many elements,
@@ -71,39 +87,55 @@ def reweight(w, a, n, p):
     return torch.where(x_sum > 0, x / x_sum.clamp_min(tiny), a)
 
 
-def attention_weights(q, k, kind, p=15.0, q_start=0):
+def positive_weights(q, k, kind, n, visible, head_scale=None):
+    """The un-normalised weights w_ij >= 0 of a type (0 where masked), in q's dtype."""
+    d = q.size(-1)
+    if RECIPES[kind][0] == "softplus":
+        # QK-norm, a length scale that grows with the row's key count, softplus, and a
+        # multiplicative 0/1 mask (the re-weighting's threshold needs masked w exactly 0).
+        qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        s = math.log(d) * torch.log(n) * (qn @ kn.transpose(-2, -1))
+        return torch.where(visible, F.softplus(s), 0.0)
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
+    if RECIPES[kind][0] == "exp":
+        if kind == "ssmax":  # a learned per-head temperature that grows with ln n
+            s = s * head_scale.to(s.dtype)[:, None, None] * torch.log(n)
+        s = s.masked_fill(~visible, float("-inf"))
+        return torch.exp(s - s.amax(-1, keepdim=True))  # every row sees its diagonal: max is finite
+    if RECIPES[kind][0] == "sigmoid":
+        return torch.where(visible, torch.sigmoid(s - torch.log(n)), 0.0)
+    return torch.where(visible, F.relu(s) / n, 0.0)   # relu
+
+
+def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None):
     """The attention matrix (B, H, Tq, Tk) of query rows q_start .. q_start+Tq-1 (0-indexed
-    positions) against keys 0 .. Tk-1, computed in fp32 (float64 stays float64)."""
+    positions) against keys 0 .. Tk-1, computed in fp32 (float64 stays float64).
+    head_scale: ssmax's per-head s_h, shape (H,)."""
     check_attention_type(kind)
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, k = q.to(dtype), k.to(dtype)
-    Tq, Tk, d = q.size(-2), k.size(-2), q.size(-1)
+    Tq, Tk = q.size(-2), k.size(-2)
     n = torch.arange(q_start + 1, q_start + Tq + 1, device=q.device, dtype=dtype)[:, None]
     visible = torch.arange(1, Tk + 1, device=q.device, dtype=dtype)[None, :] <= n  # (Tq, Tk)
-
-    if kind == "softmax":
-        s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
-        return torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
-
-    # lssa: QK-norm, a length scale that grows with the row's key count, softplus, and a
-    # multiplicative 0/1 mask (not -inf: softplus(-inf) would still be 0, but w must be 0
-    # exactly for the re-weighting's threshold).
-    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    s = math.log(d) * torch.log(n) * (qn @ kn.transpose(-2, -1))
-    w = torch.where(visible, F.softplus(s), 0.0)
-    a = w / w.sum(-1, keepdim=True)
-    if kind == "lssa":
-        return a
-    return reweight(w, a, n, p)
+    _, normalised, reweighted = RECIPES[kind]
+    w = positive_weights(q, k, kind, n, visible, head_scale)
+    a = w / w.sum(-1, keepdim=True) if normalised else w
+    return reweight(w, a, n, p) if reweighted else a
 
 
-def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS):
+def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS, head_scale=None):
     """Plain-PyTorch causal attention. With autograd it materialises the T x T weights (that
     is what the fast kernels replace); without, it walks over blocks of query rows, each
     against only the keys it can see, so memory stays bounded at any length."""
     check_attention_type(kind)
     if kind == "softmax":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if kind == "ssmax":
+        # s_h·ln(n_i) only rescales row i's scores: fold it into q and use SDPA's kernels
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        n = torch.arange(1, q.size(-2) + 1, device=q.device, dtype=dtype)
+        scale = head_scale.to(dtype)[:, None, None] * torch.log(n)[:, None]
+        return F.scaled_dot_product_attention((q.to(dtype) * scale).to(q.dtype), k, v, is_causal=True)
     # Keep the reference exact under bf16 autocast: the scores feed softplus and a 15th power.
     with torch.autocast(device_type=q.device.type, enabled=False):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -118,25 +150,32 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS):
     return y.to(v.dtype)
 
 
-def causal_attention(q, k, v, kind, p=15.0, backend="auto"):
-    """Causal self-attention of type `kind` ("softmax" | "lssa" | "lssar").
+KERNEL_TYPES = ("lssa", "lssar")   # the types with a fused kernel (kernels/lssa_triton.py)
+
+
+def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
+    """Causal self-attention of type `kind` (one of ATTENTION_TYPES).
 
     q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
-    in v's dtype. `p` is lssar's re-weighting power. `backend`: "auto" uses the fused kernel
-    when one applies (CUDA tensors, triton importable, head_dim 16/32/64/128, fp16/bf16/fp32:
-    kernels/lssa_triton.py) and the reference otherwise; "reference" forces the reference;
-    "kernel" requires the kernel and fails loudly where it cannot run (it also accepts CPU
-    tensors under Triton's interpreter, TRITON_INTERPRET=1, for tests). softmax is always SDPA.
+    in v's dtype. `p` is the re-weighting power (lssar and the *_reweight ablations);
+    `head_scale` is ssmax's learned per-head s_h, shape (n_head,). `backend`: "auto" uses the
+    fused kernel when one applies (lssa/lssar on CUDA tensors, triton importable, head_dim
+    16/32/64/128, fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise;
+    "reference" forces the reference; "kernel" requires the kernel and fails loudly where it
+    cannot run (it also accepts CPU tensors under Triton's interpreter, TRITON_INTERPRET=1,
+    for tests). softmax (and ssmax, a per-row rescaled softmax) always run on SDPA.
     """
     check_attention_type(kind)
     check_backend(backend)
-    if kind == "lssar":
+    if kind in REWEIGHTED_TYPES:
         check_reweight_p(p)
+    if kind == "ssmax" and (head_scale is None or head_scale.shape != (q.size(1),)):
+        raise ValueError(f"ssmax needs head_scale, the learned per-head s_h of shape ({q.size(1)},)")
     if q.shape != k.shape or q.shape[:-1] != v.shape[:-1] or q.dim() != 4:
         raise ValueError(f"expected q, k, v of shape (B, n_head, T, head_dim); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if kind == "softmax" or backend == "reference":
-        return reference_attention(q, k, v, kind, p)   # softmax is always SDPA, whatever the backend
+    if kind not in KERNEL_TYPES or backend == "reference":
+        return reference_attention(q, k, v, kind, p, head_scale=head_scale)
     if q.is_cuda or backend == "kernel":  # "auto" never imports triton for CPU tensors
         try:
             from kernels import lssa_triton

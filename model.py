@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import causal_attention, check_attention_type, check_backend, check_reweight_p
+from attention import RECIPES, causal_attention, check_attention_type, check_backend, check_reweight_p
 
 
 @dataclass
@@ -28,8 +28,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True             # biases in Linear and LayerNorm, as GPT-2
-    attention: str = "softmax"    # "softmax" | "lssa" | "lssar"
-    reweight_p: float = 15.0      # lssar's power p (the paper's default; 3 is also reported)
+    attention: str = "softmax"    # "softmax" | "lssa" | "lssar" | the baselines in attention.RECIPES
+    reweight_p: float = 15.0      # the re-weighting power p (the paper's default; 3 is also reported)
     rope_base: float = 10000.0
     attention_backend: str = "auto"  # "auto" (fused kernel on CUDA) | "reference" | "kernel"
 
@@ -86,6 +86,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attention, self.p = config.attention, config.reweight_p
         self.backend = config.attention_backend
+        if config.attention == "ssmax":
+            # ssmax's learned per-head s_h (Nakanishi 2025). Initialised to 1/ln(block_size), so
+            # that at the training length the model starts as plain softmax (s_h·ln n = 1).
+            self.ssmax_scale = nn.Parameter(torch.full((config.n_head,), 1.0 / math.log(config.block_size)))
+        else:
+            self.ssmax_scale = None
 
     def forward(self, x, cos, sin):
         B, T, C = x.size()
@@ -94,7 +100,7 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # No dropout on the attention weights: the fused kernels have none, and the attention
         # types should be compared on the same footing (the paper's recipe uses dropout 0).
-        y = causal_attention(q, k, v, self.attention, self.p, self.backend)
+        y = causal_attention(q, k, v, self.attention, self.p, self.backend, head_scale=self.ssmax_scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -200,9 +206,13 @@ class GPT(nn.Module):
         MFU, which by convention measures matmul throughput)."""
         cfg = self.config
         matmul = 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
-        # elementwise ops per score, forward + backward (~3x forward), per layer and head
-        per_score = {"softmax": 5, "lssa": 9, "lssar": 9 + 8 + math.ceil(math.log2(max(cfg.reweight_p, 2)))}
-        score_ops = 3 * per_score[cfg.attention] * cfg.n_layer * cfg.n_head * T
+        # elementwise ops per score (forward; the backward counted as twice that), per layer
+        # and head: the positive-weight function, the l1 normalisation, the re-weighting
+        positive, normalised, reweighted = RECIPES[cfg.attention]
+        per_score = {"exp": 5, "softplus": 9, "sigmoid": 6, "relu": 3}[positive] + 2 * normalised
+        if reweighted:
+            per_score += 8 + math.ceil(math.log2(max(cfg.reweight_p, 2)))
+        score_ops = 3 * per_score * cfg.n_layer * cfg.n_head * T
         return {"matmul": matmul, "score_ops": score_ops}
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from attention import ATTENTION_TYPES, attention_weights, causal_attention, reference_attention
+from attention import ATTENTION_TYPES, RECIPES, attention_weights, causal_attention, reference_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,25 +16,34 @@ def softplus(x):
     return math.log1p(math.exp(x))
 
 
-def naive_weights(q, k, kind, p=15.0):
-    """The spec's formulas for one head, row by row in plain Python floats (no torch)."""
+def naive_weights(q, k, kind, p=15.0, s_h=0.5):
+    """The formulas for one head, row by row in plain Python floats (no torch)."""
     T, d = len(q), len(q[0])
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))
     unit = lambda a: [x / math.sqrt(dot(a, a)) for x in a]
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))
     A = []
     for i in range(1, T + 1):                              # 1-indexed query row
-        if kind == "softmax":
-            s = [dot(q[i - 1], k[j]) / math.sqrt(d) for j in range(i)]
+        s = [dot(q[i - 1], k[j]) / math.sqrt(d) for j in range(i)]
+        if kind in ("softmax", "softmax_reweight", "ssmax"):
+            if kind == "ssmax":
+                s = [x * s_h * math.log(i) for x in s]
             e = [math.exp(x - max(s)) for x in s]
             row = [x / sum(e) for x in e]
+        elif kind in ("sigmoid", "sigmoid_l1_reweight"):
+            row = [sigmoid(x - math.log(i)) for x in s]
+            if kind == "sigmoid_l1_reweight":
+                row = [x / sum(row) for x in row]
+        elif kind == "relu":
+            row = [max(x, 0.0) / i for x in s]
         else:
             s = [math.log(d) * math.log(i) * dot(unit(q[i - 1]), unit(k[j])) for j in range(i)]
             w = [softplus(x) for x in s]
             row = [x / sum(w) for x in w]
-            if kind == "lssar":
-                o = 0.0 if i <= 3 else 1.0
-                x = [max(i * a - o, 0.0) ** p for a in row]
-                row = [v / sum(x) for v in x] if sum(x) > 0 else row
+        if kind.endswith("reweight") or kind == "lssar":
+            o = 0.0 if i <= 3 else 1.0
+            x = [max(i * a - o, 0.0) ** p for a in row]
+            row = [v / sum(x) for v in x] if sum(x) > 0 else row
         A.append(row + [0.0] * (T - i))
     return A
 
@@ -70,25 +79,44 @@ def test_two_tokens_written_out():
 def test_against_naive_formulas(kind, p):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(7, 4, generator=g, dtype=torch.float64) * 2 for _ in range(3))
-    expected = as_tensor(naive_weights(q.tolist(), k.tolist(), kind, p))
-    got = attention_weights(q[None, None], k[None, None], kind, p)
+    expected = as_tensor(naive_weights(q.tolist(), k.tolist(), kind, p, s_h=0.5))
+    head_scale = torch.tensor([0.5], dtype=torch.float64)
+    got = attention_weights(q[None, None], k[None, None], kind, p, head_scale=head_scale)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(causal_attention(q[None, None], k[None, None], v[None, None], kind, p),
-                               expected @ v, rtol=1e-10, atol=1e-12)
+    y = causal_attention(q[None, None], k[None, None], v[None, None], kind, p, head_scale=head_scale)
+    torch.testing.assert_close(y, expected @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_baselines_two_tokens_written_out():
+    # d = 4, row 2 of the case above: scaled scores q·k/√d = (1, 0), two visible keys (n = 2)
+    q = torch.tensor([[0.3, -0.2, 0.5, 0.1], [2.0, 0.0, 0.0, 0.0]], dtype=torch.float64)[None, None]
+    k = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]], dtype=torch.float64)[None, None]
+    row2 = lambda kind, **kw: attention_weights(q, k, kind, **kw)[0, 0, 1].tolist()
+    # sigmoid: σ(1 − ln 2) = 1/(1 + e^-0.306853) = 0.5761169, σ(0 − ln 2) = 1/3; no normalisation
+    assert row2("sigmoid") == pytest.approx([0.5761169, 1 / 3], abs=1e-7)
+    # relu: relu(1)/2, relu(0)/2
+    assert row2("relu") == pytest.approx([0.5, 0.0], abs=1e-12)
+    # ssmax with s_h = 2: scores scaled by 2·ln 2 = 1.386294 -> softmax(1.386294, 0) = (0.8, 0.2)
+    assert row2("ssmax", head_scale=torch.tensor([2.0])) == pytest.approx([0.8, 0.2], abs=1e-7)
+    # sigmoid_l1_reweight, rows <= 3 use o = 0: (0.5761169, 1/3)^2 renormalised with p = 2
+    a, b = 0.5761169 ** 2, (1 / 3) ** 2
+    assert row2("sigmoid_l1_reweight", p=2.0) == pytest.approx([a / (a + b), b / (a + b)], abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ATTENTION_TYPES)
 def test_rows_sum_to_one_and_are_causal(kind):
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
-    a = attention_weights(q, k, kind)
-    torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 40))
-    assert (a.triu(diagonal=1) == 0).all()
-    y = causal_attention(q, k, v, kind)
+    scale = torch.full((3,), 0.3)
+    a = attention_weights(q, k, kind, head_scale=scale)
+    if RECIPES[kind][1]:  # l1-normalised types
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 40))
+    assert (a.triu(diagonal=1) == 0).all() and (a >= 0).all()
+    y = causal_attention(q, k, v, kind, head_scale=scale)
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 25:] += 5 * torch.randn(2, 3, 15, 16, generator=g)
     v2[:, :, 25:] -= 3
-    y2 = causal_attention(q, k2, v2, kind)
+    y2 = causal_attention(q, k2, v2, kind, head_scale=scale)
     assert torch.equal(y[:, :, :25], y2[:, :, :25])
     assert not torch.allclose(y[:, :, 25:], y2[:, :, 25:])
 
@@ -143,7 +171,7 @@ def test_finite_at_4096(kind, dtype):
     q, k, v = (8 * torch.randn(1, 2, 4096, 16, generator=g) for _ in range(3))
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     with torch.no_grad():
-        y = causal_attention(q, k, v, kind)
+        y = causal_attention(q, k, v, kind, head_scale=torch.full((2,), 0.2))
     assert y.dtype == dtype and torch.isfinite(y).all()
 
 
@@ -156,11 +184,13 @@ def test_gradients_finite_in_low_precision(kind):
         assert all(torch.isfinite(t.grad).all() for t in qkv)
 
 
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", [k for k in ATTENTION_TYPES if k != "softmax"])
 def test_gradcheck_float64(kind):
     g = torch.Generator().manual_seed(5)
     qkv = [torch.randn(1, 2, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    assert torch.autograd.gradcheck(lambda q, k, v: causal_attention(q, k, v, kind, p=3.0), qkv)
+    scale = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)  # ssmax learns it
+    assert torch.autograd.gradcheck(lambda q, k, v, s: causal_attention(q, k, v, kind, p=3.0, head_scale=s),
+                                    (*qkv, scale))
 
 
 def test_lssar_gradient_flows_through_threshold(monkeypatch):
@@ -219,3 +249,5 @@ def test_unknown_type_lists_the_valid_ones():
         causal_attention(q, q, q, "flash")
     with pytest.raises(ValueError, match="reweight_p"):
         causal_attention(q, q, q, "lssar", p=0.5)
+    with pytest.raises(ValueError, match="ssmax needs head_scale"):
+        causal_attention(q, q, q, "ssmax")
