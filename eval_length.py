@@ -26,7 +26,7 @@ import torch
 from checkpoint import load_model
 from configurator import REPO_ROOT
 from data.shards import ShardError, load_tokens, val_windows
-from runinfo import code_version, hardware
+from runinfo import code_version, hardware, keep_freed_memory
 
 
 def parse_args(argv):
@@ -130,6 +130,8 @@ def main(argv):
         raise SystemExit("--p sets lssar's power: use it with --attention lssar")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")
+    if not on_gpu:
+        keep_freed_memory()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
     batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
     overrides = {k: v for k, v in (("attention", args.attention), ("reweight_p", args.p),

@@ -1,4 +1,6 @@
-"""What a result needs to be traced: code version, hardware, software, peak FLOPs."""
+"""What a result needs to be traced (code version, hardware, software, peak FLOPs), and one
+process setting that CPU runs need."""
+import ctypes
 import os
 import platform
 import subprocess
@@ -70,3 +72,19 @@ def hardware(device="cpu"):
         except ImportError:
             pass
     return info
+
+
+def keep_freed_memory():
+    """Make glibc keep freed memory for reuse instead of returning it to the OS (Linux only).
+
+    glibc serves every allocation above 32 MB with a fresh mmap and unmaps it on free. A CPU
+    training step allocates and frees the (tokens x 50,304) logits and their gradients, so
+    each step page-faults in about a gigabyte of new zeroed memory: on 2 cores that was 86 s
+    of 112 s (26M page faults) for config/demo_cpu.py, and twice the speed without it. The cost
+    is that the process keeps its peak memory. Returns whether the setting was applied.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -29,7 +29,7 @@ from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, load_config
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
 from model import GPT, config_from_preset
-from runinfo import code_version, hardware, peak_flops
+from runinfo import code_version, hardware, keep_freed_memory, peak_flops
 
 
 def setup_distributed(cfg):
@@ -116,6 +116,8 @@ def main(argv):
     autocast = (nullcontext() if dtype == "float32"
                 else torch.autocast(device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    if device_type == "cpu":
+        keep_freed_memory()
     if cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
