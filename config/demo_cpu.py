@@ -1,5 +1,5 @@
 # A tiny model on the embedded corpus that trains in about two minutes on 2 CPU cores.
-# The loss stays far from converged (~250K tokens): this shows the pipeline, not the paper's
+# The loss stays far from converged (~200K tokens): this shows the pipeline, not the paper's
 # numbers. On a CPU the 50,257-token vocabulary projection costs more than the 4 layers, so
 # the width is small and the context short.
 #   python data/prepare.py embedded
@@ -9,7 +9,7 @@ dataset = "embedded"
 block_size = 64
 batch_size = 16
 total_batch_size = 0
-max_iters = 240
+max_iters = 200
 learning_rate = 3e-3
 warmup_iters = 12
 min_lr = 3e-4
