@@ -64,6 +64,11 @@ def check_backend(backend):
         raise ValueError(f"unknown attention backend {backend!r}; valid backends are: {', '.join(BACKENDS)}")
 
 
+def describe(kind, p):
+    """A type's name as results show it: "lssar p=15", "softmax"."""
+    return f"{kind} p={p:g}" if kind in REWEIGHTED_TYPES else kind
+
+
 def reweight(w, a, n, p):
     """lssar's second stage from the row's positive weights w (masked entries 0), its
     l1-normalised weights a = w / Σw and its visible-key counts n (rows x 1).

@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 
 import torch
 
+from attention import ATTENTION_TYPES, REWEIGHTED_TYPES, describe
 from checkpoint import load_model
 from configurator import REPO_ROOT
 from data.shards import ShardError, load_tokens, val_windows
-from runinfo import code_version, hardware, keep_freed_memory
+from runinfo import code_version, hardware, keep_freed_memory, write_json
 
 
 def parse_args(argv):
@@ -38,8 +39,9 @@ def parse_args(argv):
     p.add_argument("--tokens", type=int, default=None,
                    help="validation tokens per length (default 2^21, capped to what the validation set holds)")
     p.add_argument("--bucket", type=int, default=None, help="position-bucket size (default: the training context)")
-    p.add_argument("--attention", choices=["softmax", "lssa", "lssar"], help="evaluate with this attention type")
-    p.add_argument("--p", type=float, default=None, help="lssar's power p at evaluation (with --attention lssar)")
+    p.add_argument("--attention", choices=ATTENTION_TYPES, help="evaluate with this attention type")
+    p.add_argument("--p", type=float, default=None,
+                   help="the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)")
     p.add_argument("--attention_backend", default=None, help="auto | reference | kernel")
     p.add_argument("--data_dir", default=None, help="validation shards (default: the checkpoint's dataset)")
     p.add_argument("--batch_tokens", type=int, default=None,
@@ -126,8 +128,8 @@ def final_losses(run_dir, step):
 
 def main(argv):
     args = parse_args(argv)
-    if args.p is not None and args.attention != "lssar":
-        raise SystemExit("--p sets lssar's power: use it with --attention lssar")
+    if args.p is not None and args.attention not in REWEIGHTED_TYPES:
+        raise SystemExit(f"--p sets the re-weighting power: use it with --attention {' | '.join(REWEIGHTED_TYPES)}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")
     if not on_gpu:
@@ -136,8 +138,6 @@ def main(argv):
     batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
     overrides = {k: v for k, v in (("attention", args.attention), ("reweight_p", args.p),
                                    ("attention_backend", args.attention_backend)) if v is not None}
-    if args.attention == "lssar" and args.p is None:
-        overrides["reweight_p"] = 15.0
 
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "eval_length.py"] + argv), "code": code_version(),
@@ -153,7 +153,7 @@ def main(argv):
             token_cache[data_dir] = load_tokens(data_dir, "val")
         tokens = token_cache[data_dir]
         budget = token_budget(args.tokens, lengths, len(tokens))
-        evaluated = model.config.attention + (f" p={model.config.reweight_p:g}" if model.config.attention == "lssar" else "")
+        evaluated = describe(model.config.attention, model.config.reweight_p)
         label = f"{os.path.basename(os.path.dirname(ckpt['path']))} [{evaluated}]"
         print(f"{ckpt['path']}: trained with {model_cfg['attention']} at context {context}, step {ckpt['step']}; "
               f"evaluating {evaluated} on {budget:,} validation tokens per length from {data_dir}")
@@ -184,9 +184,7 @@ def print_table(report):
 
 
 def write_outputs(report, out):
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(report, out)
     with open(os.path.splitext(out)[0] + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "trained_attention", "attention", "reweight_p", "step", "train_context", "length",
@@ -196,7 +194,7 @@ def write_outputs(report, out):
                 w.writerow([run["run"], run["trained_attention"], run["attention"], run["reweight_p"], run["step"],
                             run["train_context"], r["length"], r["length"] / run["train_context"], f"{r['loss']:.6f}",
                             r["tokens"], r["windows"], r["time_s"]])
-    print(f"wrote {out} and {os.path.splitext(out)[0]}.csv")
+    print(f"wrote {os.path.splitext(out)[0]}.csv")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What a result needs to be traced (code version, hardware, software, peak FLOPs), and one
 process setting that CPU runs need."""
 import ctypes
+import json
 import os
 import platform
 import subprocess
@@ -72,6 +73,14 @@ def hardware(device="cpu"):
         except ImportError:
             pass
     return info
+
+
+def write_json(report, path):
+    """Write a result as indented JSON, making its directory; say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {path}")
 
 
 def keep_freed_memory():

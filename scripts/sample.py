@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from attention import ATTENTION_TYPES  # noqa: E402
 from checkpoint import load_model  # noqa: E402
 from data.tokenizer import EOT, get_encoding  # noqa: E402
 
@@ -27,7 +28,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200)
-    p.add_argument("--attention", choices=["softmax", "lssa", "lssar"], help="generate with another attention type")
+    p.add_argument("--attention", choices=ATTENTION_TYPES, help="generate with another attention type")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -9,6 +9,12 @@ training context, and the ratio of the longest to the 1x loss.
 """
 import argparse
 import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from attention import describe  # noqa: E402
 
 
 def markdown(runs):
@@ -18,7 +24,7 @@ def markdown(runs):
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–"
     for run in runs:
         by_m = {r["length"] / run["train_context"]: r["loss"] for r in run["results"]}
-        evaluated = run["attention"] + (f" p={run['reweight_p']:g}" if run["attention"] == "lssar" else "")
+        evaluated = describe(run["attention"], run["reweight_p"])
         if run.get("overrides"):
             evaluated += f" (trained {run['trained_attention']})"
         training = run.get("training", {})

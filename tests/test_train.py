@@ -12,7 +12,7 @@ import train
 from checkpoint import list_checkpoints, load_checkpoint
 from configurator import ConfigError, load_config
 
-from helpers import VOCAB, tiny_args
+from helpers import tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
