@@ -33,3 +33,12 @@ def trained_runs(synth_dir, tmp_path_factory):
         train.main(tiny_args(synth_dir, runs[attention], "--max_iters=30", "--eval_interval=100",
                              f"--attention={attention}", "--learning_rate=1e-2"))
     return runs
+
+
+@pytest.fixture(scope="session")
+def gpt2_vocab_run(synth_dir, tmp_path_factory):
+    """A tiny lssar model with GPT-2's vocabulary (for the tools that encode and decode text)."""
+    import train
+    run = str(tmp_path_factory.mktemp("gpt2-vocab") / "lssar")
+    train.main(tiny_args(synth_dir, run, "--max_iters=2", "--vocab_size=50304", "--attention=lssar"))
+    return run

@@ -86,12 +86,8 @@ def test_plot_is_written(sweep, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sample_generates_past_the_training_context(synth_dir, tmp_path):
-    import train
-    from helpers import tiny_args
-    run = str(tmp_path / "gpt2-vocab")
-    train.main(tiny_args(synth_dir, run, "--max_iters=2", "--vocab_size=50304", "--attention=lssar"))
-    proc = subprocess.run([sys.executable, "scripts/sample.py", run, "--tokens", "40", "--prompt", "Hello",
+def test_sample_generates_past_the_training_context(gpt2_vocab_run):
+    proc = subprocess.run([sys.executable, "scripts/sample.py", gpt2_vocab_run, "--tokens", "40", "--prompt", "Hello",
                            "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "trained at 32 tokens" in proc.stderr and "1.3x the training context" in proc.stderr
     assert proc.stdout.startswith("Hello") and len(proc.stdout) > len("Hello")

@@ -1,0 +1,58 @@
+"""
+Plot eval_passkey.py results: retrieval accuracy against prompt length, and against depth.
+
+    python scripts/plot_passkey.py results/small/passkey.json -o results/small/passkey.png
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot(runs, out, title=None):
+    fig, (ax_len, ax_depth) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for run in runs:
+        lengths = sorted(int(L) for L in run["accuracy_by_length"])
+        line, = ax_len.plot(lengths, [run["accuracy_by_length"][str(L)] for L in lengths], marker="o",
+                            label=run["label"])
+        longest = [r for r in run["results"] if r["length"] == lengths[-1]]
+        ax_depth.plot([r["depth"] for r in longest], [r["accuracy"] for r in longest], marker="o",
+                      color=line.get_color(), label=f"{run['label']} (L={lengths[-1]})")
+    for c in sorted({run["train_context"] for run in runs}):
+        ax_len.axvline(c, color="grey", linestyle="--", linewidth=1)
+    ax_len.set_xscale("log", base=2)
+    ax_len.set_xlabel("prompt length (tokens); dashed: training context")
+    ax_len.set_title(title or "passkey retrieval accuracy")
+    ax_depth.set_xlabel("depth of the key in the filler (0 = start, 1 = end)")
+    ax_depth.set_title("accuracy by depth at the longest length")
+    for ax in (ax_len, ax_depth):
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("accuracy")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="JSON files written by eval_passkey.py --out")
+    p.add_argument("-o", "--out", required=True, help="PNG path")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    runs = []
+    for path in args.results:
+        with open(path) as f:
+            runs.extend(json.load(f)["runs"])
+    plot(runs, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""eval_passkey.py: prompts of exact length with the key at the right depth, scoring, the run."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import eval_passkey
+from data.tokenizer import get_encoding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_encoding()
+
+
+def key_position(enc, tokens):
+    text = enc.decode(tokens)
+    return text.index("The pass key is 12345."), text
+
+
+@pytest.mark.parametrize("length", [96, 257, 1024])
+def test_prompt_has_exact_length_and_the_key_at_its_depth(enc, length):
+    positions = []
+    for depth in (0.0, 0.25, 0.5, 0.75, 1.0):
+        tokens = eval_passkey.build_prompt(enc, length, depth, "12345")
+        assert len(tokens) == length
+        pos, text = key_position(enc, tokens)
+        assert text.count("12345") == 2 and text.endswith("What is the pass key? The pass key is")
+        positions.append(pos)
+    assert positions == sorted(positions) and positions[0] < positions[-1]
+    start = eval_passkey.build_prompt(enc, length, 0.0, "12345")
+    assert enc.decode(start[1:]).startswith(eval_passkey.INTRO + "The pass key is 12345.")
+    # the filler is cut at sentence boundaries around the key line
+    _, text = key_position(enc, eval_passkey.build_prompt(enc, length, 0.5, "12345"))
+    assert re.search(r"(again\. |\n)The pass key is 12345\. Remember it\. 12345 is the pass key\. The grass", text)
+
+
+def test_prompt_too_short_is_an_error(enc):
+    with pytest.raises(ValueError, match="needs at least"):
+        eval_passkey.build_prompt(enc, 20, 0.5, "12345")
+
+
+def test_answer_parsing(enc):
+    assert eval_passkey.answer_of(enc, enc.encode(" 71432. Remember")) == "71432"
+    assert eval_passkey.answer_of(enc, enc.encode(" seven")) == ""
+    assert eval_passkey.answer_of(enc, enc.encode(" 714329")) == "714329"  # one digit too many is wrong
+
+
+class Oracle:
+    """A stand-in model that reads the key from the prompt and answers it (or a wrong one)."""
+
+    def __init__(self, enc, wrong=False):
+        self.enc, self.wrong = enc, wrong
+
+    def generate(self, idx, max_new_tokens, temperature):
+        assert temperature == 0  # greedy decoding
+        rows = []
+        for row in idx.tolist():
+            key = re.search(r"pass key is (\d+)", self.enc.decode(row)).group(1)
+            answer = self.enc.encode(" " + (key[::-1] if self.wrong else key) + ".")
+            rows.append(row + (answer + [13] * max_new_tokens)[:max_new_tokens])
+        return torch.tensor(rows)
+
+
+def test_scoring_with_an_oracle(enc):
+    keys = ["12345", "67890", "24680"]
+    args = (enc, 128, 0.5, keys, "cpu", torch.autocast("cpu", enabled=False), 2)
+    assert eval_passkey.run_trials(Oracle(enc), *args) == 3
+    assert eval_passkey.run_trials(Oracle(enc, wrong=True), *args) == 0
+
+
+def test_run_on_a_checkpoint(gpt2_vocab_run, tmp_path):
+    out = tmp_path / "passkey.json"
+    argv = [gpt2_vocab_run, "--lengths", "96", "128", "--depths", "0", "1", "--trials", "3", "--out", str(out)]
+    report = eval_passkey.main(argv)
+    assert report == json.load(open(out))
+    run = report["runs"][0]
+    assert run["train_context"] == 32 and run["trained_attention"] == "lssar" and run["overrides"] == {}
+    assert [(r["length"], r["depth"], r["trials"]) for r in run["results"]] == [
+        (96, 0.0, 3), (96, 1.0, 3), (128, 0.0, 3), (128, 1.0, 3)]
+    assert set(run["accuracy_by_length"]) == {"96", "128"}
+    again = eval_passkey.main(argv[:-2])  # deterministic: the same keys, the same greedy answers
+    assert again["runs"][0]["results"][0]["correct"] == run["results"][0]["correct"]
+    override = eval_passkey.main([gpt2_vocab_run, "--lengths", "96", "--depths", "0.5", "--trials", "1",
+                                  "--attention", "lssa"])
+    assert override["runs"][0]["attention"] == "lssa" and override["runs"][0]["overrides"] == {"attention": "lssa"}
+    png = tmp_path / "passkey.png"
+    subprocess.run([sys.executable, "scripts/plot_passkey.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert png.read_bytes()[:4] == b"\x89PNG"
