@@ -31,13 +31,13 @@ def check_pipeline(commands, expected_runs):
         assert cfg.init_from == "auto"                        # re-running resumes or skips
         out_dirs.append(cfg.out_dir)
     assert len(set(out_dirs)) == len(out_dirs) == expected_runs
-    evals = [c for c in rest if c[:2] == ["python", "eval_length.py"]]
+    evals = [c for c in rest if c[:2] in (["python", "eval_length.py"], ["python", "eval_passkey.py"])]
     results = []
     for cmd in evals:
         paths = [a for a in cmd[2:cmd.index("--out")] if not a.startswith("-") and "/" in a]
         assert paths and set(paths) <= set(out_dirs)          # sweeps exactly the trained runs
         results.append(cmd[cmd.index("--out") + 1])
-    plots = [c for c in rest if c[:2] == ["python", "scripts/plot_length.py"]]
+    plots = [c for c in rest if c[:2] in (["python", "scripts/plot_length.py"], ["python", "scripts/plot_passkey.py"])]
     assert plots and all(set(a for a in p[2:p.index("-o")]) <= set(results) for p in plots)
     return trains, evals
 
@@ -65,7 +65,8 @@ def test_reproduce_paper_on_openwebtext():
 @pytest.mark.parametrize("mode, config", [("gpu", "config/small_gpu.py"), ("cpu", "config/demo_cpu.py")])
 def test_reproduce_small_commands_resolve(mode, config):
     commands = dry_run("scripts/reproduce_small.sh", mode)
-    trains, _ = check_pipeline(commands, expected_runs=4)
+    trains, evals = check_pipeline(commands, expected_runs=4)
     assert all(config in c for c in trains)
+    assert any(e[1] == "eval_passkey.py" for e in evals)
     ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
     assert ps == [3.0, 15.0]
