@@ -287,6 +287,8 @@ def main(argv):
                       "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
             if peak:
                 record["mfu"] = flops * tokens_per_s / (peak * world_size)
+            if device_type == "cuda":
+                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             if master and (step % cfg.log_interval == 0 or last):
                 append_jsonl(metrics_path, record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")

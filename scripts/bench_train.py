@@ -1,0 +1,95 @@
+"""
+End-to-end training throughput for each attention type, measured in one run: tokens/s, MFU
+and peak GPU memory of train.py itself (the same step, data loader, compile and optimizer
+that users run), so a figure here is a figure users get.
+
+    python data/prepare.py embedded
+    python scripts/bench_train.py --out results/bench_train.json         # 124M, B=16, T=1024, bf16, compiled
+    python scripts/bench_train.py config/paper_350m.py --attention softmax lssar -- --batch_size=8
+
+Each attention type trains --steps optimizer steps of the config (one micro-step of
+batch_size x block_size tokens per step, on the embedded corpus unless overridden after
+`--`); throughput is the median over the log intervals after --warmup steps (compilation and
+autotuning happen there). Prints a table with ratios to the first type and writes JSON with
+the hardware, torch/triton versions and git commit.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import train  # noqa: E402
+from configurator import load_config  # noqa: E402
+from runinfo import code_version, hardware, write_json  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default="config/paper_124m.py")
+    p.add_argument("--attention", nargs="+", default=["softmax", "lssa", "lssar"])
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=20, help="steps excluded from the figures")
+    p.add_argument("--log_interval", type=int, default=5)
+    p.add_argument("--out", default=None, help="JSON path")
+    extra = []
+    if "--" in argv:  # what follows goes to train.py as it is
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    args = p.parse_args(argv)
+    args.extra = extra
+    return args
+
+
+def bench_one(args, attention, out_dir):
+    overrides = [f"--attention={attention}", f"--out_dir={out_dir}", f"--batch_size={args.batch_size}",
+                 "--total_batch_size=0", f"--max_iters={args.steps}", f"--log_interval={args.log_interval}",
+                 f"--eval_interval={10 * args.steps}", "--eval_iters=1", f"--ckpt_interval={10 * args.steps}",
+                 "--keep_checkpoints=1", "--dataset=embedded", "--warmup_iters=10"]
+    argv = [args.config] + overrides + args.extra
+    train.main(argv)
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if "tokens_per_s" in line]
+    timed = [r for r in records if r["step"] > args.warmup]
+    if not timed:
+        raise SystemExit(f"no log interval after --warmup={args.warmup}; raise --steps")
+    cfg = load_config(argv)
+    result = {"attention": attention, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+              "step_time_s": statistics.median(r["time_s"] for r in timed), "intervals": len(timed),
+              "config": {k: getattr(cfg, k) for k in ("model", "batch_size", "block_size", "dtype", "compile",
+                                                         "attention_backend", "reweight_p")}}
+    if "mfu" in timed[-1]:
+        result["mfu"] = statistics.median(r["mfu"] for r in timed)
+    if "peak_mem_gib" in timed[-1]:
+        result["peak_mem_gib"] = max(r["peak_mem_gib"] for r in timed)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        for attention in args.attention:
+            results.append(bench_one(args, attention, os.path.join(tmp, attention)))
+    device = "cuda" if "peak_mem_gib" in results[0] else "cpu"
+    base = results[0]
+    print(f"\n{'attention':<22}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")
+    for r in results:
+        r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
+        if "peak_mem_gib" in r:
+            r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"]
+        print(f"{r['attention']:<22}{r['tokens_per_s']:>12,.0f}{r['ratio']:>8.2f}"
+              f"{r.get('mfu', float('nan')):>8.1%}{r.get('peak_mem_gib', float('nan')):>10.2f}"
+              f"{r.get('mem_ratio', float('nan')):>10.2f}")
+    report = {"command": " ".join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),
+              "code": code_version(), "hardware": hardware(device), "results": results}
+    if args.out:
+        write_json(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
