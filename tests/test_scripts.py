@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from attention import ATTENTION_TYPES
 from configurator import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,8 +66,9 @@ def test_reproduce_paper_on_openwebtext():
 @pytest.mark.parametrize("mode, config", [("gpu", "config/small_gpu.py"), ("cpu", "config/demo_cpu.py")])
 def test_reproduce_small_commands_resolve(mode, config):
     commands = dry_run("scripts/reproduce_small.sh", mode)
-    trains, evals = check_pipeline(commands, expected_runs=4)
+    trains, evals = check_pipeline(commands, expected_runs=9)
     assert all(config in c for c in trains)
+    assert {load_config(c[2:]).attention for c in trains} == set(ATTENTION_TYPES)  # every type, baselines too
     assert any(e[1] == "eval_passkey.py" for e in evals)
     ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
     assert ps == [3.0, 15.0]
