@@ -181,7 +181,7 @@ def main(argv):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     # --- what makes a result traceable
-    run_info = {"code": code_version(), "hardware": hardware(device), "world_size": world_size,
+    run_info = {"code": code_version(), "hardware": hardware(device), "world_size": world_size, "start_step": step,
                 "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                 "params": raw_model.num_params(), "grad_accum_steps": accum, "tokens_per_step": tokens_per_step}
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
