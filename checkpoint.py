@@ -84,5 +84,9 @@ def load_model(path, device="cpu", **overrides):
     ckpt = load_checkpoint(path, map_location=device)
     config = GPTConfig(**{**ckpt["model_config"], **overrides})
     model = GPT(config)
-    model.load_state_dict(ckpt["model"])
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt['path']} (trained with {ckpt['model_config']['attention']}) does not fit "
+                         f"attention={config.attention}: missing {missing}, unexpected {unexpected}. ssmax has "
+                         f"learned per-head scales, so only an ssmax checkpoint can be evaluated as ssmax")
     return model.to(device).eval(), ckpt

@@ -178,3 +178,23 @@ def test_wandb_offline_writes_files(synth_dir, tmp_path):
     out = tmp_path / "run"
     run_train(tiny_args(synth_dir, out, "--max_iters=2", "--wandb_log=True"), env={"WANDB_MODE": "offline"})
     assert glob.glob(str(out / "wandb" / "offline-run-*" / "*.wandb"))
+
+
+def test_checkpoint_from_a_compiled_model_loads(trained_runs, tmp_path):
+    """torch.compile saves keys as `_orig_mod.<name>`; loading strips the prefix."""
+    from checkpoint import load_model
+    ckpt = torch.load(list_checkpoints(trained_runs["lssa"])[-1][1], weights_only=True)
+    ckpt["model"] = {f"_orig_mod.{k}": v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "ckpt_000030.pt")
+    model, loaded = load_model(str(tmp_path))
+    reference, _ = load_model(trained_runs["lssa"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert loaded["step"] == 30
+
+
+def test_override_that_needs_missing_weights_is_a_clear_error(trained_runs):
+    from checkpoint import load_model
+    with pytest.raises(ValueError, match="only an ssmax checkpoint can be evaluated as ssmax"):
+        load_model(trained_runs["softmax"], attention="ssmax")
+    model, _ = load_model(trained_runs["softmax"], attention="softmax_reweight")  # no new weights: fine
+    assert model.config.attention == "softmax_reweight"
