@@ -54,12 +54,25 @@ def code_version():
         return {"commit": "unknown", "dirty": None}
 
 
+def cpu_model():
+    """The processor's name (/proc/cpuinfo on Linux, else what platform reports)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device="cpu"):
     info = {
         "host": platform.node(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "device": str(device),
     }
