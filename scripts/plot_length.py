@@ -18,12 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def load_runs(paths):
+    """The runs of eval_length.py / eval_passkey.py result files, in order."""
     runs = []
     for path in paths:
         with open(path) as f:
             report = json.load(f)
         if "runs" not in report:
-            raise SystemExit(f"{path} is not an eval_length.py result (no 'runs' key)")
+            raise SystemExit(f"{path} is not an eval_length.py or eval_passkey.py result (no 'runs' key)")
         runs.extend(report["runs"])
     return runs
 
@@ -50,6 +51,10 @@ def plot(runs, out, title=None):
     ax_pos.set_title("loss by position at the longest length")
     ax_len.legend(fontsize=8)
     ax_pos.legend(fontsize=8)
+    save_figure(fig, out)
+
+
+def save_figure(fig, out):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)

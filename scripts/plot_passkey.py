@@ -4,13 +4,8 @@ Plot eval_passkey.py results: retrieval accuracy against prompt length, and agai
     python scripts/plot_passkey.py results/small/passkey.json -o results/small/passkey.png
 """
 import argparse
-import json
-import os
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+from plot_length import load_runs, plt, save_figure  # the sibling script; it selects the Agg backend
 
 
 def plot(runs, out, title=None):
@@ -34,11 +29,7 @@ def plot(runs, out, title=None):
         ax.set_ylabel("accuracy")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(f"wrote {out}")
+    save_figure(fig, out)
 
 
 def main(argv=None):
@@ -47,11 +38,7 @@ def main(argv=None):
     p.add_argument("-o", "--out", required=True, help="PNG path")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    runs = []
-    for path in args.results:
-        with open(path) as f:
-            runs.extend(json.load(f)["runs"])
-    plot(runs, args.out, args.title)
+    plot(load_runs(args.results), args.out, args.title)
 
 
 if __name__ == "__main__":

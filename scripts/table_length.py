@@ -8,13 +8,13 @@ its metrics.jsonl, at the training context), the sweep's loss at each multiple o
 training context, and the ratio of the longest to the 1x loss.
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attention import describe  # noqa: E402
+from plot_length import load_runs  # noqa: E402
 
 
 def markdown(runs):
@@ -40,11 +40,7 @@ def main(argv=None):
     p.add_argument("results", nargs="+", help="JSON files written by eval_length.py --out")
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
-    runs = []
-    for path in args.results:
-        with open(path) as f:
-            runs.extend(json.load(f)["runs"])
-    table = markdown(runs)
+    table = markdown(load_runs(args.results))
     print(table)
     if args.out:
         with open(args.out, "w") as f:
