@@ -1,9 +1,9 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: enter a Python environment that has
-# torch and requirements.txt. Uses the active virtual environment if there is one, else
-# creates ./.venv. Set PYTHON to choose the interpreter, TORCH_SPEC to choose the torch build.
+# torch and requirements.txt. Uses the active virtual environment (or conda environment) if
+# there is one, else creates ./.venv. Set PYTHON to choose the interpreter, TORCH_SPEC to choose the torch build.
 
 PYTHON=${PYTHON:-python3}
-if [ -z "${VIRTUAL_ENV:-}" ]; then
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
     if [ ! -x .venv/bin/python ]; then
         echo "[env] creating .venv with $($PYTHON --version 2>&1)"
         "$PYTHON" -m venv .venv
