@@ -32,6 +32,11 @@ PEAK_BF16_FLOPS = [
 ]
 
 
+def pick_device(name="auto"):
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
 def peak_flops(device):
     """Peak bf16 FLOP/s of a CUDA device, or None (CPU, unknown GPU: no MFU is reported)."""
     if torch.device(device).type != "cuda":

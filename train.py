@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import asdict
 
@@ -29,7 +30,7 @@ from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, load_config
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
 from model import GPT, config_from_preset
-from runinfo import code_version, hardware, keep_freed_memory, peak_flops
+from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
 
 
 def setup_distributed(cfg):
@@ -38,10 +39,8 @@ def setup_distributed(cfg):
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and ddp:
+    device = pick_device(cfg.device)
+    if device == "cuda":  # torch.cuda.set_device needs an index: one GPU per local process
         device = f"cuda:{local_rank}"
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
@@ -81,9 +80,10 @@ def rng_states(device):
 
 
 def set_rng_states(states, device):
-    torch.set_rng_state(states["torch"])
+    # RNG states are CPU byte tensors; loading the checkpoint onto the GPU moved them there
+    torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and device.startswith("cuda"):
-        torch.cuda.set_rng_state(states["cuda"], device)
+        torch.cuda.set_rng_state(states["cuda"].cpu(), device)
 
 
 def append_jsonl(path, record):
@@ -118,6 +118,8 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     if device_type == "cpu":
         keep_freed_memory()
+    else:
+        torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gib is this run's, not the process's
     if cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -141,6 +143,10 @@ def main(argv):
         if changed:
             raise ConfigError("cannot resume with a different config: " + ", ".join(
                 f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items()))
+        if ckpt["config"]["max_iters"] != cfg.max_iters and not cfg.lr_decay_iters and master:
+            print(f"warning: max_iters changed from {ckpt['config']['max_iters']} to {cfg.max_iters}; the cosine "
+                  f"schedule now ends at step {cfg.max_iters}. Keep the old schedule with "
+                  f"--lr_decay_iters={ckpt['config']['max_iters']}")
         if ckpt["world_size"] != world_size or ckpt["accum"] != accum:
             raise ConfigError(f"the checkpoint was written by {ckpt['world_size']} processes x {ckpt['accum']} "
                               f"micro-steps; resume with the same layout for an exact continuation")
@@ -153,6 +159,7 @@ def main(argv):
         reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
         dropout=cfg.dropout, bias=cfg.bias)
     model = GPT(model_config).to(device)
+    torch.manual_seed(cfg.seed + rank)  # the same init everywhere; dropout differs across ranks
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     data_dir = cfg.data_dir or os.path.join(REPO_ROOT, "data", cfg.dataset)
     loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, rank=rank, world_size=world_size,
@@ -168,10 +175,17 @@ def main(argv):
         loader.load_state_dict(ckpt["loader"])
         set_rng_states(ckpt["rng"][rank], device)
         step = ckpt["step"]
+    if world_size > 1:  # e.g. out_dir not on a filesystem every node sees
+        steps = [None] * world_size
+        dist.all_gather_object(steps, step)
+        if len(set(steps)) > 1:
+            raise ConfigError(f"the processes would start from different steps {steps}: out_dir must be on a "
+                              f"filesystem every node sees")
+    if ckpt is not None:
         if step >= cfg.max_iters:
             if master:
                 print(f"{cfg.out_dir} is complete (step {step} of max_iters={cfg.max_iters}); nothing to do")
-            if world_size > 1:
+            if dist.is_initialized():
                 dist.destroy_process_group()
             return
     raw_model = model
@@ -191,13 +205,20 @@ def main(argv):
               f"{cfg.batch_size} x {cfg.block_size} = {tokens_per_step:,} tokens per step on {device} ({dtype})")
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
-        with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:
+        with open(os.path.join(cfg.out_dir, "run.json"), "w") as f:  # this launch
             json.dump(run_info, f, indent=2)
+        append_jsonl(os.path.join(cfg.out_dir, "launches.jsonl"), run_info)  # every launch, resumes too
         truncate_metrics(metrics_path, step)
     wandb = None
     if cfg.wandb_log and master:
         import wandb  # imported only when used
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, dir=cfg.out_dir,
+        id_path = os.path.join(cfg.out_dir, "wandb_id")  # a resumed run continues the same wandb run
+        if not os.path.exists(id_path):
+            with open(id_path, "w") as f:
+                f.write(uuid.uuid4().hex[:8])
+        with open(id_path) as f:
+            wandb_id = f.read().strip()
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, dir=cfg.out_dir, id=wandb_id,
                    config={**asdict(cfg), **run_info}, resume="allow")
     flops = raw_model.flops_per_token(cfg.block_size)["matmul"]
     peak = peak_flops(device)
@@ -242,10 +263,12 @@ def main(argv):
     interactive = master and sys.stderr.isatty()  # in a log file, plain lines read better than a bar
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not interactive, dynamic_ncols=True, mininterval=1.0)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
-    t_last, steps_since = time.time(), 0
+    t_last, steps_since, eval_time = time.time(), 0, 0.0
     while step < cfg.max_iters:
         if step % cfg.eval_interval == 0:
+            t_eval = time.time()
             val_loss = evaluate()
+            eval_time += time.time() - t_eval
             if master:
                 append_jsonl(metrics_path, {"step": step, "val_loss": val_loss})
                 bar.write(f"step {step}: val loss {val_loss:.4f}")  # tqdm.write prints plainly without a bar
@@ -281,7 +304,7 @@ def main(argv):
                 raise FloatingPointError(
                     f"non-finite training loss by step {step}; stopping. The last good checkpoint in {cfg.out_dir} "
                     f"is kept: resume from it with a lower learning_rate or a different seed")
-            dt = time.time() - t_last
+            dt = time.time() - t_last - eval_time
             tokens_per_s = tokens_per_step * steps_since / dt
             record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
@@ -298,7 +321,7 @@ def main(argv):
                           f"{tokens_per_s:,.0f} tokens/s, eta {eta / 60:.1f} min", flush=True)
                 if wandb:
                     wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
-            t_last, steps_since = time.time(), 0
+            t_last, steps_since, eval_time = time.time(), 0, 0.0
         if step % cfg.ckpt_interval == 0 or last:
             checkpoint(step)
         if os.environ.get("TRAIN_CRASH_AFTER_STEP") == str(step):  # for the resume tests: a real kill -9
@@ -311,7 +334,7 @@ def main(argv):
         if wandb:
             wandb.log({"val/loss": val_loss}, step=step)
             wandb.finish()
-    if world_size > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

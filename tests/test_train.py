@@ -67,6 +67,8 @@ def test_resume_after_kill_is_exact(synth_dir, tmp_path):
     assert got == expected  # bit-for-bit, dropout included
     vals = lambda d: [(r["step"], r["val_loss"]) for r in read_metrics(d) if "val_loss" in r]
     assert [s for s, _ in vals(crashed)] == [0, 6, 12] and vals(crashed) == vals(straight)
+    with open(crashed / "launches.jsonl") as f:  # both launches are on record
+        assert [json.loads(line)["start_step"] for line in f] == [0, 8]
 
 
 def test_torchrun_two_processes_match_one(synth_dir, tmp_path):
@@ -98,6 +100,11 @@ def test_paper_configs_token_budget():
         assert big.model == model and big.total_batch_size == 524288
         assert train.grad_accum_steps(big, 8) * 8 * big.batch_size * 1024 == 524288
     assert load_config(["config/paper_124m.py"]).resolve_templates().out_dir == "out/gpt2-124M-fineweb-10B-softmax"
+
+
+def test_command_line_wins_over_config_files_in_any_order():
+    assert load_config(["--batch_size=8", "config/paper_124m.py"]).batch_size == 8
+    assert load_config(["config/paper_124m.py", "--batch_size=8"]).batch_size == 8
 
 
 def test_lr_schedule():
@@ -178,6 +185,11 @@ def test_wandb_offline_writes_files(synth_dir, tmp_path):
     out = tmp_path / "run"
     run_train(tiny_args(synth_dir, out, "--max_iters=2", "--wandb_log=True"), env={"WANDB_MODE": "offline"})
     assert glob.glob(str(out / "wandb" / "offline-run-*" / "*.wandb"))
+    run_id = (out / "wandb_id").read_text()
+    run_train(tiny_args(synth_dir, out, "--max_iters=4", "--wandb_log=True", "--init_from=resume"),
+              env={"WANDB_MODE": "offline"})
+    assert (out / "wandb_id").read_text() == run_id  # the resumed run logs to the same wandb run
+    assert len(glob.glob(str(out / "wandb" / f"offline-run-*-{run_id}"))) == 2
 
 
 def test_checkpoint_from_a_compiled_model_loads(trained_runs, tmp_path):
@@ -198,3 +210,21 @@ def test_override_that_needs_missing_weights_is_a_clear_error(trained_runs):
         load_model(trained_runs["softmax"], attention="ssmax")
     model, _ = load_model(trained_runs["softmax"], attention="softmax_reweight")  # no new weights: fine
     assert model.config.attention == "softmax_reweight"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_after_kill_on_gpu(synth_dir, tmp_path):
+    """On a GPU: a bare device="cuda", bf16 autocast, and resuming from a checkpoint loaded onto
+    the GPU (its RNG states included) continue the run; losses agree to floating-point noise."""
+    args = ["--max_iters=8", "--ckpt_interval=4", "--log_interval=1", "--eval_interval=100", "--device=cuda",
+            "--dtype=bfloat16", "--attention=lssar"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    run_train(tiny_args(synth_dir, straight, *args))
+    proc = run_train(tiny_args(synth_dir, crashed, *args), env={"TRAIN_CRASH_AFTER_STEP": "6"}, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_train(tiny_args(synth_dir, crashed, *args, "--init_from=resume"))
+    expected, got = train_losses(straight), train_losses(crashed)
+    assert sorted(got) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-3)
