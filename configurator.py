@@ -131,31 +131,31 @@ def parse_value(text, default):
 
 
 def load_config(argv):
-    """TrainConfig from argv: config files (paths ending in .py) then --key=value overrides."""
+    """TrainConfig from argv: config files (paths ending in .py) in order, then every
+    --key=value override, wherever it stands: the command line wins over the files."""
     defaults = TrainConfig()
     valid = [f.name for f in fields(TrainConfig)]
     values = {}
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, text = arg[2:].partition("=")
-            if not eq:
-                raise ConfigError(f"expected --key=value, got {arg!r}")
+    for arg in [a for a in argv if not a.startswith("--")]:
+        namespace = {}
+        _exec_config_file(arg, namespace, set())
+        for key, value in namespace.items():
+            if key.startswith("_") or key == "include" or callable(value) or type(value).__name__ == "module":
+                continue
             if key not in valid:
-                raise _unknown_key(key, valid)
-            try:
-                value = parse_value(text, getattr(defaults, key))
-            except ConfigError as e:
-                raise ConfigError(f"config key {key!r}: {e}") from None
+                raise ConfigError(f"in {arg}: " + str(_unknown_key(key, valid)))
             values[key] = _check_value(key, value, getattr(defaults, key))
-        else:
-            namespace = {}
-            _exec_config_file(arg, namespace, set())
-            for key, value in namespace.items():
-                if key.startswith("_") or key == "include" or callable(value) or type(value).__name__ == "module":
-                    continue
-                if key not in valid:
-                    raise ConfigError(f"in {arg}: " + str(_unknown_key(key, valid)))
-                values[key] = _check_value(key, value, getattr(defaults, key))
+    for arg in [a for a in argv if a.startswith("--")]:
+        key, eq, text = arg[2:].partition("=")
+        if not eq:
+            raise ConfigError(f"expected --key=value, got {arg!r}")
+        if key not in valid:
+            raise _unknown_key(key, valid)
+        try:
+            value = parse_value(text, getattr(defaults, key))
+        except ConfigError as e:
+            raise ConfigError(f"config key {key!r}: {e}") from None
+        values[key] = _check_value(key, value, getattr(defaults, key))
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
