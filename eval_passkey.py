@@ -22,14 +22,16 @@ from datetime import datetime, timezone
 import torch
 
 from attention import ATTENTION_TYPES, describe
-from checkpoint import load_model
+from checkpoint import evaluation_overrides, load_model
 from data.tokenizer import EOT, get_encoding
-from runinfo import code_version, hardware, keep_freed_memory, write_json
+from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
+# Each piece after the intro starts with its space, so the pieces join into the tokens that
+# running text has (" again", ".", " The"), not a lone " " followed by "The".
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the important information there.\n")
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-KEY_LINE = "The pass key is {key}. Remember it. {key} is the pass key. "
+         "I will quiz you about the important information there.")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+KEY_LINE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "\nWhat is the pass key? The pass key is"
 
 
@@ -93,12 +95,12 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = evaluation_overrides(args.attention, args.p)
+    device = pick_device(args.device)
     on_gpu = device.startswith("cuda")
     if not on_gpu:
         keep_freed_memory()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
-    overrides = {k: v for k, v in (("attention", args.attention), ("reweight_p", args.p)) if v is not None}
     enc = get_encoding()
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "eval_passkey.py"] + argv), "code": code_version(),

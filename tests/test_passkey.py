@@ -35,10 +35,13 @@ def test_prompt_has_exact_length_and_the_key_at_its_depth(enc, length):
         positions.append(pos)
     assert positions == sorted(positions) and positions[0] < positions[-1]
     start = eval_passkey.build_prompt(enc, length, 0.0, "12345")
-    assert enc.decode(start[1:]).startswith(eval_passkey.INTRO + "The pass key is 12345.")
+    assert enc.decode(start[1:]).startswith(eval_passkey.INTRO + " The pass key is 12345.")
     # the filler is cut at sentence boundaries around the key line
-    _, text = key_position(enc, eval_passkey.build_prompt(enc, length, 0.5, "12345"))
-    assert re.search(r"(again\. |\n)The pass key is 12345\. Remember it\. 12345 is the pass key\. The grass", text)
+    middle = eval_passkey.build_prompt(enc, length, 0.5, "12345")
+    _, text = key_position(enc, middle)
+    assert re.search(r"again\. The pass key is 12345\. Remember it\. 12345 is the pass key\. The grass", text)
+    # and the pieces join into the tokens running text has: no lone spaces
+    assert enc.encode(" ")[0] not in middle[1:-len(enc.encode(eval_passkey.QUESTION))]
 
 
 def test_prompt_too_short_is_an_error(enc):
