@@ -12,6 +12,7 @@ import re
 
 import torch
 
+from attention import REWEIGHTED_TYPES
 from model import GPT, GPTConfig
 
 CKPT_RE = re.compile(r"ckpt_(\d+)\.pt$")
@@ -76,6 +77,16 @@ def load_checkpoint(path, map_location="cpu"):
     ckpt["model"] = strip_compile_prefix(ckpt["model"])
     ckpt["path"] = path
     return ckpt
+
+
+def evaluation_overrides(attention=None, p=None, attention_backend=None):
+    """GPTConfig overrides for evaluating a checkpoint otherwise than it was trained (the
+    --attention/--p/--attention_backend options of the evaluation scripts); None keeps the
+    checkpoint's own value."""
+    if p is not None and attention not in REWEIGHTED_TYPES:
+        raise ValueError(f"--p sets the re-weighting power: use it with --attention {' | '.join(REWEIGHTED_TYPES)}")
+    return {k: v for k, v in (("attention", attention), ("reweight_p", p), ("attention_backend", attention_backend))
+            if v is not None}
 
 
 def load_model(path, device="cpu", **overrides):

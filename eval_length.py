@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from attention import ATTENTION_TYPES, REWEIGHTED_TYPES, describe
-from checkpoint import load_model
+from attention import ATTENTION_TYPES, describe
+from checkpoint import evaluation_overrides, load_model
 from configurator import REPO_ROOT
 from data.shards import ShardError, load_tokens, val_windows
-from runinfo import code_version, hardware, keep_freed_memory, write_json
+from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
 
 def parse_args(argv):
@@ -128,16 +128,13 @@ def final_losses(run_dir, step):
 
 def main(argv):
     args = parse_args(argv)
-    if args.p is not None and args.attention not in REWEIGHTED_TYPES:
-        raise SystemExit(f"--p sets the re-weighting power: use it with --attention {' | '.join(REWEIGHTED_TYPES)}")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = evaluation_overrides(args.attention, args.p, args.attention_backend)
+    device = pick_device(args.device)
     on_gpu = device.startswith("cuda")
     if not on_gpu:
         keep_freed_memory()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
     batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
-    overrides = {k: v for k, v in (("attention", args.attention), ("reweight_p", args.p),
-                                   ("attention_backend", args.attention_backend)) if v is not None}
 
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", "eval_length.py"] + argv), "code": code_version(),
@@ -200,5 +197,5 @@ def write_outputs(report, out):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ShardError, FileNotFoundError) as e:
+    except (ShardError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")

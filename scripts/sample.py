@@ -16,8 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from attention import ATTENTION_TYPES  # noqa: E402
-from checkpoint import load_model  # noqa: E402
+from checkpoint import evaluation_overrides, load_model  # noqa: E402
 from data.tokenizer import EOT, get_encoding  # noqa: E402
+from runinfo import pick_device  # noqa: E402
 
 
 def main(argv=None):
@@ -29,12 +30,13 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200)
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="generate with another attention type")
+    p.add_argument("--p", type=float, default=None, help="the re-weighting power p (with a re-weighted --attention)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {"attention": args.attention} if args.attention else {}
+    overrides = evaluation_overrides(args.attention, args.p)
+    device = pick_device(args.device)
     model, ckpt = load_model(args.checkpoint, device, **overrides)
     enc = get_encoding()
     if model.config.vocab_size < enc.n_vocab:
