@@ -43,8 +43,9 @@ BACKENDS = ("auto", "reference", "kernel")
 
 # Inference-only chunking: keep each (rows x keys) score block under this many elements,
 # so that 16x-context evaluation never holds a T x T matrix (16384^2 x 12 heads x 4 bytes
-# is ~13 GB per layer). About ten temporaries of this size live at once: ~0.3 GB.
-CHUNK_ELEMENTS = 1 << 23
+# is ~13 GB per layer). About ten fp32 temporaries of this size live at once: ~0.3 GB on the
+# CPU; a GPU gets 16x larger blocks (~5 GB), or thousands of small ones would leave it idle.
+CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 27}
 
 
 def check_attention_type(kind):
@@ -128,7 +129,7 @@ def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None):
     return reweight(w, a, n, p) if reweighted else a
 
 
-def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS, head_scale=None):
+def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=None):
     """Plain-PyTorch causal attention. With autograd it materialises the T x T weights (that
     is what the fast kernels replace); without, it walks over blocks of query rows, each
     against only the keys it can see, so memory stays bounded at any length."""
@@ -145,6 +146,7 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=CHUNK_ELEMENTS, he
     with torch.autocast(device_type=q.device.type, enabled=False):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         B, H, T, _ = q.shape
+        chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(q.device.type, CHUNK_ELEMENTS["cpu"])
         rows = T if needs_grad else max(1, chunk_elements // max(1, B * H * T))
         out = []
         for r0 in range(0, T, rows):
