@@ -80,10 +80,12 @@ import torch
 import triton
 import triton.language as tl
 
+from attention import KERNEL_TYPES
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-KINDS = ("lssa", "lssar")
+KINDS = KERNEL_TYPES   # ("lssa", "lssar"): the order gives the kernels' MODE constant
 NORM_EPS = 1e-12       # F.normalize's default eps, the reference's QK-norm
 MAX_INT_POWER = 64     # integer p up to this uses repeated squaring; larger p uses exp2/log2
 MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x heads here)

@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -73,17 +72,6 @@ def parse_args(argv=None):
     if args.no_flex and "flex" in args.impls:
         args.impls.remove("flex")
     return args
-
-
-def git_commit():
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 class Timer:
@@ -208,6 +196,7 @@ def main(argv=None):
               "--cpu-smoke checks this script with Triton's interpreter)")
         return 0
     import attention
+    from runinfo import code_version, hardware
     try:
         import triton
         triton_version = triton.__version__
@@ -225,10 +214,11 @@ def main(argv=None):
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or 'unknown'}), "
                                                             "Triton interpreter: timings meaningless",
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-        "git_commit": git_commit(), "dtype": args.dtype, "H": args.H, "d": args.d, "p": args.p,
+        "code": code_version(), "hardware": hardware(device), "dtype": args.dtype, "H": args.H, "d": args.d, "p": args.p,
         "warmup": args.warmup, "reps": args.reps,
     }
-    print(f"# {meta['device']} | torch {meta['torch']} | triton {triton_version} | commit {meta['git_commit']}")
+    print(f"# {meta['device']} | torch {meta['torch']} | triton {triton_version} | commit {meta['code']['commit']}"
+          + (" (dirty)" if meta["code"]["dirty"] else ""))
     print(f"# H={args.H} d={args.d} {args.dtype} p={args.p}; median of {args.reps} after {args.warmup} warm-up")
     rows = []
     header = f"{'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9}"

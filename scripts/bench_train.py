@@ -14,6 +14,7 @@ autotuning happen there). Prints a table with ratios to the first type and write
 the hardware, torch/triton versions and git commit.
 """
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -21,6 +22,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
 
 import train  # noqa: E402
 from configurator import load_config  # noqa: E402
@@ -74,6 +77,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         for attention in args.attention:
             results.append(bench_one(args, attention, os.path.join(tmp, attention)))
+            # the next type starts clean: no compiled graphs, no cached GPU memory from this one
+            torch._dynamo.reset()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     device = "cuda" if "peak_mem_gib" in results[0] else "cpu"
     base = results[0]
     print(f"\n{'attention':<22}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")

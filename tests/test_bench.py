@@ -1,7 +1,10 @@
 """The benchmark scripts run end to end (their figures are for a GPU; here only the plumbing)."""
 import json
 import os
+import subprocess
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
@@ -20,3 +23,16 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
+
+
+def test_bench_attention_cpu_smoke(tmp_path):
+    """The kernel benchmark end to end on tiny shapes through Triton's interpreter."""
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    out = tmp_path / "bench_attention.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "scripts/bench_attention.py", "--cpu-smoke", "--out", str(out)], cwd=root,
+                   check=True, capture_output=True, timeout=300)
+    report = json.load(open(out))
+    impls = {(r["attention"], r["impl"]) for r in report["results"]}
+    assert {("softmax", "sdpa"), ("lssa", "triton"), ("lssar", "triton"), ("lssa", "reference")} <= impls
+    assert {"commit", "dirty"} <= set(report["meta"]["code"])
