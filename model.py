@@ -87,8 +87,8 @@ class CausalSelfAttention(nn.Module):
         self.attention, self.p = config.attention, config.reweight_p
         self.backend = config.attention_backend
         if config.attention == "ssmax":
-            # ssmax's learned per-head s_h (Nakanishi 2025). Initialised to 1/ln(block_size), so
-            # that at the training length the model starts as plain softmax (s_h·ln n = 1).
+            # ssmax's learned per-head s_h (Nakanishi 2025). Initialised to 1/ln(block_size):
+            # s_h·ln n = 1 for the last row of a training window (plain softmax), < 1 before it.
             self.ssmax_scale = nn.Parameter(torch.full((config.n_head,), 1.0 / math.log(config.block_size)))
         else:
             self.ssmax_scale = None

@@ -429,7 +429,7 @@ def test_gpu_training_curve_matches_reference(synth_dir, tmp_path, attention):
         out = tmp_path / backend
         train.main(tiny_train_args(synth_dir, attention, "cuda") + [
             f"--out_dir={out}", f"--attention_backend={backend}", "--max_iters=30", "--compile=False",
-            "--batch_size=8"])
+            "--batch_size=8", "--dtype=bfloat16"])
         with open(out / "metrics.jsonl") as f:
             curves[backend] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     for a, b in zip(curves["kernel"], curves["reference"]):
