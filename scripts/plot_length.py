@@ -62,13 +62,18 @@ def save_figure(fig, out):
     print(f"wrote {out}")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="JSON files written by eval_length.py --out")
+def cli(plot_fn, doc, producer, argv=None):
+    """The command line of this script and its sibling plot_passkey.py."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help=f"JSON files written by {producer} --out")
     p.add_argument("-o", "--out", required=True, help="PNG path")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    plot(load_runs(args.results), args.out, args.title)
+    plot_fn(load_runs(args.results), args.out, args.title)
+
+
+def main(argv=None):
+    cli(plot, __doc__, "eval_length.py", argv)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@ Plot eval_passkey.py results: retrieval accuracy against prompt length, and agai
 
     python scripts/plot_passkey.py results/small/passkey.json -o results/small/passkey.png
 """
-import argparse
-
-from plot_length import load_runs, plt, save_figure  # the sibling script; it selects the Agg backend
+from plot_length import cli, plt, save_figure  # the sibling script; it selects the Agg backend
 
 
 def plot(runs, out, title=None):
@@ -33,12 +31,7 @@ def plot(runs, out, title=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="JSON files written by eval_passkey.py --out")
-    p.add_argument("-o", "--out", required=True, help="PNG path")
-    p.add_argument("--title", default=None)
-    args = p.parse_args(argv)
-    plot(load_runs(args.results), args.out, args.title)
+    cli(plot, __doc__, "eval_passkey.py", argv)
 
 
 if __name__ == "__main__":
