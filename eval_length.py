@@ -146,9 +146,10 @@ def main(argv):
         context = model_cfg["block_size"]
         lengths = args.lengths or [m * context for m in args.multipliers]
         data_dir = args.data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
-        if data_dir not in token_cache:
-            token_cache[data_dir] = load_tokens(data_dir, "val")
-        tokens = token_cache[data_dir]
+        key = (data_dir, model_cfg["vocab_size"])
+        if key not in token_cache:
+            token_cache[key] = load_tokens(data_dir, "val", model_cfg["vocab_size"])
+        tokens = token_cache[key]
         budget = token_budget(args.tokens, lengths, len(tokens))
         evaluated = describe(model.config.attention, model.config.reweight_p)
         label = f"{os.path.basename(os.path.dirname(ckpt['path']))} [{evaluated}]"

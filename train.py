@@ -165,7 +165,12 @@ def main(argv):
     loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, rank=rank, world_size=world_size,
                          seed=cfg.seed, vocab_size=cfg.vocab_size)
     # A fixed validation set: the first eval_iters x batch_size x processes windows.
-    val = val_windows(load_tokens(data_dir, "val"), cfg.block_size, cfg.eval_iters * cfg.batch_size * world_size)
+    val = load_tokens(data_dir, "val", cfg.vocab_size)
+    try:
+        val = val_windows(val, cfg.block_size, cfg.eval_iters * cfg.batch_size * world_size)
+    except ShardError as e:
+        raise ShardError(f"{e} (the windows are eval_iters x batch_size x processes = {cfg.eval_iters} x "
+                         f"{cfg.batch_size} x {world_size}: lower eval_iters)") from None
     val = torch.from_numpy(np.ascontiguousarray(val[rank::world_size]))
     step = 0
     if ckpt is not None:

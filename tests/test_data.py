@@ -82,7 +82,7 @@ def test_bad_shards_raise_clear_errors(tmp_path, damage, message):
 
 
 def test_list_shards_names_sorting_and_missing(tmp_path):
-    with pytest.raises(ShardError, match="does not exist.*python data/prepare.py embedded --out-dir"):
+    with pytest.raises(ShardError, match="does not exist.*python data/prepare.py DATASET --out-dir .* .DATASET: embedded, fineweb-10B"):
         list_shards(tmp_path / "nope", "train")
     d = tmp_path / "fineweb10B"  # modded-nanogpt's directory and file names
     d.mkdir()
@@ -94,6 +94,10 @@ def test_list_shards_names_sorting_and_missing(tmp_path):
     assert [p.name for p in list_shards(d, "val")] == ["fineweb_val_000000.bin"]
     with pytest.raises(ValueError):
         list_shards(d, "test")
+    (d / "meta.json").write_text(json.dumps({"dataset": "openwebtext"}))  # written by prepare.py
+    (d / "fineweb_val_000000.bin").unlink()
+    with pytest.raises(ShardError, match="python data/prepare.py openwebtext --out-dir .*fineweb10B$"):
+        list_shards(d, "val")
 
 
 def test_load_tokens_and_val_windows(tmp_path):
@@ -211,6 +215,10 @@ def test_loader_errors(tmp_path):
     loader.next_batch()  # the first shard is fine
     with pytest.raises(ShardError, match="toy_train_000002.bin: token id 60000 is not below vocab_size 50304"):
         loader.next_batch()
+    write_shard(d / "toy_val_000000.bin", np.arange(100))
+    assert load_tokens(d, "val", vocab_size=100).tolist() == list(range(100))
+    with pytest.raises(ShardError, match="toy_val_000000.bin: token id 99 is not below vocab_size 99 \\(at token 99\\)"):
+        load_tokens(d, "val", vocab_size=99)
 
 
 # ----------------------------------------------------------------------------- prepare.py
@@ -308,6 +316,19 @@ def test_prepare_input_errors(tmp_path):
     with pytest.raises(SystemExit, match="train split is empty .all tokens fit in the first .validation. shard"):
         prepare.main(["fineweb-10B", "--source", str(one), "--out-dir", str(tmp_path / "o2"), "--workers", "1"])
     assert not (tmp_path / "o2" / "meta.json").exists()  # an incomplete run is not marked done
+    broken = tmp_path / "broken.parquet"  # e.g. an interrupted download
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(SystemExit, match="broken.parquet: cannot open as parquet .*check that the files are complete"):
+        prepare.main(["fineweb-10B", "--source", str(broken), "--out-dir", str(tmp_path / "o3"), "--workers", "1"])
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(json.dumps({"text": "fine"}) + "\n" + '{"text": "cut her')
+    with pytest.raises(SystemExit, match="torn.jsonl: cannot .* check that the files are complete"):
+        prepare.main(["openwebtext", "--source", str(torn), "--out-dir", str(tmp_path / "o4"), "--workers", "1"])
+    # one directory, one dataset: the loaders would read another dataset's shards too
+    (tmp_path / "o5").mkdir()
+    write_shard(tmp_path / "o5" / "fineweb_train_000001.bin", [1, 2, 3])
+    with pytest.raises(SystemExit, match="o5 already holds shards of another dataset .fineweb_train_000001.bin"):
+        prepare.main(["openwebtext", "--source", str(one), "--out-dir", str(tmp_path / "o5"), "--workers", "1"])
 
 
 def test_worker_pool_stops_when_the_consumer_does():

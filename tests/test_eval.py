@@ -78,6 +78,13 @@ def test_validation_too_short_is_a_clear_error(trained_runs):
     assert proc.returncode == 1 and proc.stderr.startswith("error: validation set has")
 
 
+def test_validation_token_outside_the_vocabulary_is_a_clear_error(trained_runs, tmp_path):
+    from data.shards import write_shard
+    write_shard(tmp_path / "x_val_000000.bin", [1, 2, 60000, 3] * 100)
+    with pytest.raises(ShardError, match=r"x_val_000000.bin: token id 60000 is not below vocab_size .*at token 2\)"):
+        eval_length.main([trained_runs["softmax"], "--data_dir", str(tmp_path), "--lengths", "32"])
+
+
 def test_plot_is_written(sweep, tmp_path):
     _, out = sweep
     png = tmp_path / "sweep.png"

@@ -2,15 +2,18 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import train
 from checkpoint import list_checkpoints, load_checkpoint
 from configurator import ConfigError, load_config
+from data.shards import ShardError, write_shard
 
 from helpers import tiny_args
 
@@ -95,6 +98,9 @@ def test_paper_configs_token_budget():
     assert [train.grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [16, 8, 4, 2]
     owt = load_config(["config/paper_124m_owt.py"])
     assert owt.dataset == "openwebtext" and owt.max_iters == cfg.max_iters
+    # the fixed validation set fits the held-out split on 8 GPUs: FineWeb's first shard holds 100M
+    # tokens, OpenWebText's every-2000th-document holdout ~4.5M (8M documents, ~9B tokens)
+    assert cfg.eval_iters * cfg.batch_size * 8 * 1024 < 100e6 and owt.eval_iters * owt.batch_size * 8 * 1024 < 4e6
     for name, model in (("350m", "gpt2-350M"), ("774m", "gpt2-774M"), ("1.5b", "gpt2-1.5B")):
         big = load_config([f"config/paper_{name}.py"])
         assert big.model == model and big.total_batch_size == 524288
@@ -146,6 +152,14 @@ def test_run_errors_are_clear(synth_dir, tmp_path):
         train.main(tiny_args(synth_dir, tmp_path / "z", "--total_batch_size=1000"))
     with pytest.raises(ConfigError, match="unknown model 'gpt5'"):
         train.main(tiny_args(synth_dir, tmp_path / "z", "--model=gpt5"))
+    with pytest.raises(ShardError, match="validation set has 20,000 tokens.*eval_iters x batch_size x processes"):
+        train.main(tiny_args(synth_dir, tmp_path / "u", "--eval_iters=1000"))
+    bad = tmp_path / "bad-val"  # good train shard, validation made with another tokenizer
+    bad.mkdir()
+    shutil.copy(os.path.join(synth_dir, "synth_train_000001.bin"), bad)
+    write_shard(bad / "synth_val_000000.bin", np.full(20_000, 60000))
+    with pytest.raises(ShardError, match="synth_val_000000.bin: token id 60000 is not below vocab_size 97"):
+        train.main(tiny_args(str(bad), tmp_path / "v"))
     # on the command line: one line naming the problem and the fix, no traceback
     proc = run_train(tiny_args(str(tmp_path / "missing"), tmp_path / "w"), check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
