@@ -119,8 +119,13 @@ def stream_texts(spec: DatasetSpec, builder=None, files=None):
     if files:
         # a .txt file is one document (not one per line)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
-        rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
-        return _texts(rows, f"--source ({len(files)} {builder} files)")
+        where = f"--source {files[0]}" if len(files) == 1 else f"--source ({len(files)} {builder} files)"
+        try:
+            rows = datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
+        except Exception as e:  # noqa: BLE001 - e.g. a truncated parquet file: say which, keep the cause
+            raise PrepareError(f"{where}: cannot open as {builder} ({type(e).__name__}: {e}); check that the "
+                               f"files are complete and in the format their extension says") from e
+        return _texts(rows, where)
     try:
         try:
             rows = datasets.load_dataset(spec.hub, name=spec.config, split="train", streaming=True)
@@ -142,7 +147,15 @@ def stream_texts(spec: DatasetSpec, builder=None, files=None):
 
 
 def _texts(rows, where):
-    for row in rows:
+    rows = iter(rows)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - pyarrow/json/network errors: say where, keep the cause
+            raise PrepareError(f"{where}: cannot read the next row ({type(e).__name__}: {e}); check that the "
+                               f"files are complete and in the format their extension says") from e
         if "text" not in row:
             raise PrepareError(f"{where}: rows have columns {sorted(row)}; a 'text' column is needed")
         if row["text"]:
@@ -313,6 +326,11 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
 
     # start clean: stale shards from an earlier, different run must not mix with the new ones
     out_dir.mkdir(parents=True, exist_ok=True)
+    others = sorted(f.name for split in SPLITS for f in out_dir.glob(f"*_{split}_*.bin")
+                    if not f.name.startswith(f"{spec.prefix}_{split}_"))
+    if others:  # the loaders read every *_train_* / *_val_* shard of a directory: never mix datasets
+        raise PrepareError(f"{out_dir} already holds shards of another dataset ({others[0]}, {len(others)} in all); "
+                           f"choose another --out-dir, or delete them first")
     meta_path.unlink(missing_ok=True)
     for split in SPLITS:
         for f in out_dir.glob(f"{spec.prefix}_{split}_*.bin"):
