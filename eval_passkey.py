@@ -4,12 +4,15 @@ Passkey retrieval: can the model find a number hidden in long filler text?
     python eval_passkey.py out/small-softmax out/small-lssar --lengths 256 512 1024 2048 --trials 20
     python eval_passkey.py out/small-lssa --attention lssar --p 15 --out results/passkey.json
 
-The task of Mohtashami & Jaggi (2023): a random 5-digit pass key sits at a given depth in
+The task of Mohtashami & Jaggi (2023): a random 5-digit pass key sits at a random depth in
 repeated filler sentences; after the text the prompt asks for it, and the model decodes
-greedily. A trial succeeds when the decoded continuation starts with the key. Every prompt
-is exactly `length` tokens; the keys and nothing else depend on --seed, so every checkpoint
-sees the same prompts. Accuracy is reported per length and depth (JSON, plotted by
-scripts/plot_passkey.py).
+greedily. A trial succeeds when the decoded continuation starts with the key. Accuracy is
+reported per length and depth cell: --depths are the cell centres (0 = right after the intro,
+1 = just before the question), and each trial draws its depth uniformly within its cell
+(cells split [0, 1] halfway between neighbouring centres), so every cell gets the same number
+of trials. Every prompt is exactly `length` tokens; keys and depths depend only on --seed,
+the length and the cell, so every checkpoint sees the same prompts. JSON out, plotted by
+scripts/plot_passkey.py.
 """
 import argparse
 import os
@@ -62,17 +65,32 @@ def answer_of(enc, generated):
     return digits
 
 
+def depth_cells(centres):
+    """(low, high) of each depth cell: [0, 1] split halfway between neighbouring centres."""
+    centres = sorted(centres)
+    if not centres or centres[0] < 0 or centres[-1] > 1 or len(set(centres)) < len(centres):
+        raise ValueError(f"--depths must be distinct numbers in [0, 1]; got {centres}")
+    edges = [0.0] + [(a + b) / 2 for a, b in zip(centres, centres[1:])] + [1.0]
+    return list(zip(edges, edges[1:]))
+
+
+def draw_trials(seed, length, cell, n):
+    """n (key, depth) pairs, the same for every checkpoint: seeded by (seed, length, cell) only."""
+    rng = random.Random(f"{seed}-{length}-{cell[0]}-{cell[1]}")
+    return [(str(rng.randint(10000, 99999)), rng.uniform(*cell)) for _ in range(n)]
+
+
 @torch.no_grad()
-def run_trials(model, enc, length, depth, keys, device, autocast, batch):
-    """Number of correct answers over `keys` (one trial per key)."""
+def run_trials(model, enc, length, trials, device, autocast, batch):
+    """Number of correct answers over `trials`, a list of (key, depth)."""
     correct = 0
-    answer_tokens = max(len(enc.encode(" " + k)) for k in keys) + 1
-    for i in range(0, len(keys), batch):
-        chunk = keys[i:i + batch]
-        prompts = torch.tensor([build_prompt(enc, length, depth, k) for k in chunk], device=device)
+    answer_tokens = max(len(enc.encode(" " + key)) for key, _ in trials) + 1
+    for i in range(0, len(trials), batch):
+        chunk = trials[i:i + batch]
+        prompts = torch.tensor([build_prompt(enc, length, depth, key) for key, depth in chunk], device=device)
         with autocast:
             out = model.generate(prompts, answer_tokens, temperature=0)
-        for key, row in zip(chunk, out[:, length:].tolist()):
+        for (key, _), row in zip(chunk, out[:, length:].tolist()):
             correct += answer_of(enc, row) == key
     return correct
 
@@ -82,9 +100,10 @@ def parse_args(argv):
     p.add_argument("checkpoints", nargs="+", help="run directories or checkpoint files")
     p.add_argument("--lengths", type=int, nargs="+", default=None,
                    help="prompt lengths in tokens (default: 1x, 2x, 4x, 8x each checkpoint's training context)")
-    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="depth cell centres; each trial's depth is drawn uniformly within its cell")
     p.add_argument("--trials", type=int, default=20, help="trials (keys) per length and depth")
-    p.add_argument("--seed", type=int, default=0, help="seeds the keys; prompts are otherwise fixed")
+    p.add_argument("--seed", type=int, default=0, help="seeds the keys and the depths within each cell")
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="evaluate with this attention type")
     p.add_argument("--p", type=float, default=None, help="re-weighting power p at evaluation")
     p.add_argument("--batch", type=int, default=None, help="prompts per forward pass (default 16 on GPU, 4 on CPU)")
@@ -95,6 +114,7 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
+    cells = depth_cells(args.depths)
     overrides = evaluation_overrides(args.attention, args.p)
     device = pick_device(args.device)
     on_gpu = device.startswith("cuda")
@@ -115,16 +135,14 @@ def main(argv):
         label = f"{run_name} [{describe(model.config.attention, model.config.reweight_p)}]"
         results = []
         for length in lengths:
-            for depth in args.depths:
-                # the same keys for every checkpoint: seeded by (seed, length, depth) only
-                rng = random.Random(f"{args.seed}-{length}-{depth}")
-                keys = [str(rng.randint(10000, 99999)) for _ in range(args.trials)]
+            for depth, cell in zip(sorted(args.depths), cells):
+                trials = draw_trials(args.seed, length, cell, args.trials)
                 t0 = time.time()
-                correct = run_trials(model, enc, length, depth, keys, device, autocast,
-                                     args.batch or (16 if on_gpu else 4))
-                results.append({"length": length, "depth": depth, "trials": len(keys), "correct": correct,
-                                "accuracy": correct / len(keys), "time_s": round(time.time() - t0, 2)})
-                print(f"  {label:<30} L={length:>6} depth={depth:.2f}  {correct}/{len(keys)}")
+                correct = run_trials(model, enc, length, trials, device, autocast, args.batch or (16 if on_gpu else 4))
+                results.append({"length": length, "depth": depth, "depth_range": list(cell), "trials": len(trials),
+                                "correct": correct, "accuracy": correct / len(trials),
+                                "time_s": round(time.time() - t0, 2)})
+                print(f"  {label:<30} L={length:>6} depth={cell[0]:.2f}-{cell[1]:.2f}  {correct}/{len(trials)}")
         by_length = {L: sum(r["correct"] for r in results if r["length"] == L) /
                      sum(r["trials"] for r in results if r["length"] == L) for L in lengths}
         report["runs"].append({"checkpoint": ckpt["path"], "run": run_name, "label": label, "step": ckpt["step"],

@@ -71,9 +71,23 @@ class Oracle:
         return torch.tensor(rows)
 
 
+def test_depth_cells_and_seeded_trials():
+    assert eval_passkey.depth_cells([0.0, 0.5, 1.0]) == [(0.0, 0.25), (0.25, 0.75), (0.75, 1.0)]
+    assert eval_passkey.depth_cells([0.5]) == [(0.0, 1.0)]
+    with pytest.raises(ValueError, match="distinct numbers in \\[0, 1\\]"):
+        eval_passkey.depth_cells([0.5, 1.5])
+    trials = eval_passkey.draw_trials(0, 256, (0.25, 0.75), 50)
+    assert trials == eval_passkey.draw_trials(0, 256, (0.25, 0.75), 50)  # the same for every checkpoint
+    assert trials != eval_passkey.draw_trials(1, 256, (0.25, 0.75), 50)
+    assert trials != eval_passkey.draw_trials(0, 512, (0.25, 0.75), 50)
+    keys, depths = zip(*trials)
+    assert all(len(k) == 5 and k.isdigit() for k in keys) and len(set(keys)) > 40
+    assert all(0.25 <= d <= 0.75 for d in depths) and max(depths) - min(depths) > 0.3  # random, within the cell
+
+
 def test_scoring_with_an_oracle(enc):
-    keys = ["12345", "67890", "24680"]
-    args = (enc, 128, 0.5, keys, "cpu", torch.autocast("cpu", enabled=False), 2)
+    keys = [("12345", 0.1), ("67890", 0.5), ("24680", 0.9)]
+    args = (enc, 128, keys, "cpu", torch.autocast("cpu", enabled=False), 2)
     assert eval_passkey.run_trials(Oracle(enc), *args) == 3
     assert eval_passkey.run_trials(Oracle(enc, wrong=True), *args) == 0
 
@@ -85,11 +99,12 @@ def test_run_on_a_checkpoint(gpt2_vocab_run, tmp_path):
     assert report == json.load(open(out))
     run = report["runs"][0]
     assert run["train_context"] == 32 and run["trained_attention"] == "lssar" and run["overrides"] == {}
-    assert [(r["length"], r["depth"], r["trials"]) for r in run["results"]] == [
-        (96, 0.0, 3), (96, 1.0, 3), (128, 0.0, 3), (128, 1.0, 3)]
+    assert [(r["length"], r["depth"], r["depth_range"], r["trials"]) for r in run["results"]] == [
+        (96, 0.0, [0.0, 0.5], 3), (96, 1.0, [0.5, 1.0], 3), (128, 0.0, [0.0, 0.5], 3), (128, 1.0, [0.5, 1.0], 3)]
     assert set(run["accuracy_by_length"]) == {"96", "128"}
-    again = eval_passkey.main(argv[:-2])  # deterministic: the same keys, the same greedy answers
-    assert again["runs"][0]["results"][0]["correct"] == run["results"][0]["correct"]
+    again = eval_passkey.main(argv[:-2])  # deterministic: the same prompts, the same greedy answers
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in run["results"]]
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in again["runs"][0]["results"]] == strip
     override = eval_passkey.main([gpt2_vocab_run, "--lengths", "96", "--depths", "0.5", "--trials", "1",
                                   "--attention", "lssa"])
     assert override["runs"][0]["attention"] == "lssa" and override["runs"][0]["overrides"] == {"attention": "lssa"}
