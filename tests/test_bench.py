@@ -33,6 +33,8 @@ def test_bench_attention_cpu_smoke(tmp_path):
     subprocess.run([sys.executable, "scripts/bench_attention.py", "--cpu-smoke", "--out", str(out)], cwd=root,
                    check=True, capture_output=True, timeout=300)
     report = json.load(open(out))
-    impls = {(r["attention"], r["impl"]) for r in report["results"]}
-    assert {("softmax", "sdpa"), ("lssa", "triton"), ("lssar", "triton"), ("lssa", "reference")} <= impls
+    timed = {(r["attention"], r["impl"], r["mode"]) for r in report["results"] if "error" not in r and r["ms"] > 0}
+    for mode in ("fwd", "fwd+bwd"):  # every implementation ran (an error row would be missing here)
+        assert {("softmax", "sdpa", mode), ("lssa", "triton", mode), ("lssar", "triton", mode),
+                ("lssa", "reference", mode), ("lssar", "reference", mode)} <= timed
     assert {"commit", "dirty"} <= set(report["meta"]["code"])

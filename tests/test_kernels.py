@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import attention
+from model import GPT, config_from_preset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -322,6 +323,25 @@ def test_gpu_fallback_rows(fixed_config, kind):
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_auto_backend_is_the_kernel(kind, monkeypatch):
+    """The default (backend="auto", as a GPT model calls it) runs the fused kernel on CUDA."""
+    from kernels import lssa_triton
+    calls = []
+    real = lssa_triton.lssa_attention
+    monkeypatch.setattr(lssa_triton, "lssa_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    attention.causal_attention(q, q, q, kind)
+    assert calls == [1]
+    model = GPT(config_from_preset("tiny", attention=kind, vocab_size=97)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(torch.zeros(1, 16, dtype=torch.long, device="cuda"))
+    assert len(calls) == 1 + model.config.n_layer
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
 def test_gpu_autotuned(kind, monkeypatch):
     from kernels import lssa_triton
     monkeypatch.setattr(lssa_triton, "AUTOTUNE", True)
@@ -432,5 +452,6 @@ def test_gpu_training_curve_matches_reference(synth_dir, tmp_path, attention):
             "--batch_size=8", "--dtype=bfloat16"])
         with open(out / "metrics.jsonl") as f:
             curves[backend] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert len(curves["kernel"]) == len(curves["reference"]) == 30
     for a, b in zip(curves["kernel"], curves["reference"]):
         assert a == pytest.approx(b, rel=2e-2)  # bf16 autocast: the q/k/v fed to the kernel are bf16
