@@ -6,18 +6,23 @@
 # sigmoid_l1_reweight) trained and swept the same way (BASELINES=0 skips them).
 #   bash scripts/reproduce_small.sh            # one GPU: config/small_gpu.py -> results/small/
 #   bash scripts/reproduce_small.sh cpu        # CPU scale: config/demo_cpu.py -> results/small-cpu/
+#   bash scripts/reproduce_small.sh cpu-long   # the same model trained 7.5x longer (1.5M tokens, ~45 min
+#                                              # on 2 cores; no baselines) -> results/small-cpu-long/
 #   DRY_RUN=1 bash scripts/reproduce_small.sh  # print the commands only
 # Re-running skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+longer=()
 case "${1:-gpu}" in
     gpu) config=config/small_gpu.py; name=small; trials=20; eval_args=() ;;
     cpu) config=config/demo_cpu.py; name=small-cpu; trials=10; eval_args=(--tokens 16384) ;;
-    *) echo "usage: bash scripts/reproduce_small.sh [gpu|cpu]" >&2; exit 2 ;;
+    cpu-long) config=config/demo_cpu.py; name=small-cpu-long; trials=10; eval_args=(--tokens 32768)
+              longer=(--max_iters=1500 --eval_interval=250 --ckpt_interval=500); BASELINES=${BASELINES:-0} ;;
+    *) echo "usage: bash scripts/reproduce_small.sh [gpu|cpu|cpu-long]" >&2; exit 2 ;;
 esac
 results=results/$name
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
-train() { run python train.py "$config" --attention="$1" --out_dir="out/$name-$2" --init_from=auto "${@:3}"; }
+train() { run python train.py "$config" --attention="$1" --out_dir="out/$name-$2" --init_from=auto "${longer[@]}" "${@:3}"; }
 start=$(date +%s)
 
 run python data/prepare.py embedded

@@ -72,3 +72,11 @@ def test_reproduce_small_commands_resolve(mode, config):
     assert any(e[1] == "eval_passkey.py" for e in evals)
     ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
     assert ps == [3.0, 15.0]
+
+
+def test_reproduce_small_cpu_long_trains_longer():
+    commands = dry_run("scripts/reproduce_small.sh", "cpu-long")
+    trains, _ = check_pipeline(commands, expected_runs=4)  # the main runs only: no baselines
+    configs = [load_config(c[2:]) for c in trains]
+    assert {c.max_iters for c in configs} == {1500} and {c.model for c in configs} == {"micro"}
+    assert all("small-cpu-long" in c.out_dir for c in configs)
