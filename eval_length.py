@@ -30,21 +30,28 @@ from data.shards import ShardError, load_tokens, val_windows
 from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="run directories or checkpoint files")
-    p.add_argument("--multipliers", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+    p.add_argument("--multipliers", type=positive, nargs="+", default=[1, 2, 4, 8, 16],
                    help="lengths as multiples of each checkpoint's training context (default 1 2 4 8 16)")
-    p.add_argument("--lengths", type=int, nargs="+", help="absolute lengths instead of --multipliers")
-    p.add_argument("--tokens", type=int, default=None,
+    p.add_argument("--lengths", type=positive, nargs="+", help="absolute lengths instead of --multipliers")
+    p.add_argument("--tokens", type=positive, default=None,
                    help="validation tokens per length (default 2^21, capped to what the validation set holds)")
-    p.add_argument("--bucket", type=int, default=None, help="position-bucket size (default: the training context)")
+    p.add_argument("--bucket", type=positive, default=None, help="position-bucket size (default: the training context)")
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="evaluate with this attention type")
     p.add_argument("--p", type=float, default=None,
                    help="the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)")
     p.add_argument("--attention_backend", default=None, help="auto | reference | kernel")
     p.add_argument("--data_dir", default=None, help="validation shards (default: the checkpoint's dataset)")
-    p.add_argument("--batch_tokens", type=int, default=None,
+    p.add_argument("--batch_tokens", type=positive, default=None,
                    help="tokens per forward pass (default 131072 on GPU, 8192 on CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="JSON path (a .csv is written beside it)")

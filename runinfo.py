@@ -33,8 +33,17 @@ PEAK_BF16_FLOPS = [
 
 
 def pick_device(name="auto"):
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given, checked."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but this torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device=cpu (or auto)")
+    return name
 
 
 def peak_flops(device):

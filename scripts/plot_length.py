@@ -17,14 +17,16 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def load_runs(paths):
-    """The runs of eval_length.py / eval_passkey.py result files, in order."""
+def load_runs(paths, producer="eval_length.py"):
+    """The runs of eval_length.py (or, for plot_passkey.py, eval_passkey.py) result files, in order."""
+    field = {"eval_length.py": "loss", "eval_passkey.py": "accuracy"}[producer]
     runs = []
     for path in paths:
         with open(path) as f:
             report = json.load(f)
-        if "runs" not in report:
-            raise SystemExit(f"{path} is not an eval_length.py or eval_passkey.py result (no 'runs' key)")
+        if not all(field in r for run in report.get("runs", [{}]) for r in run.get("results", [{}])):
+            hint = " (plot passkey results with scripts/plot_passkey.py)" if producer == "eval_length.py" else ""
+            raise SystemExit(f"{path} is not an {producer} result: its runs have no {field!r}{hint}")
         runs.extend(report["runs"])
     return runs
 
@@ -69,7 +71,7 @@ def cli(plot_fn, doc, producer, argv=None):
     p.add_argument("-o", "--out", required=True, help="PNG path")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    plot_fn(load_runs(args.results), args.out, args.title)
+    plot_fn(load_runs(args.results, producer), args.out, args.title)
 
 
 def main(argv=None):

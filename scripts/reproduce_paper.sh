@@ -14,7 +14,17 @@ name=$(basename "$config" .py)
 results=results/$name
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 
-dataset=$(python -c "from configurator import load_config; print(load_config(['$config']).dataset)")
+# the config must load and the step must split over this many GPUs: checked before hours of data prep
+dataset=$(python -c "
+import sys
+from configurator import ConfigError, load_config
+from train import grad_accum_steps
+try:
+    cfg = load_config(['$config'])
+    grad_accum_steps(cfg, int('$ngpu'))
+except (ConfigError, ValueError) as e:
+    sys.exit(f'config error with $ngpu GPUs: {e}')
+print(cfg.dataset)")
 run python data/prepare.py "$dataset"
 for attention in softmax lssa lssar; do
     run torchrun --standalone --nproc_per_node="$ngpu" train.py "$config" --attention=$attention \

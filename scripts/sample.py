@@ -28,7 +28,7 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=200)
+    p.add_argument("--top_k", "--top-k", type=int, default=200)
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="generate with another attention type")
     p.add_argument("--p", type=float, default=None, help="the re-weighting power p (with a re-weighted --attention)")
     p.add_argument("--seed", type=int, default=1337)

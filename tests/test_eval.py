@@ -76,6 +76,9 @@ def test_validation_too_short_is_a_clear_error(trained_runs):
     proc = subprocess.run([sys.executable, "eval_length.py", trained_runs["softmax"], "--lengths", "65536"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: validation set has")
+    proc = subprocess.run([sys.executable, "eval_length.py", trained_runs["softmax"], "--multipliers", "0"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--multipliers: must be a positive integer, got 0" in proc.stderr
 
 
 def test_validation_token_outside_the_vocabulary_is_a_clear_error(trained_runs, tmp_path):
@@ -91,6 +94,10 @@ def test_plot_is_written(sweep, tmp_path):
     subprocess.run([sys.executable, "scripts/plot_length.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
                    capture_output=True)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    passkey = os.path.join(ROOT, "results", "small-cpu", "passkey.json")  # the sibling's results: refused
+    proc = subprocess.run([sys.executable, "scripts/plot_length.py", passkey, "-o", str(tmp_path / "x.png")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "not an eval_length.py result" in proc.stderr and "plot_passkey.py" in proc.stderr
 
 
 def test_sample_generates_past_the_training_context(gpt2_vocab_run):

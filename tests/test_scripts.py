@@ -57,6 +57,13 @@ def test_reproduce_paper_commands_resolve(ngpu):
     assert any("--attention" in e and "lssar" in e for e in evals)  # lssa re-weighted at inference
 
 
+def test_reproduce_paper_refuses_a_gpu_count_the_step_cannot_split_over():
+    env = {**os.environ, "DRY_RUN": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "6"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "+ " not in proc.stdout  # before any command, data preparation included
+    assert "config error with 6 GPUs" in proc.stderr and "divides total_batch_size / block_size = 512" in proc.stderr
+
+
 def test_reproduce_paper_on_openwebtext():
     commands = dry_run("scripts/reproduce_paper.sh", "4", env={"CONFIG": "config/paper_124m_owt.py"})
     check_pipeline(commands, expected_runs=3)
