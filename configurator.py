@@ -22,7 +22,7 @@ class TrainConfig:
     out_dir: str = "out/{model}-{dataset}-{attention}"   # {key} is filled from this config
     init_from: str = "scratch"          # "scratch" | "resume" (newest checkpoint in out_dir) | "auto" (resume if any)
     eval_interval: int = 250            # steps between validation losses
-    eval_iters: int = 20                # validation batches per evaluation (a fixed set)
+    eval_iters: int = 20                # validation: eval_iters x batch_size windows, the same for any process count
     log_interval: int = 10              # steps between metrics.jsonl lines
     ckpt_interval: int = 1000           # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2           # older ones are deleted after a newer one is safe
@@ -69,8 +69,13 @@ class TrainConfig:
     def resolve_templates(self):
         """Fill the {key} templates of out_dir and wandb_run_name from the config."""
         values = asdict(self)
-        self.out_dir = self.out_dir.format(**values)
-        self.wandb_run_name = self.wandb_run_name.format(**values)
+        for key in ("out_dir", "wandb_run_name"):
+            try:
+                setattr(self, key, getattr(self, key).format(**values))
+            except KeyError as e:
+                raise _unknown_key(e.args[0], values, f"in {key} {getattr(self, key)!r}: {{...}} names a config key") from None
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"{key} {getattr(self, key)!r}: bad {{key}} template ({e})") from None
         return self
 
 
@@ -81,19 +86,23 @@ CHOICES = {
 }
 
 # Keys that may change when a run is resumed; every other key must match the checkpoint's.
+# The learning rate may, so that a run that diverged can go on from its last good checkpoint
+# (the change is in launches.jsonl); the rest do not change the maths.
 RESUMABLE_CHANGES = {"out_dir", "init_from", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
                      "keep_checkpoints", "wandb_log", "wandb_project", "wandb_run_name", "max_iters",
-                     "device", "compile", "backend", "data_dir", "attention_backend"}
+                     "device", "compile", "backend", "data_dir", "attention_backend", "learning_rate", "min_lr"}
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _unknown_key(key, valid):
+def _unknown_key(key, valid, where=""):
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint} (valid keys are listed in configurator.py: TrainConfig)")
+    where = f" {where}" if where else ""
+    return ConfigError(f"unknown config key {key!r}{where}{hint} (valid keys are listed in configurator.py: "
+                       f"TrainConfig)")
 
 
 def _check_value(key, value, default):
@@ -127,7 +136,8 @@ def parse_value(text, default):
     except (ValueError, SyntaxError):
         if isinstance(default, str):
             return text
-        raise ConfigError(f"cannot parse {text!r} as a value")
+        example = {bool: "True or False", int: "e.g. 1000", float: "e.g. 3e-4"}.get(type(default), "a Python literal")
+        raise ConfigError(f"cannot parse {text!r}: expects {type(default).__name__} ({example})") from None
 
 
 def load_config(argv):

@@ -39,7 +39,10 @@ def setup_distributed(cfg):
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg.device)
+    try:
+        device = pick_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if device == "cuda":  # torch.cuda.set_device needs an index: one GPU per local process
         device = f"cuda:{local_rank}"
     if device.startswith("cuda"):
@@ -66,9 +69,13 @@ def grad_accum_steps(cfg, world_size):
     if cfg.total_batch_size == 0:
         return 1
     if cfg.total_batch_size % per_step:
+        sequences = cfg.total_batch_size / cfg.block_size  # per optimizer step
+        fix = ("change batch_size (to a divisor of total_batch_size / block_size / processes = "
+               f"{sequences / world_size:g}) or total_batch_size" if sequences % world_size == 0 else
+               f"no batch_size fits: use a number of processes that divides total_batch_size / block_size = "
+               f"{sequences:g}, or change total_batch_size")
         raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size x block_size x "
-                          f"processes = {cfg.batch_size} x {cfg.block_size} x {world_size} = {per_step}; "
-                          f"change batch_size or total_batch_size")
+                          f"processes = {cfg.batch_size} x {cfg.block_size} x {world_size} = {per_step}; {fix}")
     return cfg.total_batch_size // per_step
 
 
@@ -129,7 +136,7 @@ def main(argv):
     # --- the run directory: refuse to overwrite, or pick up where the last run stopped
     os.makedirs(cfg.out_dir, exist_ok=True)
     checkpoints = list_checkpoints(cfg.out_dir)
-    ckpt = None
+    ckpt, resumed_with = None, {}
     if cfg.init_from == "auto":  # for preemptible jobs and re-runnable scripts
         cfg.init_from = "resume" if checkpoints else "scratch"
     if cfg.init_from == "scratch" and checkpoints:
@@ -143,6 +150,7 @@ def main(argv):
         if changed:
             raise ConfigError("cannot resume with a different config: " + ", ".join(
                 f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items()))
+        resumed_with = config_diff(ckpt["config"], asdict(cfg), ignore={"init_from"})  # logged in launches.jsonl
         if ckpt["config"]["max_iters"] != cfg.max_iters and not cfg.lr_decay_iters and master:
             print(f"warning: max_iters changed from {ckpt['config']['max_iters']} to {cfg.max_iters}; the cosine "
                   f"schedule now ends at step {cfg.max_iters}. Keep the old schedule with "
@@ -164,13 +172,14 @@ def main(argv):
     data_dir = cfg.data_dir or os.path.join(REPO_ROOT, "data", cfg.dataset)
     loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, rank=rank, world_size=world_size,
                          seed=cfg.seed, vocab_size=cfg.vocab_size)
-    # A fixed validation set: the first eval_iters x batch_size x processes windows.
+    # A fixed validation set, the same for any number of processes: the first eval_iters x
+    # batch_size windows, dealt out across the processes.
     val = load_tokens(data_dir, "val", cfg.vocab_size)
     try:
-        val = val_windows(val, cfg.block_size, cfg.eval_iters * cfg.batch_size * world_size)
+        val = val_windows(val, cfg.block_size, cfg.eval_iters * cfg.batch_size)
     except ShardError as e:
-        raise ShardError(f"{e} (the windows are eval_iters x batch_size x processes = {cfg.eval_iters} x "
-                         f"{cfg.batch_size} x {world_size}: lower eval_iters)") from None
+        raise ShardError(f"{e} (the windows are eval_iters x batch_size = {cfg.eval_iters} x {cfg.batch_size}: "
+                         f"lower eval_iters)") from None
     val = torch.from_numpy(np.ascontiguousarray(val[rank::world_size]))
     step = 0
     if ckpt is not None:
@@ -202,7 +211,8 @@ def main(argv):
     # --- what makes a result traceable
     run_info = {"code": code_version(), "hardware": hardware(device), "world_size": world_size, "start_step": step,
                 "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                "params": raw_model.num_params(), "grad_accum_steps": accum, "tokens_per_step": tokens_per_step}
+                "params": raw_model.num_params(), "grad_accum_steps": accum, "tokens_per_step": tokens_per_step,
+                "changed_on_resume": {k: {"checkpoint": a, "now": b} for k, (a, b) in resumed_with.items()}}
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
         print(json.dumps(asdict(cfg), indent=2))
@@ -237,15 +247,18 @@ def main(argv):
 
     @torch.no_grad()
     def evaluate():
-        model.eval()
-        total = torch.zeros((), device=device)
+        # raw_model, not the DDP wrapper: the processes may hold different numbers of windows
+        raw_model.eval()
+        total = torch.zeros(2, device=device, dtype=torch.float64)  # (sum of window losses, windows)
         for i in range(0, len(val), cfg.batch_size):
             batch = val[i:i + cfg.batch_size].to(device)
             with autocast:
-                _, loss = model(batch[:, :-1], batch[:, 1:])
-            total += loss.float() * len(batch)
-        model.train()
-        return reduce_mean(total / len(val)).item()
+                _, loss = raw_model(batch[:, :-1], batch[:, 1:])
+            total += torch.stack([loss.double() * len(batch), torch.tensor(len(batch), device=device)])
+        raw_model.train()
+        if world_size > 1:
+            dist.all_reduce(total)
+        return (total[0] / total[1]).item()
 
     def checkpoint(step_done):
         if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
@@ -308,7 +321,7 @@ def main(argv):
             if reduce_mean(bad.float()).item() > 0:
                 raise FloatingPointError(
                     f"non-finite training loss by step {step}; stopping. The last good checkpoint in {cfg.out_dir} "
-                    f"is kept: resume from it with a lower learning_rate or a different seed")
+                    f"is kept: resume from it with a lower learning rate (--init_from=resume --learning_rate=...)")
             dt = time.time() - t_last - eval_time
             tokens_per_s = tokens_per_step * steps_since / dt
             record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
@@ -350,3 +363,5 @@ if __name__ == "__main__":
         sys.exit(f"config error: {e}")
     except ShardError as e:
         sys.exit(f"data error: {e}")
+    except FloatingPointError as e:
+        sys.exit(f"training stopped: {e}")

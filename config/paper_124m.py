@@ -18,6 +18,6 @@ beta1, beta2 = 0.9, 0.95
 grad_clip = 1.0
 dtype = "auto"                  # bf16 autocast on GPU
 eval_interval = 250
-eval_iters = 20                 # 20 x 32 x 1024 x GPUs validation tokens per evaluation
+eval_iters = 20                 # 20 x 32 x 1024 = 655,360 validation tokens per evaluation, any GPU count
 ckpt_interval = 1000
 out_dir = "out/{model}-{dataset}-{attention}"
