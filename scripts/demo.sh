@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+mkdir -p results
+exec > >(tee results/demo.log) 2>&1   # the whole run, its wall time included, kept beside the results
+echo "[demo] $(date -u +%FT%TZ) bash scripts/demo.sh at $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
 source scripts/env.sh
 
 python data/prepare.py embedded
@@ -24,7 +27,6 @@ for attention in softmax lssa lssar; do
     runs+=("$out")
 done
 
-mkdir -p results
 python eval_length.py "${runs[@]}" "${tokens[@]}" --out results/demo.json
 python scripts/plot_length.py results/demo.json -o results/demo.png --title "demo: $config"
 python scripts/table_length.py results/demo.json

@@ -24,6 +24,11 @@ results=results/$name
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 train() { run python train.py "$config" --attention="$1" --out_dir="out/$name-$2" --init_from=auto "${longer[@]}" "${@:3}"; }
 start=$(date +%s)
+if [ -z "${DRY_RUN:-}" ]; then  # every invocation, with its wall time, appended beside the results
+    mkdir -p "$results"
+    exec > >(tee -a "$results/run.log") 2>&1
+    echo "[reproduce_small] $(date -u +%FT%TZ) bash scripts/reproduce_small.sh ${1:-gpu} at $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
+fi
 
 run python data/prepare.py embedded
 main=(softmax lssa lssar lssar-p3)
