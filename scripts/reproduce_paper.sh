@@ -13,6 +13,7 @@ config=${CONFIG:-config/paper_124m.py}
 name=$(basename "$config" .py)
 results=results/$name
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
+if [ -z "${DRY_RUN:-}" ]; then source scripts/env.sh; fi  # the active environment, else ./.venv
 
 # the config must load and the step must split over this many GPUs: checked before hours of data prep
 dataset=$(python -c "
