@@ -62,7 +62,9 @@ def code_version():
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": "unknown", "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
+        # uncommitted changes to tracked code; results/ is excluded: the reproduction scripts
+        # rewrite its committed files as they go, and those are outputs, not code
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
