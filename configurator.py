@@ -73,7 +73,8 @@ class TrainConfig:
             try:
                 setattr(self, key, getattr(self, key).format(**values))
             except KeyError as e:
-                raise _unknown_key(e.args[0], values, f"in {key} {getattr(self, key)!r}: {{...}} names a config key") from None
+                where = f"in {key} {getattr(self, key)!r}: {{...}} names a config key"
+                raise _unknown_key(e.args[0], values, where) from None
             except (ValueError, IndexError) as e:
                 raise ConfigError(f"{key} {getattr(self, key)!r}: bad {{key}} template ({e})") from None
         return self

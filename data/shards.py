@@ -217,7 +217,8 @@ class TrainLoader:
         if buf.max() >= self.vocab_size:  # one cheap check per batch; locate the culprit only on error
             i = int(np.argmax(buf.max(axis=1) >= self.vocab_size))
             shard, start = where[i]
-            raise out_of_vocab(self.files[shard], int(buf[i].max()), self.vocab_size, f" (in tokens {start}..{start + T})")
+            raise out_of_vocab(self.files[shard], int(buf[i].max()), self.vocab_size,
+                               f" (in tokens {start}..{start + T})")
         epochs, self.index = divmod(self.index + self.world_size * B, self.windows_per_epoch)
         self.epoch += epochs
         import torch  # here, so that data preparation (which imports this module) does not load torch

@@ -82,7 +82,8 @@ def test_bad_shards_raise_clear_errors(tmp_path, damage, message):
 
 
 def test_list_shards_names_sorting_and_missing(tmp_path):
-    with pytest.raises(ShardError, match="does not exist.*python data/prepare.py DATASET --out-dir .* .DATASET: embedded, fineweb-10B"):
+    with pytest.raises(ShardError,
+                       match="does not exist.*python data/prepare.py DATASET --out-dir .* .DATASET: embedded, fineweb-10B"):
         list_shards(tmp_path / "nope", "train")
     d = tmp_path / "fineweb10B"  # modded-nanogpt's directory and file names
     d.mkdir()
