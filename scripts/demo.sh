@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 mkdir -p results
 exec > >(tee results/demo.log) 2>&1   # the whole run, its wall time included, kept beside the results
-echo "[demo] $(date -u +%FT%TZ) bash scripts/demo.sh at $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
 source scripts/env.sh
+log_start demo bash scripts/demo.sh
 
 python data/prepare.py embedded
 

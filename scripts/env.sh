@@ -30,3 +30,10 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 echo "[env] installing requirements.txt"
 python -m pip install -q -r requirements.txt
+
+# The first line of a script's log: when, what, and the code version that runinfo.py records
+# with every result (commit; "dirty" for uncommitted code changes, results/ not counted).
+log_start() {
+    echo "[$1] $(date -u +%FT%TZ) ${*:2} at $(python -c 'from runinfo import code_version; v = code_version()
+print(v["commit"][:7] + (" (dirty)" if v["dirty"] else ""))')"
+}

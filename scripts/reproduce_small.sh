@@ -27,8 +27,8 @@ start=$(date +%s)
 if [ -z "${DRY_RUN:-}" ]; then  # every invocation, with its wall time, appended beside the results
     mkdir -p "$results"
     exec > >(tee -a "$results/run.log") 2>&1
-    echo "[reproduce_small] $(date -u +%FT%TZ) bash scripts/reproduce_small.sh ${1:-gpu} at $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
     source scripts/env.sh  # the environment demo.sh uses (the active one, else ./.venv)
+    log_start reproduce_small bash scripts/reproduce_small.sh "${1:-gpu}"
 fi
 
 run python data/prepare.py embedded
