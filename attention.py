@@ -26,6 +26,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from kernels import KERNEL_TYPES  # ("lssa", "lssar"): the types with a fused kernel
+
 # type: (positive weights from scores, l1-normalise rows, re-weight)       source
 RECIPES = {
     "softmax": ("exp", True, False),              # exp(q·k/√d)                  Vaswani et al. 2017
@@ -155,9 +157,6 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=N
             out.append(a @ v[:, :, :r1].to(a.dtype))
         y = out[0] if len(out) == 1 else torch.cat(out, dim=2)
     return y.to(v.dtype)
-
-
-KERNEL_TYPES = ("lssa", "lssar")   # the types with a fused kernel (kernels/lssa_triton.py)
 
 
 def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
