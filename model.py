@@ -147,7 +147,13 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        self._rope = {}  # (T, device) -> (cos, sin); not in the state dict, rebuilt on demand
+        # RoPE tables for the training length are buffers: they move with .to(device) and are
+        # there from the start, so a compiled model's graph never sees the cache below change
+        # (filling a dict on the first call would recompile it once). Not in the state dict.
+        cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head, config.rope_base, "cpu")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._rope = {}  # other lengths (evaluation): (T, device) -> (cos, sin), built on demand
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -160,7 +166,9 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def rope(self, T, device):
-        # Tables are cached per length: training uses one length, evaluation a handful.
+        if T == self.config.block_size and self.rope_cos.device == device:
+            return self.rope_cos, self.rope_sin
+        # Other lengths are cached per length: evaluation uses a handful.
         key = (T, str(device))
         if key not in self._rope:
             head_dim = self.config.n_embd // self.config.n_head

@@ -131,3 +131,25 @@ def test_generate_runs_past_block_size():
     assert out.shape == (1, 40)
     greedy = model.generate(torch.zeros(1, 30, dtype=torch.long), 5, temperature=0)
     assert torch.equal(greedy, model.generate(torch.zeros(1, 30, dtype=torch.long), 5, temperature=0))
+
+
+def test_compiled_model_does_not_recompile():
+    """The first call of a compiled model (not preceded by an eager one, as on a resume
+    between evaluations) must not change state its graph depends on: no recompile after it."""
+    torch._dynamo.reset()
+    model = GPT(config_from_preset("tiny", vocab_size=97, block_size=16))
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randint(0, 97, (2, 16))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            _, loss = compiled(x, x)
+            loss.backward()
+    torch._dynamo.reset()
+
+
+def test_rope_tables_are_not_saved():
+    model = GPT(config_from_preset("tiny", vocab_size=97, block_size=16))
+    assert not any("rope" in key for key in model.state_dict())
+    cos, sin = rope_tables(16, 16, 10000.0, "cpu")
+    assert torch.equal(model.rope(16, torch.device("cpu"))[0], cos)
+    assert torch.equal(model.rope(16, torch.device("cpu"))[1], sin)
