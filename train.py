@@ -126,7 +126,7 @@ def main(argv):
     if device_type == "cpu":
         keep_freed_memory()
     else:
-        torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gib is this run's, not the process's
+        torch.cuda.reset_peak_memory_stats(device)  # peak_mem_gib is this run's, per log interval
     if cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -328,8 +328,9 @@ def main(argv):
                       "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
             if peak:
                 record["mfu"] = flops * tokens_per_s / (peak * world_size)
-            if device_type == "cuda":
+            if device_type == "cuda":  # the peak of this log interval (autotuning's buffers stay in the first)
                 record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
             if master and (step % cfg.log_interval == 0 or last):
                 append_jsonl(metrics_path, record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")

@@ -399,6 +399,8 @@ def test_gpu_long_forward_in_linear_memory(kind):
     B, H, T, d = 1, 12, 16384, 64
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, H, T, d, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    with torch.no_grad():  # the first call autotunes; Triton's benchmark allocates a 256 MiB L2-flush buffer
+        attention.causal_attention(q, k, v, kind, backend="kernel")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
