@@ -98,6 +98,36 @@ FP32_DOT_PRECISION = os.environ.get("LSSA_TRITON_FP32_DOT", "tf32x3")
 # Fixed tiles under the interpreter; tests may change them to exercise other block layouts.
 INTERPRET_BLOCKS = {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}
 
+
+
+def _fix_interpreter_scalars():
+    """Triton's interpreter holds a scalar as a 1-element array; before 3.7 it turned one into a
+    loop bound with int(array), which NumPy 2.x refuses for an array of shape (1,), so every
+    `range(lo, hi, BLOCK)` with run-time bounds failed ("only 0-dimensional arrays can be
+    converted to Python scalars"; seen with triton 3.6). Later versions squeeze the array first:
+    do the same. Under the interpreter only; harmless where the interpreter already does it."""
+    from triton.runtime import interpreter
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "squeezes_scalars", False):
+        return
+
+    def index(self):
+        return int(self.handle.data.squeeze())
+
+    def patched(tensor, *scope):
+        patch(tensor, *scope)
+        if scope:   # the attribute is restored with the others after the launch
+            scope[0].set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    patched.squeezes_scalars = True
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET:
+    _fix_interpreter_scalars()
+
 _LOG2E = tl.constexpr(1.4426950408889634)
 _EPS = tl.constexpr(NORM_EPS)
 _SERIES_MAX = tl.constexpr(1.0 / 64.0)
