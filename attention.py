@@ -159,17 +159,58 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=N
     return y.to(v.dtype)
 
 
+# backend="auto" on a GPU: (kind, p, device, dtype, head_dim) -> None where the fused kernel
+# runs, else why it does not. Filled by check_kernel, the first time each key is seen.
+_KERNEL_STATUS = {}
+
+
+def _fallback_warning(kind, reason):
+    warnings.warn(f"the fused {kind} kernel cannot run here: {reason}. Using the reference {kind} "
+                  f"attention instead (slower; O(T^2) memory in training). Pass "
+                  f"--attention_backend=reference to choose it explicitly, or fix the Triton install.",
+                  RuntimeWarning, stacklevel=3)
+
+
+def check_kernel(kind, p, device, dtype, head_dim):
+    """For backend="auto": None when the fused kernel runs on this device, dtype and head dim,
+    else the reason it does not. The first call for each combination launches the kernel's
+    forward and backward once on a tiny input (compiling them), so an unsupported GPU or a
+    Triton that cannot compile them is found before training depends on it; a failure is
+    warned about once and remembered. Inside a torch.compile trace nothing can be launched:
+    an unchecked combination is taken to work (train.py checks before compiling)."""
+    key = (kind, float(p), str(device), dtype, head_dim)
+    if key in _KERNEL_STATUS:
+        return _KERNEL_STATUS[key]
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        from kernels import lssa_triton
+        with torch.enable_grad(), torch.autocast(device_type=torch.device(device).type, enabled=False):
+            x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+            reason = lssa_triton.unsupported_reason(*x, kind)
+            if reason is None:
+                lssa_triton.lssa_attention(*x, kind, p).float().sum().backward()
+    except Exception as e:  # no triton, a compile error, no kernel image for this GPU, out of resources...
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    if reason is not None:
+        _fallback_warning(kind, reason)
+    _KERNEL_STATUS[key] = reason
+    return reason
+
+
 def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
     """Causal self-attention of type `kind` (one of ATTENTION_TYPES).
 
     q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
     in v's dtype. `p` is the re-weighting power (lssar and the *_reweight ablations);
     `head_scale` is ssmax's learned per-head s_h, shape (n_head,). `backend`: "auto" uses the
-    fused kernel when one applies (lssa/lssar on CUDA tensors, triton importable, head_dim
-    16/32/64/128, fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise;
-    "reference" forces the reference; "kernel" requires the kernel and fails loudly where it
-    cannot run (it also accepts CPU tensors under Triton's interpreter, TRITON_INTERPRET=1,
-    for tests). softmax (and ssmax, a per-row rescaled softmax) always run on SDPA.
+    fused kernel when one applies (lssa/lssar on CUDA tensors, head_dim 16/32/64/128,
+    fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise; where the kernel
+    should apply but cannot be imported, compiled or launched, it warns once (check_kernel)
+    and uses the reference. "reference" forces the reference; "kernel" requires the kernel
+    and fails loudly where it cannot run (it also accepts CPU tensors under Triton's
+    interpreter, TRITON_INTERPRET=1, for tests). softmax (and ssmax, a per-row rescaled
+    softmax) always run on SDPA.
     """
     check_attention_type(kind)
     check_backend(backend)
@@ -182,20 +223,30 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if kind not in KERNEL_TYPES or backend == "reference":
         return reference_attention(q, k, v, kind, p, head_scale=head_scale)
-    if q.is_cuda or backend == "kernel":  # "auto" never imports triton for CPU tensors
-        try:
+    if backend == "auto":
+        if q.is_cuda and _auto_kernel_applies(q, k, v, kind, p):
             from kernels import lssa_triton
-        except Exception as e:  # ImportError without triton; anything else is a broken install
-            reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
-            if backend == "auto":
-                warnings.warn(f"{reason}; using the slow reference {kind} attention")
-        else:
-            reason = lssa_triton.unsupported_reason(q, k, v, kind)
-            if reason is None:
-                return lssa_triton.lssa_attention(q, k, v, kind, p)
+            return lssa_triton.lssa_attention(q, k, v, kind, p)
+        return reference_attention(q, k, v, kind, p)
+    try:  # backend == "kernel"
+        from kernels import lssa_triton
+    except Exception as e:  # ImportError without triton; anything else is a broken install
+        reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
     else:
-        reason = f"the fused kernel needs CUDA tensors, got {q.device.type}"
-    if backend == "kernel":
-        raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}; "
-                           "use backend='auto' or 'reference'")
-    return reference_attention(q, k, v, kind, p)
+        reason = lssa_triton.unsupported_reason(q, k, v, kind)
+        if reason is None:
+            return lssa_triton.lssa_attention(q, k, v, kind, p)
+    raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}; use backend='auto' or 'reference'")
+
+
+def _auto_kernel_applies(q, k, v, kind, p):
+    """backend="auto" on CUDA tensors: whether to use the fused kernel. Shapes and dtypes it does
+    not cover go to the reference silently (that is what "auto" means); a kernel that should
+    run here but fails to import, compile or launch goes there with a warning (check_kernel)."""
+    try:
+        from kernels import lssa_triton
+    except Exception:  # check_kernel's own import fails the same way, and says why
+        return check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is None
+    if lssa_triton.unsupported_reason(q, k, v, kind) is not None:
+        return False
+    return check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is None

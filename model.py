@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import RECIPES, causal_attention, check_attention_type, check_backend, check_reweight_p
+from attention import (KERNEL_TYPES, RECIPES, causal_attention, check_attention_type, check_backend, check_kernel,
+                       check_reweight_p)
 
 
 @dataclass
@@ -160,6 +161,16 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
+
+    def check_attention_kernel(self, device, dtype):
+        """With attention_backend "auto" on a GPU, make sure the fused kernel compiles and runs
+        there for q, k, v of `dtype` (autocast's), else warn once and use the reference
+        (attention.check_kernel). An eager model does this on its first call; a compiled one
+        cannot launch the check inside its graph, so call this before torch.compile."""
+        cfg = self.config
+        device = torch.device(device)
+        if cfg.attention_backend == "auto" and cfg.attention in KERNEL_TYPES and device.type == "cuda":
+            check_kernel(cfg.attention, cfg.reweight_p, device, dtype, cfg.n_embd // cfg.n_head)
 
     def num_params(self):
         """Parameter count (the tied embedding counted once; there are no position embeddings)."""

@@ -120,8 +120,8 @@ def main(argv):
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
     if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU has no bfloat16; use --dtype=float16 (or float32)")
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.autocast(device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]))
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = nullcontext() if dtype == "float32" else torch.autocast(device_type, dtype=ptdtype)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     if device_type == "cpu":
         keep_freed_memory()
@@ -204,6 +204,7 @@ def main(argv):
             return
     raw_model = model
     if cfg.compile:
+        model.check_attention_kernel(device, ptdtype)  # a failing kernel is found before the graph needs it
         model = torch.compile(model)
     if world_size > 1:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)

@@ -175,6 +175,21 @@ out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
 out.sum().backward()
 assert torch.equal(out, eager)
 assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+
+# the real model, as train.py compiles it: GPT under bf16 autocast, forward and backward
+from model import GPT, config_from_preset
+torch.manual_seed(0)
+model = GPT(config_from_preset("tiny", attention="lssar", vocab_size=97, block_size=16, attention_backend="kernel"))
+x = torch.randint(0, 97, (2, 16), generator=g)
+results = []
+for fn in (model, torch.compile(model, backend="aot_eager", fullgraph=True)):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = fn(x, x)
+    loss.backward()
+    results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+for a, b in zip(*results):
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
 print("COMPILED-OK")
 """
 
@@ -182,8 +197,9 @@ print("COMPILED-OK")
 @needs_triton
 def test_interpreter_under_torch_compile():
     """The dispatch and the op trace into one graph (fullgraph=True: no graph break) and give
-    the eager results. On the CPU only the opaque custom_op registration can be traced (the
-    interpreter's kernels are not traceable); the GPU test covers the default."""
+    the eager results, alone and inside the GPT model under bf16 autocast. On the CPU only the
+    opaque custom_op registration can be traced (the interpreter's kernels are not traceable);
+    the GPU tests cover the default."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, REPO], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=600)
@@ -267,6 +283,48 @@ def test_kernels_compile_for_an_h100():
             pytest.skip(f"this triton's ahead-of-time compile API differs: {e}")
         compiled = triton.compile(source, target=target, options={"num_warps": 4, "num_stages": 2})
         assert compiled.asm["cubin"], fn.__name__
+
+
+_FALLBACK_CHILD = r"""
+import os, sys, warnings
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, sys.argv[1])
+import torch
+import attention
+from kernels import lssa_triton
+
+q, k, v = (torch.randn(1, 2, 20, 16) for _ in range(3))
+print("WORKING", attention.check_kernel("lssar", 15.0, "cpu", torch.float32, 16),
+      attention._auto_kernel_applies(q, k, v, "lssar", 15.0))
+
+def broken(*args, **kwargs):
+    raise RuntimeError("simulated: no kernel image is available for this GPU")
+
+lssa_triton._backward = broken   # only the backward fails: the check must launch it too
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16)
+    again = attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16)
+    applies = attention._auto_kernel_applies(q, k, v, "lssa", 15.0)
+print("BROKEN", first == again, applies, len(caught))
+print("REASON", first)
+print("WARNING", caught[0].message if caught else None)
+"""
+
+
+@needs_triton
+def test_failing_kernel_falls_back_with_one_warning():
+    """backend="auto": a kernel that cannot compile or launch (here its backward) is found by
+    one tiny launch, warned about once, naming the reason and the flag, and not used again."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _FALLBACK_CHILD, REPO], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.split(" ")[0].isupper())
+    assert out["WORKING"] == "None True"
+    assert out["BROKEN"] == "True False 1"
+    assert "simulated: no kernel image" in out["REASON"]
+    assert "simulated: no kernel image" in out["WARNING"] and "--attention_backend=reference" in out["WARNING"]
 
 
 def test_auto_backend_on_cpu_is_the_reference():
@@ -367,13 +425,15 @@ def test_gpu_fallback_rows(fixed_config, kind):
 def test_gpu_auto_backend_is_the_kernel(kind, monkeypatch):
     """The default (backend="auto", as a GPT model calls it) runs the fused kernel on CUDA."""
     from kernels import lssa_triton
+    q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    model = GPT(config_from_preset("tiny", attention=kind, vocab_size=97)).cuda()
+    for head_dim in (64, model.config.n_embd // model.config.n_head):  # the one-time checks first
+        assert attention.check_kernel(kind, 15.0, q.device, torch.bfloat16, head_dim) is None
     calls = []
     real = lssa_triton.lssa_attention
     monkeypatch.setattr(lssa_triton, "lssa_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
     attention.causal_attention(q, q, q, kind)
     assert calls == [1]
-    model = GPT(config_from_preset("tiny", attention=kind, vocab_size=97)).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         model(torch.zeros(1, 16, dtype=torch.long, device="cuda"))
     assert len(calls) == 1 + model.config.n_layer
@@ -498,3 +558,52 @@ def test_gpu_training_curve_matches_reference(synth_dir, tmp_path, attention):
     assert len(curves["kernel"]) == len(curves["reference"]) == 30
     for a, b in zip(curves["kernel"], curves["reference"]):
         assert a == pytest.approx(b, rel=2e-2)  # bf16 autocast: the q/k/v fed to the kernel are bf16
+
+
+@gpu
+@needs_cuda
+@needs_triton
+def test_gpu_failing_kernel_falls_back(monkeypatch):
+    """A model with backend="auto" whose kernel cannot compile warns once and runs the reference."""
+    from kernels import lssa_triton
+    monkeypatch.setattr(attention, "_KERNEL_STATUS", {})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated compile failure")
+
+    monkeypatch.setattr(lssa_triton, "_forward", broken)
+    torch.manual_seed(0)
+    model = GPT(config_from_preset("tiny", attention="lssar", vocab_size=97)).cuda()
+    x = torch.randint(0, 97, (2, 16), device="cuda")
+    with pytest.warns(RuntimeWarning, match="attention_backend=reference") as caught:
+        got, _ = model(x)
+        model(x)
+    assert sum("simulated compile failure" in str(w.message) for w in caught) == 1
+    for block in model.transformer.h:
+        block.attn.backend = "reference"
+    want, _ = model(x)
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="simulated compile failure"):
+        attention.causal_attention(*(torch.randn(1, 2, 16, 16, device="cuda") for _ in range(3)), "lssar",
+                                   backend="kernel")
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("attention", ["lssa", "lssar"])
+def test_gpu_compiled_training_matches_eager(synth_dir, tmp_path, attention):
+    """Every paper config compiles the model: train.py with compile=True (backend auto, the
+    kernels inside the compiled graph, bf16 autocast) trains like the eager model."""
+    import train
+    curves = {}
+    for compile in (True, False):
+        out = tmp_path / f"compile-{compile}"
+        train.main(tiny_train_args(synth_dir, attention, "cuda") + [
+            f"--out_dir={out}", f"--compile={compile}", "--max_iters=8", "--batch_size=8", "--dtype=bfloat16",
+            "--n_embd=128", "--n_head=2"])   # head_dim 64, as the GPT-2 presets
+        with open(out / "metrics.jsonl") as f:
+            curves[compile] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert len(curves[True]) == len(curves[False]) == 8
+    for a, b in zip(curves[True], curves[False]):
+        assert a == pytest.approx(b, rel=2e-2)
