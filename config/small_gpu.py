@@ -17,3 +17,4 @@ eval_iters = 10
 log_interval = 20
 ckpt_interval = 400
 out_dir = "out/small-{attention}"
+compile = False                 # 800 short steps: compiling would take longer than it saves

@@ -56,6 +56,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="drop the torch.compile'd reference")
     ap.add_argument("--no-flex", action="store_true", help="drop FlexAttention")
     ap.add_argument("--compile-max-T", type=int, default=4096, help="longest T for the compiled reference")
+    ap.add_argument("--reference-max-T", type=int, default=None,
+                    help="longest T for the plain reference (its fwd+bwd holds several T x T matrices per head)")
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
@@ -237,6 +239,10 @@ def main(argv=None):
                     row = {"T": T, "B": B, "mode": mode, "attention": kind, "impl": name}
                     if name == "compiled" and T > args.compile_max_T:
                         row["skipped"] = f"T > --compile-max-T {args.compile_max_T}"
+                        rows.append(row)
+                        continue
+                    if name == "reference" and args.reference_max_T and T > args.reference_max_T:
+                        row["skipped"] = f"T > --reference-max-T {args.reference_max_T}"
                         rows.append(row)
                         continue
                     try:

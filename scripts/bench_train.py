@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,16 +77,23 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         for attention in args.attention:
-            results.append(bench_one(args, attention, os.path.join(tmp, attention)))
+            try:
+                results.append(bench_one(args, attention, os.path.join(tmp, attention)))
+            except Exception as e:  # a compile failure, out of memory: report it, go on with the next type
+                traceback.print_exc()
+                results.append({"attention": attention, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"})
             # the next type starts clean: no compiled graphs, no cached GPU memory from this one
             torch._dynamo.reset()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    device = "cuda" if "peak_mem_gib" in results[0] else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     base = results[0]
     print(f"\n{'attention':<22}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")
     for r in results:
+        if "error" in r or "error" in base:
+            print(f"{r['attention']:<22}{'failed: ' + r['error'][:70] if 'error' in r else 'no ratio: the first type failed'}")
+            continue
         r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
         if "peak_mem_gib" in r:
             r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"]
@@ -100,4 +108,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("error" in r for r in main()["results"]) else 0)

@@ -1,35 +1,41 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: enter a Python environment that has
 # torch and requirements.txt. Uses the active virtual environment (or conda environment) if
-# there is one, else creates ./.venv. Set PYTHON to choose the interpreter, TORCH_SPEC to choose the torch build.
+# there is one, else creates ./.venv. Set PYTHON to choose the interpreter, TORCH_SPEC to choose the torch build,
+# NO_INSTALL=1 to use the python on PATH as it is.
 
 PYTHON=${PYTHON:-python3}
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
-    if [ ! -x .venv/bin/python ]; then
-        echo "[env] creating .venv with $($PYTHON --version 2>&1)"
-        "$PYTHON" -m venv .venv
+if [ -n "${NO_INSTALL:-}" ]; then
+    # The python on PATH already has what the script needs (a GPU machine's image, for
+    # scripts/gpu_check.sh): enter no environment, install nothing.
+    :
+else
+    if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
+        if [ ! -x .venv/bin/python ]; then
+            echo "[env] creating .venv with $($PYTHON --version 2>&1)"
+            "$PYTHON" -m venv .venv
+        fi
+        # shellcheck disable=SC1091
+        source .venv/bin/activate
     fi
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
-fi
-
-if ! python -c "import torch" 2>/dev/null; then
-    # A plain `pip install torch` on Linux pulls the multi-GB CUDA build. Without an NVIDIA
-    # GPU the CPU build is all we need: from PyTorch's CPU index when it can be reached,
-    # else the pinned release from the package index.
-    if [ -n "${TORCH_SPEC:-}" ]; then
-        torch_args=("$TORCH_SPEC")
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        torch_args=(torch)
-    elif python -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null; then
-        torch_args=(torch --index-url https://download.pytorch.org/whl/cpu)
-    else
-        torch_args=("torch==2.13.0")
+    if ! python -c "import torch" 2>/dev/null; then
+        # A plain `pip install torch` on Linux pulls the multi-GB CUDA build. Without an NVIDIA
+        # GPU the CPU build is all we need: from PyTorch's CPU index when it can be reached,
+        # else the pinned release from the package index.
+        if [ -n "${TORCH_SPEC:-}" ]; then
+            torch_args=("$TORCH_SPEC")
+        elif command -v nvidia-smi >/dev/null 2>&1; then
+            torch_args=(torch)
+        elif python -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null; then
+            torch_args=(torch --index-url https://download.pytorch.org/whl/cpu)
+        else
+            torch_args=("torch==2.13.0")
+        fi
+        echo "[env] installing ${torch_args[*]}"
+        python -m pip install -q "${torch_args[@]}"
     fi
-    echo "[env] installing ${torch_args[*]}"
-    python -m pip install -q "${torch_args[@]}"
+    echo "[env] installing requirements.txt"
+    python -m pip install -q -r requirements.txt
 fi
-echo "[env] installing requirements.txt"
-python -m pip install -q -r requirements.txt
 
 # The first line of a script's log: when, what, and the code version that runinfo.py records
 # with every result (commit; "dirty" for uncommitted code changes, results/ not counted).

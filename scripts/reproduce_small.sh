@@ -9,6 +9,7 @@
 #   bash scripts/reproduce_small.sh cpu-long   # the same model trained 7.5x longer (1.5M tokens, ~45 min
 #                                              # on 2 cores; no baselines) -> results/small-cpu-long/
 #   DRY_RUN=1 bash scripts/reproduce_small.sh  # print the commands only
+#   MAIN="softmax lssa lssar" PASSKEY=0 BASELINES=0 bash scripts/reproduce_small.sh   # the 3 main runs and sweep only
 # Re-running skips finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,19 +33,23 @@ if [ -z "${DRY_RUN:-}" ]; then  # every invocation, with its wall time, appended
 fi
 
 run python data/prepare.py embedded
-main=(softmax lssa lssar lssar-p3)
-train softmax softmax
-train lssa lssa
-train lssar lssar
-train lssar lssar-p3 --reweight_p=3.0
+read -r -a main <<< "${MAIN:-softmax lssa lssar lssar-p3}"   # MAIN="softmax lssa lssar": fewer runs
+for run_name in "${main[@]}"; do
+    case $run_name in
+        lssar-p3) train lssar lssar-p3 --reweight_p=3.0 ;;
+        *) train "$run_name" "$run_name" ;;
+    esac
+done
 runs=("${main[@]/#/out/$name-}")
 run python eval_length.py "${runs[@]}" "${eval_args[@]}" --out $results/sweep.json
 run python eval_length.py out/$name-lssa --attention lssar --p 15 "${eval_args[@]}" --out $results/lssa_reweighted.json
 run python scripts/plot_length.py $results/sweep.json $results/lssa_reweighted.json -o $results/sweep.png \
-    --title "$name: 4 attention runs + lssa re-weighted at inference"
+    --title "$name: ${#main[@]} attention runs + lssa re-weighted at inference"
 run python scripts/table_length.py $results/sweep.json $results/lssa_reweighted.json --out $results/table.md
-run python eval_passkey.py "${runs[@]}" --trials $trials --out $results/passkey.json
-run python scripts/plot_passkey.py $results/passkey.json -o $results/passkey.png
+if [ "${PASSKEY:-1}" = 1 ]; then
+    run python eval_passkey.py "${runs[@]}" --trials $trials --out $results/passkey.json
+    run python scripts/plot_passkey.py $results/passkey.json -o $results/passkey.png
+fi
 
 if [ "${BASELINES:-1}" = 1 ]; then
     baselines=(sigmoid relu ssmax softmax_reweight sigmoid_l1_reweight)

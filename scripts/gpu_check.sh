@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU path in one command on a machine with one NVIDIA GPU: pytest -m gpu, the kernels'
+# error table, the training and attention benchmarks and the small reproduction, each under its
+# own time limit, into GPU_CHECK_OUT (default results/gpu/<gpu-name>/). See scripts/gpu_check.py.
+#   python data/prepare.py embedded      # once, anywhere: the check reads data/embedded and .cache
+#   bash scripts/gpu_check.sh            # every part, about 7 minutes on one H200
+#   bash scripts/gpu_check.sh tests bench repro
+# Runs on the Python that already has CUDA torch (python, else python3; PYTHON=... to choose):
+# no virtual environment, no pip, no network.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f data/embedded/meta.json ] || ! compgen -G "data/embedded/*_val_*.bin" >/dev/null; then
+    echo "gpu_check: data/embedded is missing: run 'python data/prepare.py embedded' first" \
+         "(on a machine without network, make it elsewhere and copy data/embedded and .cache)" >&2
+    exit 2
+fi
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    for candidate in python python3; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+            PY=$candidate
+            break
+        fi
+    done
+fi
+if [ -z "$PY" ]; then
+    echo "gpu_check: no python with torch on PATH; set PYTHON=/path/to/python" >&2
+    exit 2
+fi
+# The scripts the parts run call `python`: make it this interpreter, whatever it is named here.
+# (A wrapper, not a link: a virtual environment's python finds its packages from its own path.)
+shim=$(mktemp -d)
+printf '#!/bin/sh\nexec %q "$@"\n' "$(command -v "$PY")" > "$shim/python"
+chmod +x "$shim/python"
+export PATH="$shim:$PATH" NO_INSTALL=1 PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+python scripts/gpu_check.py "$@"
+status=$?
+rm -rf "$shim"
+exit $status

@@ -1,0 +1,80 @@
+"""scripts/gpu_check.sh: the one-call GPU check. Its figures need a GPU; here its plumbing runs
+at toy sizes on the CPU (--smoke), so that the first session lent a GPU needs exactly one call."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import VOCAB
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+import gpu_check  # noqa: E402
+
+
+def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--smoke", "--limit", "tests=1", "--out", str(out),
+                           "--data_dir", synth_dir, "--vocab_size", str(VOCAB)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]   # the cut part fails the run
+    summary = json.load(open(out / "summary.json"))
+    assert list(summary["parts"]) == list(gpu_check.PARTS)
+    status = {part: r["status"] for part, r in summary["parts"].items()}
+    assert status == {"tests": "timeout", "errors": "ok", "bench_train": "ok", "bench_attention": "ok", "repro": "ok"}
+    # what the lent machines bring back: at most 8 files, at most 2 folders deep
+    files = [os.path.join(d, f) for d, _, names in os.walk(out) for f in names]
+    assert len(files) <= 8 and all(os.path.relpath(f, out).count(os.sep) <= 2 for f in files)
+    assert proc.stdout.rstrip().endswith(f"wrote {out}/") and "| part | status | seconds |" in proc.stdout
+    log = open(out / "log.txt").read()
+    for attention in ("softmax", "lssa", "lssar"):   # the repro's dry run: the small GPU runs and the sweep
+        assert f"+ python train.py config/small_gpu.py --attention={attention} --out_dir=out/small-{attention}" in log
+    assert "+ python eval_length.py out/small-softmax out/small-lssa out/small-lssar" in log
+    errors = json.load(open(out / "errors.json"))
+    assert [r["ok"] for r in errors["results"]] == [True]
+    assert summary["found"]["errors"]["within_tolerance"] == 1
+    assert [r["attention"] for r in summary["found"]["bench_train"]] == ["softmax", "lssar"]
+    attention = json.load(open(out / "bench_attention.json"))
+    timed = {(r["attention"], r["impl"], r["mode"]) for r in attention["results"] if "error" not in r and r["ms"] > 0}
+    for mode in ("fwd", "fwd+bwd"):  # every implementation ran (an error row would be missing here)
+        assert {("softmax", "sdpa", mode), ("lssa", "triton", mode), ("lssar", "triton", mode),
+                ("lssa", "reference", mode), ("lssar", "reference", mode)} <= timed
+    assert {"commit", "dirty"} <= set(attention["meta"]["code"])
+
+
+def test_summary_checks_the_targets():
+    found = {
+        "bench_train": [{"attention": "softmax", "tokens_per_s": 1000.0, "ratio": 1.0, "mfu": 0.4, "peak_mem_gib": 10.0,
+                         "mem_ratio": 1.0},
+                        {"attention": "lssa", "tokens_per_s": 900.0, "ratio": 0.9, "mfu": 0.36, "peak_mem_gib": 11.0,
+                         "mem_ratio": 1.1},
+                        {"attention": "lssar", "error": "RuntimeError: boom"}],
+        "bench_attention": [{"T": 16384, "B": 1, "mode": "fwd", "attention": "lssar", "impl": "triton", "ms": 9.0,
+                             "x_sdpa": 3.5, "peak_mib": 20.0}],
+        "repro": [{"run": "small-lssar", "attention": "lssar", "reweight_p": 15.0,
+                   "losses": {"1x": 4.0, "2x": 4.0, "4x": 4.02, "8x": 4.04, "16x": 4.1}}],
+    }
+    rows = {t["target"]: t for t in gpu_check.targets(found)}
+    assert rows["lssa tokens/s"]["met"] and rows["lssa peak memory"]["met"]
+    assert "lssar tokens/s" not in rows                 # it failed: nothing to compare
+    assert not rows["lssar fwd T=16384"]["met"]         # 3.5x SDPA > 3x
+    assert rows["lssar 16x/1x"]["value"] == pytest.approx(4.1 / 4.0) and not rows["lssar 16x/1x"]["met"]
+    summary = {"gpu": "NVIDIA H200", "torch": "2.11", "triton": "3.6", "code": {"commit": "abcdef0123", "dirty": False},
+               "date": "now", "seconds": 1.0, "parts": {"tests": {"status": "ok", "seconds": 1.0}}, "found": found,
+               "targets": list(rows.values())}
+    text = gpu_check.markdown(summary)
+    assert "| lssar | RuntimeError: boom |" in text and "| lssar 16x/1x | 1.025 | <= 1.02 | NO |" in text
+
+
+def test_missing_data_is_one_line(tmp_path):
+    """Without data/embedded the check stops at once and says which command makes it."""
+    os.makedirs(tmp_path / "scripts")
+    shutil.copy(os.path.join(REPO, "scripts", "gpu_check.sh"), tmp_path / "scripts")
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "python data/prepare.py embedded" in proc.stderr
