@@ -23,3 +23,31 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
+
+
+def test_kernel_resources_compiles_for_an_h100(tmp_path):
+    """scripts/kernel_resources.py end to end on one small configuration: a real sm_90 compile and
+    ptxas's report (no GPU needed), plus a tile the kernels cannot use, named without compiling."""
+    pytest.importorskip("triton.compiler", reason="triton is not installed (see requirements-dev.txt)")
+    out = tmp_path / "resources.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "scripts/kernel_resources.py", "--kernels", "dkdv", "--dtypes", "bf16",
+                           "--head-dims", "64", "--modes", "lssa", "--tiles", "16,32,4,1", "32,16,4,1",
+                           "--json", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ok, bad = json.load(open(out))["rows"]
+    assert ok["tile"] == [16, 32, 4, 1] and 0 < ok["registers"] <= 255 and ok["spill_stores"] >= 0
+    assert 0 < ok["shared"] <= 227 * 1024 and ok["fits"]
+    assert bad["error"] == "dK/dV needs BLOCK_N % BLOCK_M == 0"
+    assert "(16, 32, 4, 1)" in proc.stdout and "BLOCK_N % BLOCK_M" in proc.stdout
+
+
+def test_kernel_resources_uses_an_fp32_table_when_the_module_has_one(monkeypatch):
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    import kernel_resources
+    from kernels import lssa_triton
+    assert kernel_resources.tile_table("bf16") is lssa_triton._TILES
+    fp32 = {key: [(16, 16, 4, 1)] for key in lssa_triton._TILES}
+    monkeypatch.setattr(lssa_triton, "_TILES_FP32", fp32, raising=False)
+    assert kernel_resources.tile_table("fp32") is fp32 and kernel_resources.tile_table("fp16") is lssa_triton._TILES
