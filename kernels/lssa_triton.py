@@ -61,8 +61,9 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
   BLOCK_M is a multiple of BLOCK_N (and the reverse in the dK/dV kernel), so the keys past T
   only ever appear in masked diagonal blocks.
-* Block sizes are autotuned on the GPU over a few tiles per head-dim class (_TILES; key: head
-  dim, a T bucket, mode, p, dtype); AUTOTUNE = False launches the first tile of each list.
+* Block sizes are autotuned on the GPU over a few tiles per head-dim class (_TILES, and
+  _TILES_FP32 for fp32 inputs; key: head dim, a T bucket, mode, p, dtype); AUTOTUNE = False
+  launches the first tile of each list.
   Under the interpreter (TRITON_INTERPRET=1) one small fixed configuration is used
   (INTERPRET_BLOCKS), and bf16 tiles are widened to fp32 before tl.dot (the interpreter
   multiplies bf16 as raw integers).
@@ -599,10 +600,29 @@ _TILES = {
     ("dq", 64): [(64, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
     ("dq", 128): [(64, 32, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3)],
 }
+# fp32 inputs: their tf32x3 dots and fp32 tiles need about twice the registers and shared
+# memory, so the bf16 tiles spill (0.9-2.5 KB per thread) and some exceed sm_90's 227 KiB.
+# These compile with no spills for lssar (lssa: at most 60 B, the last dK/dV d=128 entry)
+# and at most 112 KiB (python scripts/kernel_resources.py --dtypes fp32). fp32 stays the slow
+# path all the same: it is for checking against the reference, bf16 is for training.
+_TILES_FP32 = {
+    ("fwd", 64): [(32, 16, 4, 2), (64, 16, 4, 2), (32, 16, 4, 3), (32, 16, 8, 2)],
+    ("fwd", 128): [(16, 16, 4, 2), (32, 16, 8, 2), (16, 16, 4, 3), (32, 16, 8, 3)],
+    ("dkdv", 64): [(16, 32, 4, 2), (16, 32, 4, 3), (32, 32, 8, 2), (16, 16, 4, 2)],
+    ("dkdv", 128): [(16, 16, 8, 2), (16, 16, 8, 3), (16, 16, 4, 2)],
+    ("dq", 64): [(32, 16, 4, 2), (32, 32, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2)],
+    ("dq", 128): [(16, 16, 4, 2), (16, 16, 4, 3), (16, 16, 8, 2)],
+}
 _KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
 _TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "MODE", "P_INT", "DOT_PREC"]
-_TUNED = {(which, d): triton.autotune(_configs(tiles), key=_TUNE_KEY + (["STORE_U"] if which == "fwd" else []))(
-    _KERNELS[which]) for (which, d), tiles in _TILES.items()}
+
+
+def _autotuned(which, tiles):
+    return triton.autotune(_configs(tiles), key=_TUNE_KEY + (["STORE_U"] if which == "fwd" else []))(_KERNELS[which])
+
+
+_TUNED = {(fp32, which, d): _autotuned(which, tiles)   # (fp32 inputs?, kernel, head-dim class) -> kernel
+          for fp32, table in ((False, _TILES), (True, _TILES_FP32)) for (which, d), tiles in table.items()}
 
 
 def _tile_class(head_dim):
@@ -614,11 +634,11 @@ def _pick(which, dtype, head_dim):
     if INTERPRET:
         bm, bn = INTERPRET_BLOCKS[which]
         return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn}
+    fp32 = dtype == torch.float32
     if AUTOTUNE:
-        return _TUNED[which, _tile_class(head_dim)], {}
-    bm, bn, warps, stages = _TILES[which, _tile_class(head_dim)][0]
-    return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps,
-                             "num_stages": min(stages, 2) if dtype == torch.float32 else stages}
+        return _TUNED[fp32, which, _tile_class(head_dim)], {}
+    bm, bn, warps, stages = (_TILES_FP32 if fp32 else _TILES)[which, _tile_class(head_dim)][0]
+    return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
 
 
 def _t_bucket(T):
