@@ -230,6 +230,14 @@ def _bh_offset(pid_bh, H, stride_b, stride_h):
 
 
 @triton.jit
+def _fp32_scalars(ln_d, p):
+    """The float arguments as fp32. Triton's launcher passes a Python float as fp32, but the
+    kernels that torch.compile's Inductor calls directly get them as fp64, which would make
+    every per-row value fp64 and the loops' carried types inconsistent (a compile error)."""
+    return tl.cast(ln_d, tl.float32), tl.cast(p, tl.float32)
+
+
+@triton.jit
 def _norm_chain(nrm):
     """1/‖x‖² where ‖x‖ > eps, else 0 (see _store_input_grad)."""
     big = nrm > _EPS
@@ -298,6 +306,7 @@ def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
                 HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                 STORE_U: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    LN_D, p = _fp32_scalars(LN_D, p)
     # the last row blocks have the most keys: launch them first
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -497,6 +506,7 @@ def _bwd_dkdv_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DK, DV,
                      HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                      DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    LN_D, p = _fp32_scalars(LN_D, p)
     pid_n = tl.program_id(0)   # key block 0 sees every query: the heaviest go first
     pid_bh = tl.program_id(1)
     Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
@@ -551,6 +561,7 @@ def _bwd_dq_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DQ,
                    HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                    DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    LN_D, p = _fp32_scalars(LN_D, p)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,

@@ -84,7 +84,7 @@ def commands(args, out):
             "repro": (["bash", "scripts/reproduce_small.sh", "gpu"],   # the commands only
                       {"MAIN": "softmax lssa lssar", "PASSKEY": "0", "BASELINES": "0", "DRY_RUN": "1"}),
         }
-    xdist = ["-n", "8"] if _has("xdist") else []
+    xdist = ["-n", str(min(16, os.cpu_count() or 1))] if _has("xdist") else []
     return {
         "tests": ([py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + xdist, {}),
         "errors": ([py, "scripts/kernel_errors.py", "--workers", "8", "--out", f"{out}/errors.json"], {}),
