@@ -3,7 +3,7 @@ The GPU path in one command: correctness, benchmarks and the small reproduction 
 each part in its own process under its own time limit, into one directory of at most 8 files.
 Run it through scripts/gpu_check.sh (which checks the data and the Python first):
 
-    bash scripts/gpu_check.sh                       # every part (about 7 minutes on one H200)
+    bash scripts/gpu_check.sh                       # every part (at most 9 minutes: --budget)
     bash scripts/gpu_check.sh tests errors          # some parts; aliases: correctness, bench
     GPU_CHECK_OUT=/tmp/check bash scripts/gpu_check.sh
 
@@ -33,7 +33,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("tests", "errors", "bench_train", "bench_attention", "repro")
 ALIASES = {"correctness": ("tests", "errors"), "bench": ("bench_train", "bench_attention"), "all": PARTS}
-LIMITS = {"tests": 130, "errors": 60, "bench_train": 170, "bench_attention": 60, "repro": 120}   # seconds
+# seconds; on one H200 (results/gpu/NVIDIA-H200/) tests took 135 s with 16 workers, errors 30,
+# bench_attention 33, repro ~140; bench_train over 185 (compiling lssar's graph is the slow part)
+LIMITS = {"tests": 150, "errors": 45, "bench_train": 240, "bench_attention": 50, "repro": 150}
 # The targets, checked in the summary (ratios to softmax / SDPA; 16x over 1x loss)
 TARGETS = {"lssa tokens/s": (0.85, ">="), "lssar tokens/s": (0.75, ">="), "lssa peak memory": (1.25, "<="),
            "lssar peak memory": (1.25, "<="), "lssa fwd T=16384": (2.0, "<="), "lssar fwd T=16384": (3.0, "<="),
@@ -44,7 +46,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parts", nargs="*", default=["all"], help=f"{', '.join(PARTS)} or {', '.join(ALIASES)}")
     ap.add_argument("--out", default=os.environ.get("GPU_CHECK_OUT"), help="default results/gpu/<gpu name>/")
-    ap.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 520)),
+    ap.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 540)),
                     help="seconds after which no part starts and a running one is cut short")
     ap.add_argument("--limit", action="append", default=[], metavar="PART=SECONDS", help="one part's time limit")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks this script only")

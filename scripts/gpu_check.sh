@@ -3,7 +3,7 @@
 # error table, the training and attention benchmarks and the small reproduction, each under its
 # own time limit, into GPU_CHECK_OUT (default results/gpu/<gpu-name>/). See scripts/gpu_check.py.
 #   python data/prepare.py embedded      # once, anywhere: the check reads data/embedded and .cache
-#   bash scripts/gpu_check.sh            # every part, about 7 minutes on one H200
+#   bash scripts/gpu_check.sh            # every part, at most 9 minutes (GPU_CHECK_BUDGET=540 s)
 #   bash scripts/gpu_check.sh tests bench repro
 # Runs on the Python that already has CUDA torch (python, else python3; PYTHON=... to choose):
 # no virtual environment, no pip, no network.
