@@ -40,6 +40,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.cpu_smoke:
         args.dtype, args.d, args.T, args.types, args.H, args.workers = ["float32"], [16], [20], ["lssar:15"], 2, 1
+        args.tokens = 20   # B = 1: the interpreter runs the kernels as Python
     return args
 
 
