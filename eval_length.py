@@ -75,9 +75,12 @@ def token_budget(requested, lengths, available):
     unit = math.lcm(*lengths)
     budget = min(requested or DEFAULT_TOKENS, usable) // unit * unit
     if budget == 0:
-        raise ShardError(f"lengths {lengths} need a token budget that is a multiple of {unit:,}, more than the "
-                         f"{min(requested or DEFAULT_TOKENS, usable):,} available; use lengths that divide each "
-                         f"other (e.g. --multipliers 1 2 4 8 16)")
+        asked = f"--tokens {requested:,} is too few: " if requested else ""
+        fix = (f"ask for --tokens {unit:,} or more" if requested and unit <= usable
+               else "use lengths that divide each other (e.g. --multipliers 1 2 4 8 16)")
+        raise ShardError(f"{asked}lengths {', '.join(f'{n:,}' for n in lengths)} need a token budget that is a "
+                         f"multiple of {unit:,} (every length sees the same tokens), and the validation split "
+                         f"holds {available:,} tokens; {fix}")
     return budget
 
 

@@ -81,6 +81,17 @@ def test_validation_too_short_is_a_clear_error(trained_runs):
     assert proc.returncode == 2 and "--multipliers: must be a positive integer, got 0" in proc.stderr
 
 
+def test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds():
+    with pytest.raises(ShardError, match=r"^--tokens 10 is too few: lengths 64, 128 need a token budget that is a "
+                                         r"multiple of 128 .* the validation split holds 20,000 tokens; "
+                                         r"ask for --tokens 128 or more$"):
+        eval_length.token_budget(10, [64, 128], 20_000)
+    with pytest.raises(ShardError, match=r"^lengths 96, 128 .* multiple of 384 .* holds 300 tokens; use lengths that "
+                                         r"divide each other"):
+        eval_length.token_budget(None, [96, 128], 300)
+    assert eval_length.token_budget(128, [64, 128], 20_000) == 128
+
+
 def test_validation_token_outside_the_vocabulary_is_a_clear_error(trained_runs, tmp_path):
     from data.shards import write_shard
     write_shard(tmp_path / "x_val_000000.bin", [1, 2, 60000, 3] * 100)
