@@ -141,9 +141,11 @@ def parse_value(text, default):
         raise ConfigError(f"cannot parse {text!r}: expects {type(default).__name__} ({example})") from None
 
 
-def load_config(argv):
+def load_config(argv, check_model=True):
     """TrainConfig from argv: config files (paths ending in .py) in order, then every
-    --key=value override, wherever it stands: the command line wins over the files."""
+    --key=value override, wherever it stands: the command line wins over the files.
+    check_model=False skips the checks that need torch (attention and model names; the rest
+    is checked): for a dry run in a shell that has no torch yet."""
     defaults = TrainConfig()
     valid = [f.name for f in fields(TrainConfig)]
     values = {}
@@ -168,28 +170,45 @@ def load_config(argv):
             raise ConfigError(f"config key {key!r}: {e}") from None
         values[key] = _check_value(key, value, getattr(defaults, key))
     cfg = TrainConfig(**values)
-    validate(cfg)
+    validate(cfg, check_model)
     return cfg
 
 
-def validate(cfg):
-    """Catch bad model settings at load time, with the message of the module that owns them."""
-    from attention import check_attention_type, check_backend, check_reweight_p
-    from model import PRESETS
-    try:
-        check_attention_type(cfg.attention)
-        check_backend(cfg.attention_backend)
-        check_reweight_p(cfg.reweight_p)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if cfg.model not in PRESETS:
-        raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
-                          f"(n_layer/n_head/n_embd override a preset's shape)")
+def validate(cfg, check_model=True):
+    """Catch bad settings at load time; the model's with the message of the module that owns them."""
+    if check_model:
+        from attention import check_attention_type, check_backend, check_reweight_p
+        from model import PRESETS
+        try:
+            check_attention_type(cfg.attention)
+            check_backend(cfg.attention_backend)
+            check_reweight_p(cfg.reweight_p)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.model not in PRESETS:
+            raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
+                              f"(n_layer/n_head/n_embd override a preset's shape)")
     positive = ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
                 "ckpt_interval", "keep_checkpoints")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
+
+
+def grad_accum_steps(cfg, world_size):
+    """Micro-steps per optimizer step for total_batch_size over world_size processes (1 with 0)."""
+    per_step = cfg.batch_size * cfg.block_size * world_size
+    if cfg.total_batch_size == 0:
+        return 1
+    if cfg.total_batch_size % per_step:
+        sequences = cfg.total_batch_size / cfg.block_size  # per optimizer step
+        fix = ("change batch_size (to a divisor of total_batch_size / block_size / processes = "
+               f"{sequences / world_size:g}) or total_batch_size" if sequences % world_size == 0 else
+               f"no batch_size fits: use a number of processes that divides total_batch_size / block_size = "
+               f"{sequences:g}, or change total_batch_size")
+        raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size x block_size x "
+                          f"processes = {cfg.batch_size} x {cfg.block_size} x {world_size} = {per_step}; {fix}")
+    return cfg.total_batch_size // per_step
 
 
 def config_diff(a, b, ignore=()):

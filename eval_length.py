@@ -75,9 +75,12 @@ def token_budget(requested, lengths, available):
     unit = math.lcm(*lengths)
     budget = min(requested or DEFAULT_TOKENS, usable) // unit * unit
     if budget == 0:
-        raise ShardError(f"lengths {lengths} need a token budget that is a multiple of {unit:,}, more than the "
-                         f"{min(requested or DEFAULT_TOKENS, usable):,} available; use lengths that divide each "
-                         f"other (e.g. --multipliers 1 2 4 8 16)")
+        asked = f"--tokens {requested:,} is too few: " if requested else ""
+        fix = (f"ask for --tokens {unit:,} or more" if requested and unit <= usable
+               else "use lengths that divide each other (e.g. --multipliers 1 2 4 8 16)")
+        raise ShardError(f"{asked}lengths {', '.join(f'{n:,}' for n in lengths)} need a token budget that is a "
+                         f"multiple of {unit:,} (every length sees the same tokens), and the validation split "
+                         f"holds {available:,} tokens; {fix}")
     return budget
 
 
@@ -85,6 +88,11 @@ def token_budget(requested, lengths, available):
 def sweep_one(model, tokens, lengths, budget, bucket, batch_tokens, device, autocast, label):
     from tqdm import tqdm
     results = []
+    # On the CPU every batch's logits and log-probabilities go into this one buffer (see
+    # model.token_losses); on a GPU they are bf16 under autocast, and the caching allocator
+    # reuses its blocks by itself.
+    on_cpu = torch.device(device).type == "cpu"
+    buffer = torch.empty(2, 2048, model.config.vocab_size) if on_cpu else None
     for length in lengths:
         windows = torch.from_numpy(val_windows(tokens, length, budget // length))
         per_batch = max(1, batch_tokens // length)
@@ -97,7 +105,7 @@ def sweep_one(model, tokens, lengths, budget, bucket, batch_tokens, device, auto
                       disable=not sys.stderr.isatty()):
             batch = windows[i:i + per_batch].to(device)
             with autocast:
-                losses = model.token_losses(batch[:, :-1], batch[:, 1:])
+                losses = model.token_losses(batch[:, :-1], batch[:, 1:], buffer=buffer)
             per_position = losses.double().sum(0).cpu()
             bucket_sum.index_add_(0, position_bucket, per_position)
             bucket_count.index_add_(0, position_bucket, torch.full((length,), float(len(batch)), dtype=torch.float64))

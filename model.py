@@ -206,15 +206,27 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def token_losses(self, idx, targets, chunk=4096):
+    def token_losses(self, idx, targets, chunk=4096, buffer=None):
         """Per-position cross-entropy (B, T), computed `chunk` tokens at a time so that the
-        (tokens, vocab) logits never exist at once: at 16x context they would be gigabytes."""
+        (tokens, vocab) logits never exist at once: at 16x context they would be gigabytes.
+
+        buffer: a float32 (2, chunk, vocab_size) tensor (its rows set the chunk) that every
+        chunk's logits and log-probabilities are written into, for a caller that evaluates many
+        batches on the CPU without autocast. There runinfo.keep_freed_memory() keeps freed
+        blocks in the heap, and fresh blocks of this size per chunk, split up by the
+        differently-sized blocks around them, grew the heap to 3x what the sweep needs."""
         x = self.hidden_states(idx).flatten(0, 1)
         flat_targets = targets.flatten()
         out = torch.empty(flat_targets.shape, dtype=torch.float32, device=idx.device)
+        chunk = chunk if buffer is None else buffer.size(1)
         for t0 in range(0, len(flat_targets), chunk):
-            logits = self.lm_head(x[t0:t0 + chunk]).float()
-            out[t0:t0 + chunk] = F.cross_entropy(logits, flat_targets[t0:t0 + chunk], reduction="none")
+            rows, row_targets = x[t0:t0 + chunk], flat_targets[t0:t0 + chunk]
+            if buffer is None:
+                out[t0:t0 + chunk] = F.cross_entropy(self.lm_head(rows).float(), row_targets, reduction="none")
+            else:  # the same maths as F.cross_entropy, into the buffer
+                logits = torch.mm(rows, self.lm_head.weight.t(), out=buffer[0, :len(rows)])
+                log_probs = torch.log_softmax(logits, 1, out=buffer[1, :len(rows)])
+                out[t0:t0 + chunk] = -log_probs.gather(1, row_targets[:, None]).squeeze(1)
         return out.view(targets.shape)
 
     def flops_per_token(self, T):

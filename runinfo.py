@@ -119,8 +119,13 @@ def keep_freed_memory():
     training step allocates and frees the (tokens x 50,304) logits and their gradients, so
     each step page-faults in about a gigabyte of new zeroed memory: on 2 cores that was 86 s
     of 112 s (26M page faults) for config/demo_cpu.py, and twice the speed without it. The cost
-    is that the process keeps its peak memory. Returns whether the setting was applied.
+    is that the process keeps its peak memory, and that blocks of changing sizes can fragment
+    the heap (see model.token_losses). KEEP_FREED_MEMORY=0 in the environment leaves glibc's
+    defaults: slower, for a machine short of memory, and to measure the setting
+    (scripts/bench_memory.py). Returns whether the setting was applied.
     """
+    if os.environ.get("KEEP_FREED_MEMORY", "1") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")

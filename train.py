@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, load_config
+from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, grad_accum_steps, load_config
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
 from model import GPT, config_from_preset
 from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
@@ -62,21 +62,6 @@ def lr_at(step, cfg):
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
     progress = min(1.0, (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def grad_accum_steps(cfg, world_size):
-    per_step = cfg.batch_size * cfg.block_size * world_size
-    if cfg.total_batch_size == 0:
-        return 1
-    if cfg.total_batch_size % per_step:
-        sequences = cfg.total_batch_size / cfg.block_size  # per optimizer step
-        fix = ("change batch_size (to a divisor of total_batch_size / block_size / processes = "
-               f"{sequences / world_size:g}) or total_batch_size" if sequences % world_size == 0 else
-               f"no batch_size fits: use a number of processes that divides total_batch_size / block_size = "
-               f"{sequences:g}, or change total_batch_size")
-        raise ConfigError(f"total_batch_size={cfg.total_batch_size} is not a multiple of batch_size x block_size x "
-                          f"processes = {cfg.batch_size} x {cfg.block_size} x {world_size} = {per_step}; {fix}")
-    return cfg.total_batch_size // per_step
 
 
 def rng_states(device):

@@ -1,1 +1,2 @@
-"""Data preparation (data/prepare.py), token shards and loaders (data/shards.py), GPT-2 tokenizer."""
+"""Data preparation (data/prepare.py), the dataset catalogue (data/catalog.py), token shards and
+loaders (data/shards.py), GPT-2 tokenizer."""

@@ -34,7 +34,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `import data.*` work from any directory
@@ -44,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import sources
+from data.catalog import DATASETS, DatasetSpec, default_out_dir
 from data.shards import SPLITS, ShardError, read_header, write_shard
 from data.tokenizer import EOT, RANKS_PIN, get_encoding
 
@@ -52,34 +52,8 @@ class PrepareError(ValueError):
     """Bad arguments or input data; main() turns it into a one-line error exit."""
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    prefix: str  # shard file prefix, llm.c's where llm.c has one
-    hub: str = None  # Hugging Face dataset repo
-    config: str = None
-    val_every: int = 0  # 0: the first shard is validation; K: every K-th document is
-    approx_tokens: int = None  # for the progress bar
-    licence: str = ""
-
-
-DATASETS = {
-    "embedded": DatasetSpec("embedded", val_every=8, licence="public domain (Bible, Shakespeare, Milton); "
-                            "with --with-wikipedia also CC BY-SA 3.0 text by Wikipedia contributors"),
-    "fineweb-10B": DatasetSpec("fineweb", "HuggingFaceFW/fineweb", "sample-10BT", approx_tokens=10**10,
-                               licence="ODC-By 1.0, subject to Common Crawl's terms of use"),
-    "fineweb-100B": DatasetSpec("fineweb", "HuggingFaceFW/fineweb", "sample-100BT", approx_tokens=10**11,
-                                licence="ODC-By 1.0, subject to Common Crawl's terms of use"),
-    "fineweb-edu-10B": DatasetSpec("edu_fineweb", "HuggingFaceFW/fineweb-edu", "sample-10BT", approx_tokens=10**10,
-                                   licence="ODC-By 1.0, subject to Common Crawl's terms of use"),
-    "openwebtext": DatasetSpec("openwebtext", "Skylion007/openwebtext", val_every=2000, approx_tokens=9 * 10**9,
-                               licence="CC0 1.0 for the collection; the texts remain their authors'"),
-}
 SOURCE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".jsonl.gz": "json",
                    ".json.gz": "json", ".txt": "text"}
-
-
-def default_out_dir(name) -> Path:
-    return sources.REPO_ROOT / "data" / name
 
 
 # -----------------------------------------------------------------------------

@@ -17,11 +17,12 @@ shard in a seeded random order; only one shard's permutation is held at a time, 
 small for any number of shards. Shards are memory-mapped once; a batch copies B x (T+1) tokens.
 """
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from data.catalog import prepare_command
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -32,22 +33,6 @@ SPLITS = ("train", "val")
 
 class ShardError(ValueError):
     """A shard is missing, malformed, or does not fit the request; the message says how to fix it."""
-
-
-def prepare_command(data_dir) -> str:
-    """The command that writes shards into data_dir (for error messages)."""
-    from data.prepare import DATASETS, default_out_dir  # late import: prepare imports this module
-
-    name = Path(data_dir).name
-    try:  # a directory prepare.py wrote says which dataset it holds
-        name = json.loads((Path(data_dir) / "meta.json").read_text())["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if name in DATASETS and Path(data_dir).resolve() == default_out_dir(name).resolve():
-        return f"python data/prepare.py {name}"
-    if name in DATASETS:
-        return f"python data/prepare.py {name} --out-dir {data_dir}"
-    return f"python data/prepare.py DATASET --out-dir {data_dir} (DATASET: {', '.join(DATASETS)})"
 
 
 def write_shard(path, tokens):

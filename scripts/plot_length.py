@@ -10,11 +10,15 @@ at each run's longest length, which shows where beyond the training context the 
 import argparse
 import json
 import os
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from attention import describe  # noqa: E402
 
 
 def load_runs(paths, producer="eval_length.py"):
@@ -31,16 +35,42 @@ def load_runs(paths, producer="eval_length.py"):
     return runs
 
 
+def evaluated_as(run):
+    """The attention a run was evaluated with ("lssar p=15"), and what it was trained with
+    where an evaluation override changed it ("lssar p=15 (trained lssa)")."""
+    evaluated = describe(run["attention"], run["reweight_p"])
+    return evaluated + (f" (trained {run['trained_attention']})" if run.get("overrides") else "")
+
+
+def legend(runs, title):
+    """Labels that show what differs between the curves, and the title with what they share.
+
+    Runs are labelled by evaluated_as(); the run names' common prefix ("small-cpu" for
+    small-cpu-softmax, small-cpu-lssa, ...) goes into the title instead, unless the title says it
+    already. Runs that the attention alone does not tell apart also get the rest of their name."""
+    names = [run["run"] for run in runs]
+    prefix = os.path.commonprefix(names)
+    if len(set(names)) > 1:  # cut back to a whole name part: small-cpu-lss -> small-cpu
+        prefix = prefix[:max(prefix.rfind("-"), prefix.rfind("_"), 0)]
+    labels = [evaluated_as(run) for run in runs]
+    labels = [f"{label}, {name[len(prefix):].lstrip('-_') or name}" if labels.count(label) > 1 else label
+              for label, name in zip(labels, names)]
+    if prefix and prefix not in title:
+        title = f"{prefix}: {title}"
+    return labels, title
+
+
 def plot(runs, out, title=None):
     fig, (ax_len, ax_pos) = plt.subplots(1, 2, figsize=(13, 4.8))
     contexts = sorted({run["train_context"] for run in runs})
-    for run in runs:
+    labels, title = legend(runs, title or "loss vs inference length")
+    for run, label in zip(runs, labels):
         lengths = [r["length"] for r in run["results"]]
-        line, = ax_len.plot(lengths, [r["loss"] for r in run["results"]], marker="o", label=run["label"])
+        line, = ax_len.plot(lengths, [r["loss"] for r in run["results"]], marker="o", label=label)
         longest = max(run["results"], key=lambda r: r["length"])
         mids = [(b["start"] + b["end"]) / 2 for b in longest["buckets"]]
         ax_pos.plot(mids, [b["loss"] for b in longest["buckets"]], marker=".", color=line.get_color(),
-                    label=f"{run['label']} (L={longest['length']})")
+                    label=f"{label} (L={longest['length']})")
     for ax in (ax_len, ax_pos):
         for c in contexts:
             ax.axvline(c, color="grey", linestyle="--", linewidth=1)
@@ -48,7 +78,7 @@ def plot(runs, out, title=None):
         ax.grid(True, alpha=0.3)
         ax.set_ylabel("validation loss")
     ax_len.set_xlabel("inference length (tokens); dashed: training context")
-    ax_len.set_title(title or "loss vs inference length")
+    ax_len.set_title(title)
     ax_pos.set_xlabel("position in the window (bucket centre, tokens)")
     ax_pos.set_title("loss by position at the longest length")
     ax_len.legend(fontsize=8)

@@ -3,23 +3,23 @@ Plot eval_passkey.py results: retrieval accuracy against prompt length, and agai
 
     python scripts/plot_passkey.py results/small/passkey.json -o results/small/passkey.png
 """
-from plot_length import cli, plt, save_figure  # the sibling script; it selects the Agg backend
+from plot_length import cli, legend, plt, save_figure  # the sibling script; it selects the Agg backend
 
 
 def plot(runs, out, title=None):
     fig, (ax_len, ax_depth) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for run in runs:
+    labels, title = legend(runs, title or "passkey retrieval accuracy")
+    for run, label in zip(runs, labels):
         lengths = sorted(int(L) for L in run["accuracy_by_length"])
-        line, = ax_len.plot(lengths, [run["accuracy_by_length"][str(L)] for L in lengths], marker="o",
-                            label=run["label"])
+        line, = ax_len.plot(lengths, [run["accuracy_by_length"][str(L)] for L in lengths], marker="o", label=label)
         longest = [r for r in run["results"] if r["length"] == lengths[-1]]
         ax_depth.plot([r["depth"] for r in longest], [r["accuracy"] for r in longest], marker="o",
-                      color=line.get_color(), label=f"{run['label']} (L={lengths[-1]})")
+                      color=line.get_color(), label=f"{label} (L={lengths[-1]})")
     for c in sorted({run["train_context"] for run in runs}):
         ax_len.axvline(c, color="grey", linestyle="--", linewidth=1)
     ax_len.set_xscale("log", base=2)
     ax_len.set_xlabel("prompt length (tokens); dashed: training context")
-    ax_len.set_title(title or "passkey retrieval accuracy")
+    ax_len.set_title(title)
     ax_depth.set_xlabel("depth of the key in the filler (0 = start, 1 = end)")
     ax_depth.set_title("accuracy by depth at the longest length")
     for ax in (ax_len, ax_depth):

@@ -15,16 +15,20 @@ results=results/$name
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 if [ -z "${DRY_RUN:-}" ]; then source scripts/env.sh; fi  # the active environment, else ./.venv
 
-# the config must load and the step must split over this many GPUs: checked before hours of data prep
-dataset=$(python -c "
-import sys
-from configurator import ConfigError, load_config
-from train import grad_accum_steps
+# the config must load and the step must split over this many GPUs: checked before hours of data prep.
+# A dry run skips env.sh, so it may be in a shell without torch (and without `python`, hence
+# python3): the keys that need torch to check (attention and model names) wait for the real run.
+dataset=$(python3 -c "
+import importlib.util, sys
+from configurator import ConfigError, grad_accum_steps, load_config
+have_torch = importlib.util.find_spec('torch') is not None
 try:
-    cfg = load_config(['$config'])
+    cfg = load_config(['$config'], check_model=have_torch)
     grad_accum_steps(cfg, int('$ngpu'))
 except (ConfigError, ValueError) as e:
     sys.exit(f'config error with $ngpu GPUs: {e}')
+if not have_torch:
+    print('[dry run] no torch in this shell: attention and model names not checked', file=sys.stderr)
 print(cfg.dataset)")
 run python data/prepare.py "$dataset"
 for attention in softmax lssa lssar; do

@@ -8,13 +8,8 @@ its metrics.jsonl, at the training context), the sweep's loss at each multiple o
 training context, and the ratio of the longest to the 1x loss.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from attention import describe  # noqa: E402
-from plot_length import load_runs  # noqa: E402
+from plot_length import evaluated_as, load_runs  # the sibling script; it puts the repository on sys.path
 
 
 def markdown(runs):
@@ -24,12 +19,9 @@ def markdown(runs):
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "–"
     for run in runs:
         by_m = {r["length"] / run["train_context"]: r["loss"] for r in run["results"]}
-        evaluated = describe(run["attention"], run["reweight_p"])
-        if run.get("overrides"):
-            evaluated += f" (trained {run['trained_attention']})"
         training = run.get("training", {})
         ratio = by_m[max(by_m)] / by_m[min(by_m)]
-        cells = [run["run"], evaluated, fmt(training.get("train_loss")), fmt(training.get("val_loss"))]
+        cells = [run["run"], evaluated_as(run), fmt(training.get("train_loss")), fmt(training.get("val_loss"))]
         cells += [fmt(by_m.get(m)) for m in multipliers] + [f"{ratio:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

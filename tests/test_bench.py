@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
+import bench_memory  # noqa: E402
 import bench_train  # noqa: E402
 from helpers import VOCAB  # noqa: E402
 
@@ -23,6 +24,17 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
+
+
+def test_bench_memory_measures_the_command_alone(tmp_path):
+    out = tmp_path / "memory.json"
+    report = bench_memory.main(["--repeat", "2", "--out", str(out), "--", sys.executable, "-c",
+                                "b = bytearray(300 * 2**20)"])  # 300 MiB, touched
+    assert json.load(open(out)) == report and len(report["runs"]) == 2
+    for run in report["runs"]:  # the child's own peak, not this process's (which has torch loaded)
+        assert 0.29 < run["peak_rss_gib"] < 0.4 and run["minor_faults"] > 300 * 2**20 / 4096
+    with pytest.raises(SystemExit, match="the command failed .exit status 3."):
+        bench_memory.main(["--", sys.executable, "-c", "raise SystemExit(3)"])
 
 
 def test_kernel_resources_compiles_for_an_h100(tmp_path):

@@ -374,3 +374,17 @@ def test_prepare_embedded(tmp_path):
     assert "`" not in docs[0] and "God's Spirit" in docs[0]  # backticks were apostrophes
     assert any(d.startswith("THE TRAGEDY OF") or "by William Shakespeare" in d[:200] for d in docs)
     assert {s["licence"] for s in meta["sources"]} and all(s["sha256"] for s in meta["sources"])
+
+
+def test_shards_never_import_prepare():
+    # imports point one way: the loaders' re-make hint comes from data/catalog.py, below both
+    import subprocess
+    import sys
+    code = ("import sys; from data.shards import ShardError, list_shards\n"
+            "try: list_shards('no-such-dir', 'val')\nexcept ShardError as e: print(e)\n"
+            "print('data.prepare' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=sources.REPO_ROOT, env={**os.environ, "PYTHONPATH": str(sources.REPO_ROOT)})
+    message, imported = res.stdout.splitlines()[-2:]
+    assert "Make them with: python data/prepare.py DATASET --out-dir no-such-dir (DATASET: embedded" in message
+    assert imported == "False", res.stderr

@@ -81,6 +81,17 @@ def test_validation_too_short_is_a_clear_error(trained_runs):
     assert proc.returncode == 2 and "--multipliers: must be a positive integer, got 0" in proc.stderr
 
 
+def test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds():
+    with pytest.raises(ShardError, match=r"^--tokens 10 is too few: lengths 64, 128 need a token budget that is a "
+                                         r"multiple of 128 .* the validation split holds 20,000 tokens; "
+                                         r"ask for --tokens 128 or more$"):
+        eval_length.token_budget(10, [64, 128], 20_000)
+    with pytest.raises(ShardError, match=r"^lengths 96, 128 .* multiple of 384 .* holds 300 tokens; use lengths that "
+                                         r"divide each other"):
+        eval_length.token_budget(None, [96, 128], 300)
+    assert eval_length.token_budget(128, [64, 128], 20_000) == 128
+
+
 def test_validation_token_outside_the_vocabulary_is_a_clear_error(trained_runs, tmp_path):
     from data.shards import write_shard
     write_shard(tmp_path / "x_val_000000.bin", [1, 2, 60000, 3] * 100)
@@ -111,3 +122,21 @@ def test_sample_refuses_a_non_gpt2_vocabulary(trained_runs):
     proc = subprocess.run([sys.executable, "scripts/sample.py", trained_runs["lssar"], "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and "not trained on GPT-2 tokens" in proc.stderr
+
+
+def test_plot_legend_shows_what_differs_and_the_title_what_is_shared():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from plot_length import legend
+
+    def run(name, attention, p=15.0, trained=None):
+        return {"run": name, "attention": attention, "reweight_p": p, "trained_attention": trained or attention,
+                "overrides": {"attention": attention} if trained else {}}
+    runs = [run("small-cpu-softmax", "softmax"), run("small-cpu-lssar", "lssar"),
+            run("small-cpu-lssar-p3", "lssar", 3.0), run("small-cpu-lssa", "lssar", trained="lssa")]
+    assert legend(runs, "sweep") == (["softmax", "lssar p=15", "lssar p=3", "lssar p=15 (trained lssa)"],
+                                     "small-cpu: sweep")
+    assert legend(runs, "small-cpu: four runs")[1] == "small-cpu: four runs"  # a title that names them already
+    # runs the attention alone does not tell apart keep the part of their name that differs
+    twins = [run("cpu-a-softmax", "softmax"), run("cpu-b-softmax", "softmax"), run("cpu-b-lssa", "lssa")]
+    assert legend(twins, "t") == (["softmax, a-softmax", "softmax, b-softmax", "lssa"], "cpu: t")
+    assert legend([run("demo-lssa", "lssa")], "t") == (["lssa"], "demo-lssa: t")

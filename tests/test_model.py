@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from attention import ATTENTION_TYPES
 from model import GPT, GPTConfig, PRESETS, apply_rope, config_from_preset, rope_tables
@@ -63,6 +64,13 @@ def test_token_losses_match_forward_loss():
     per_token = model.token_losses(x, y, chunk=16)
     assert per_token.shape == (2, 50)
     torch.testing.assert_close(per_token.mean(), loss)
+    logits, _ = model(x, y)
+    reference = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(2, 50)
+    torch.testing.assert_close(per_token, reference)
+    # into a caller's buffer: its 16 rows set the chunk, the last chunk uses 4 of them, and it is reused
+    buffer = torch.full((2, 16, 97), float("nan"))
+    for _ in range(2):
+        torch.testing.assert_close(model.token_losses(x, y, buffer=buffer), reference)
 
 
 def test_rope_is_a_rotation_relative_in_position():

@@ -22,3 +22,8 @@ def test_code_version_dirty_means_code_not_results(tmp_path, monkeypatch):
     assert runinfo.code_version()["dirty"] is False
     (tmp_path / "model.py").write_text("x = 2\n")
     assert runinfo.code_version()["dirty"] is True
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("KEEP_FREED_MEMORY", "0")  # for a machine short of memory, and for bench_memory.py
+    assert runinfo.keep_freed_memory() is False

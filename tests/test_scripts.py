@@ -64,6 +64,21 @@ def test_reproduce_paper_refuses_a_gpu_count_the_step_cannot_split_over():
     assert "config error with 6 GPUs" in proc.stderr and "divides total_batch_size / block_size = 512" in proc.stderr
 
 
+def test_reproduce_paper_dry_run_needs_no_torch(tmp_path):
+    # a shell outside any environment: python3 without site-packages (so without torch), no `python`
+    (tmp_path / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
+    (tmp_path / "python3").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")},
+           "DRY_RUN": "1", "PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin"}
+    assert subprocess.run(["python3", "-c", "import torch"], env=env, capture_output=True).returncode == 1
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "8"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "no torch in this shell: attention and model names not checked" in proc.stderr
+    assert proc.stdout.splitlines()[0] == "+ python data/prepare.py fineweb-10B" and proc.stdout.count("+ torchrun") == 3
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "6"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "config error with 6 GPUs" in proc.stderr  # the torch-free checks still run
+
+
 def test_reproduce_paper_on_openwebtext():
     commands = dry_run("scripts/reproduce_paper.sh", "4", env={"CONFIG": "config/paper_124m_owt.py"})
     check_pipeline(commands, expected_runs=3)

@@ -12,7 +12,7 @@ import torch
 
 import train
 from checkpoint import list_checkpoints, load_checkpoint
-from configurator import ConfigError, load_config
+from configurator import ConfigError, grad_accum_steps, load_config
 from data.shards import ShardError, write_shard
 
 from helpers import tiny_args
@@ -98,7 +98,7 @@ def test_paper_configs_token_budget():
     assert cfg.total_batch_size * cfg.max_iters == 9_890_693_120  # ~10B tokens
     assert (cfg.learning_rate, cfg.warmup_iters, cfg.min_lr, cfg.weight_decay, cfg.grad_clip) == (6e-4, 700, 0.0, 0.1, 1.0)
     assert (cfg.beta1, cfg.beta2) == (0.9, 0.95)
-    assert [train.grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [16, 8, 4, 2]
+    assert [grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [16, 8, 4, 2]
     owt = load_config(["config/paper_124m_owt.py"])
     assert owt.dataset == "openwebtext" and owt.max_iters == cfg.max_iters
     # the fixed validation set (the same for any GPU count) fits OpenWebText's held-out split,
@@ -107,7 +107,7 @@ def test_paper_configs_token_budget():
     for name, model in (("350m", "gpt2-350M"), ("774m", "gpt2-774M"), ("1.5b", "gpt2-1.5B")):
         big = load_config([f"config/paper_{name}.py"])
         assert big.model == model and big.total_batch_size == 524288
-        assert train.grad_accum_steps(big, 8) * 8 * big.batch_size * 1024 == 524288
+        assert grad_accum_steps(big, 8) * 8 * big.batch_size * 1024 == 524288
     assert load_config(["config/paper_124m.py"]).resolve_templates().out_dir == "out/gpt2-124M-fineweb-10B-softmax"
 
 
