@@ -26,6 +26,7 @@ sampled. The type is the model's own, or --attention/--p, as eval_length.py.
 import math
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -178,10 +179,11 @@ def main(argv):
             rng = np.random.default_rng([args.seed, length])   # the same windows and rows for every checkpoint
             windows = sample_windows(tokens, length, args.windows, rng)
             buckets = sample_positions(length, bucket, args.rows, rng)
+            t0 = time.time()
             sums, counts = stats_one_length(model, windows, buckets, max(1, batch_tokens // length), autocast)
             overall, layers = summarise(sums, counts, length, bucket)
             results.append({"length": length, "windows": len(windows), "rows": sum(len(b) for b in buckets),
-                            **overall, "layers": layers})
+                            **overall, "time_s": round(time.time() - t0, 2), "layers": layers})
             print(f"  {label:<28} L={length:>6}  " + "  ".join(f"{name} {overall[name]:.3f}" for name in STATS[:4]))
         report["runs"].append(run_record(model, ckpt, overrides, data_dir, bucket=bucket, results=results))
         del model
