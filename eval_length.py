@@ -37,14 +37,14 @@ def positive(text):
     return value
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def sweep_arguments(description):
+    """The command line eval_length.py shares with scripts/attention_stats.py: which checkpoints,
+    at which lengths, evaluated how, on which data and device."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="run directories or checkpoint files")
     p.add_argument("--multipliers", type=positive, nargs="+", default=[1, 2, 4, 8, 16],
                    help="lengths as multiples of each checkpoint's training context (default 1 2 4 8 16)")
     p.add_argument("--lengths", type=positive, nargs="+", help="absolute lengths instead of --multipliers")
-    p.add_argument("--tokens", type=positive, default=None,
-                   help="validation tokens per length (default 2^21, capped to what the validation set holds)")
     p.add_argument("--bucket", type=positive, default=None, help="position-bucket size (default: the training context)")
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="evaluate with this attention type")
     p.add_argument("--p", type=float, default=None,
@@ -54,6 +54,13 @@ def parse_args(argv):
     p.add_argument("--batch_tokens", type=positive, default=None,
                    help="tokens per forward pass (default 131072 on GPU, 8192 on CPU)")
     p.add_argument("--device", default="auto")
+    return p
+
+
+def parse_args(argv):
+    p = sweep_arguments(__doc__)
+    p.add_argument("--tokens", type=positive, default=None,
+                   help="validation tokens per length (default 2^21, capped to what the validation set holds)")
     p.add_argument("--out", default=None, help="JSON path (a .csv is written beside it)")
     return p.parse_args(argv)
 
@@ -126,6 +133,54 @@ def sweep_one(model, tokens, lengths, budget, bucket, batch_tokens, device, auto
     return results
 
 
+def validation_tokens(ckpt, data_dir=None, cache=None):
+    """(data_dir, tokens) of the validation split a checkpoint is evaluated on: data_dir if
+    given, else the dataset it was trained on. `cache` (a dict) shares one load between the
+    checkpoints of a sweep."""
+    train_cfg, vocab_size = ckpt["config"], ckpt["model_config"]["vocab_size"]
+    data_dir = data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
+    cache = {} if cache is None else cache
+    if (data_dir, vocab_size) not in cache:
+        cache[data_dir, vocab_size] = load_tokens(data_dir, "val", vocab_size)
+    return data_dir, cache[data_dir, vocab_size]
+
+
+def start_sweep(args, script, argv):
+    """(overrides, device, autocast, batch_tokens, report header) of an evaluation command line
+    (see sweep_arguments): GPUs run under bf16 autocast with larger batches."""
+    overrides = evaluation_overrides(args.attention, args.p, args.attention_backend)
+    device = pick_device(args.device)
+    on_gpu = device.startswith("cuda")
+    if not on_gpu:
+        keep_freed_memory()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+    batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
+    report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", script] + argv), "code": code_version(),
+              "hardware": hardware(device), "runs": []}
+    return overrides, device, autocast, batch_tokens, report
+
+
+def run_name(ckpt):
+    return os.path.basename(os.path.dirname(ckpt["path"]))
+
+
+def run_label(model, ckpt):
+    """How results name an evaluated checkpoint: "demo-lssa [lssar p=15]"."""
+    return f"{run_name(ckpt)} [{describe(model.config.attention, model.config.reweight_p)}]"
+
+
+def run_record(model, ckpt, overrides, data_dir, **results):
+    """One checkpoint's entry in a result file: which checkpoint, evaluated how, its results,
+    how far its training got, and its configs."""
+    return {"checkpoint": ckpt["path"], "run": run_name(ckpt), "step": ckpt["step"], "label": run_label(model, ckpt),
+            "trained_attention": ckpt["model_config"]["attention"], "attention": model.config.attention,
+            "reweight_p": model.config.reweight_p, "overrides": overrides,
+            "train_context": ckpt["model_config"]["block_size"], "data_dir": data_dir, **results,
+            "training": final_losses(os.path.dirname(ckpt["path"]), ckpt["step"]),
+            "config": ckpt["config"], "model_config": ckpt["model_config"]}
+
+
 def final_losses(run_dir, step):
     """The run's last logged train and validation loss up to the checkpoint's step, from its
     metrics.jsonl, so that a sweep also shows how far training got (and any overfitting)."""
@@ -143,42 +198,20 @@ def final_losses(run_dir, step):
 
 def main(argv):
     args = parse_args(argv)
-    overrides = evaluation_overrides(args.attention, args.p, args.attention_backend)
-    device = pick_device(args.device)
-    on_gpu = device.startswith("cuda")
-    if not on_gpu:
-        keep_freed_memory()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
-    batch_tokens = args.batch_tokens or (131072 if on_gpu else 8192)
-
-    report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", "eval_length.py"] + argv), "code": code_version(),
-              "hardware": hardware(device), "runs": []}
+    overrides, device, autocast, batch_tokens, report = start_sweep(args, "eval_length.py", argv)
     token_cache = {}
     for path in args.checkpoints:
         model, ckpt = load_model(path, device, **overrides)
-        train_cfg, model_cfg = ckpt["config"], ckpt["model_config"]
-        context = model_cfg["block_size"]
+        context = ckpt["model_config"]["block_size"]
         lengths = args.lengths or [m * context for m in args.multipliers]
-        data_dir = args.data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
-        key = (data_dir, model_cfg["vocab_size"])
-        if key not in token_cache:
-            token_cache[key] = load_tokens(data_dir, "val", model_cfg["vocab_size"])
-        tokens = token_cache[key]
+        data_dir, tokens = validation_tokens(ckpt, args.data_dir, token_cache)
         budget = token_budget(args.tokens, lengths, len(tokens))
-        evaluated = describe(model.config.attention, model.config.reweight_p)
-        label = f"{os.path.basename(os.path.dirname(ckpt['path']))} [{evaluated}]"
-        print(f"{ckpt['path']}: trained with {model_cfg['attention']} at context {context}, step {ckpt['step']}; "
-              f"evaluating {evaluated} on {budget:,} validation tokens per length from {data_dir}")
-        results = sweep_one(model, tokens, lengths, budget, args.bucket or context, batch_tokens, device, autocast, label)
-        report["runs"].append({
-            "checkpoint": ckpt["path"], "run": os.path.basename(os.path.dirname(ckpt["path"])), "step": ckpt["step"],
-            "label": label, "trained_attention": model_cfg["attention"], "attention": model.config.attention,
-            "reweight_p": model.config.reweight_p, "overrides": overrides, "train_context": context,
-            "data_dir": data_dir, "tokens_per_length": budget, "results": results,
-            "training": final_losses(os.path.dirname(ckpt["path"]), ckpt["step"]),
-            "config": train_cfg, "model_config": model_cfg,
-        })
+        print(f"{ckpt['path']}: trained with {ckpt['model_config']['attention']} at context {context}, "
+              f"step {ckpt['step']}; evaluating {describe(model.config.attention, model.config.reweight_p)} on "
+              f"{budget:,} validation tokens per length from {data_dir}")
+        results = sweep_one(model, tokens, lengths, budget, args.bucket or context, batch_tokens, device, autocast,
+                            run_label(model, ckpt))
+        report["runs"].append(run_record(model, ckpt, overrides, data_dir, tokens_per_length=budget, results=results))
         del model
     print_table(report)
     if args.out:

@@ -94,11 +94,17 @@ class CausalSelfAttention(nn.Module):
         else:
             self.ssmax_scale = None
 
-    def forward(self, x, cos, sin):
+    def qkv(self, x, cos, sin):
+        """q, k, v (B, n_head, T, head_dim), RoPE applied to q and k: what the attention sees
+        (scripts/attention_stats.py calls this too, to inspect the weights)."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin):
+        B, T, C = x.size()
+        q, k, v = self.qkv(x, cos, sin)
         # No dropout on the attention weights: the fused kernels have none, and the attention
         # types should be compared on the same footing (the paper's recipe uses dropout 0).
         y = causal_attention(q, k, v, self.attention, self.p, self.backend, head_scale=self.ssmax_scale)

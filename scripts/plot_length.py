@@ -22,8 +22,9 @@ from attention import describe  # noqa: E402
 
 
 def load_runs(paths, producer="eval_length.py"):
-    """The runs of eval_length.py (or, for plot_passkey.py, eval_passkey.py) result files, in order."""
-    field = {"eval_length.py": "loss", "eval_passkey.py": "accuracy"}[producer]
+    """The runs of eval_length.py result files (or those of eval_passkey.py or attention_stats.py, for
+    the sibling plot scripts), in order."""
+    field = {"eval_length.py": "loss", "eval_passkey.py": "accuracy", "attention_stats.py": "entropy"}[producer]
     runs = []
     for path in paths:
         with open(path) as f:
