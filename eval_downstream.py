@@ -181,3 +181,6 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    except ConnectionError as e:  # datasets' offline and unreachable-hub errors are ConnectionErrors
+        sys.exit(f"error: {e}. The standard tasks' data comes from the Hugging Face hub: run once where it "
+                 f"can be reached (then its cache serves it offline), or give local tasks with --include_path")
