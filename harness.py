@@ -144,16 +144,18 @@ class LssaGPT(LM):
             inputs = torch.full((len(rows), width), self.tok.eot, dtype=torch.long)
             for b, row in enumerate(rows):
                 inputs[b, :len(row) - 1] = torch.tensor(row[:-1])
+            sizes = [len(pairs[i][1]) for i in batch]
+            targets = torch.tensor([t for row, n in zip(rows, sizes) for t in row[len(row) - n:]], device=self._device)
             with self.autocast:
                 hidden = self.model.hidden_states(inputs.to(self._device))
-                for b, i in enumerate(batch):
-                    n, end = len(pairs[i][1]), len(rows[b]) - 1
-                    # only the continuation's positions go through the vocabulary projection
-                    logits = self.model.lm_head(hidden[b, end - n:end]).float()
-                    target = torch.tensor(rows[b][len(rows[b]) - n:], device=logits.device)
-                    logprob = F.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum().item()
-                    greedy = bool((logits[:, :self.tok.vocab_size].argmax(-1) == target).all())
-                    results[i] = (logprob, greedy)
+                # only the continuations' positions go through the vocabulary projection, all at once
+                picked = torch.cat([hidden[b, len(row) - 1 - n:len(row) - 1]
+                                    for b, (row, n) in enumerate(zip(rows, sizes))])
+                logits = self.model.lm_head(picked).float()
+            logprobs = F.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            hits = logits[:, :self.tok.vocab_size].argmax(-1) == targets
+            for i, logprob, hit in zip(batch, logprobs.split(sizes), hits.split(sizes)):
+                results[i] = (logprob.sum().item(), bool(hit.all()))
         return results
 
     def loglikelihood(self, requests, disable_tqdm=False):

@@ -147,10 +147,11 @@ def test_tiny_task_end_to_end(harness, gpt2_vocab_run, tmp_path, capsys):
     # lm-eval's accuracy is the argmax of our log-likelihoods over each question's choices
     lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
     docs = [json.loads(line) for line in open(os.path.join(TASKS, "tiny_mc", "tiny_mc.jsonl"))]
+    results = lm.loglikelihood([request(f"Question: {doc['question']}\nAnswer:", f" {choice}")
+                                for doc in docs for choice in doc["choices"]])
     right = right_norm = 0
-    for doc in docs:
-        lls = [ll for ll, _ in lm.loglikelihood([request(f"Question: {doc['question']}\nAnswer:", f" {c}")
-                                                 for c in doc["choices"]])]
+    for n, doc in enumerate(docs):
+        lls = [ll for ll, _ in results[4 * n:4 * n + 4]]
         right += max(range(4), key=lambda i: lls[i]) == doc["answer"]
         right_norm += max(range(4), key=lambda i: lls[i] / len(f" {doc['choices'][i]}".encode())) == doc["answer"]
     assert acc["value"] == right / 40 and acc_norm["value"] == right_norm / 40
