@@ -1,0 +1,212 @@
+"""
+Our checkpoints as an lm-evaluation-harness model type, registered as "lssa-gpt".
+
+    python eval_downstream.py out/demo-lssar --tasks arc_easy        # the usual way in
+    lm_eval.simple_evaluate(model=LssaGPT("out/demo-lssar"), tasks=["arc_easy"])
+
+lm-eval asks a model three things, as text: the log-probability of a continuation after a
+context (multiple-choice tasks compare the choices' log-probabilities: acc, acc_norm), the
+log-probability of a whole text (perplexity tasks), and a greedy generation up to a stop
+sequence. Here each is a forward pass of model.GPT on token ids:
+
+- Every text starts with <|endoftext|>, the token that precedes every document in training,
+  so a prompt looks like the start of a document to the model.
+- A window holds at most `max_length` tokens (default: the training context; up to 16x, as
+  far as the length sweep checks RoPE). Longer contexts lose their left end.
+- Log-probabilities are fp32 over the model's whole output vocabulary, the distribution that
+  training's cross-entropy uses; greedy choices look only at the tokenizer's real tokens
+  (GPT-2's 50,257 of the padded 50,304).
+- bf16 autocast on a GPU, fp32 on the CPU, as in eval_length.py.
+
+Needs lm-eval (`pip install -r requirements-eval.txt`); nothing else in the repository does.
+"""
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from checkpoint import evaluation_overrides, load_model
+from data.tokenizer import EOT, N_VOCAB, get_encoding
+from runinfo import pick_device
+
+MAX_MULTIPLIER = 16  # how far past the training context max_length may go (eval_length.py's longest sweep)
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    name: str
+    encode: Callable[[str], list]
+    decode: Callable[[list], str]
+    eot: int            # the document separator, prepended to every text
+    vocab_size: int     # real tokens (the model's vocabulary may be padded past them)
+
+
+def tokenizer_for(ckpt):
+    """The tokenizer a checkpoint was trained with: the one place that decides how text
+    becomes tokens here. Every checkpoint so far is trained on GPT-2 tokens."""
+    enc = get_encoding()
+    # encode_ordinary, as data/prepare.py: "<|endoftext|>" inside a text is text, not the separator
+    return Tokenizer("gpt2", enc.encode_ordinary, enc.decode, EOT, N_VOCAB)
+
+
+def split_pair(tok, context, continuation):
+    """(context ids, continuation ids) for scoring `continuation` after `context`.
+
+    The pair is tokenised as one text and split where the context's tokens end, so the
+    continuation gets the tokens it has in running text; whitespace at the end of the
+    context moves to the continuation first, because GPT-2's BPE attaches a space to the
+    word after it (" Paris" is one token, "Paris" another)."""
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    head = tok.encode(stripped)
+    whole = tok.encode(stripped + continuation)
+    return [tok.eot] + head, whole[len(head):]
+
+
+def rolling_windows(tokens, max_length):
+    """Cut tokens[1:] (tokens[0] is the <|endoftext|> prefix) into (context, continuation)
+    pairs of at most max_length + 1 tokens such that every token is scored exactly once,
+    each after as many preceding tokens as fit: the first window from the start, every later
+    one with a full max_length of input, of which only its new tokens are scored."""
+    pairs = []
+    for start in range(1, len(tokens), max_length):
+        end = min(start + max_length, len(tokens))
+        first = max(0, end - 1 - max_length)
+        pairs.append((tokens[first:start], tokens[start:end]))
+    return pairs
+
+
+@register_model("lssa-gpt")
+class LssaGPT(LM):
+    """lm-eval model type for a checkpoint of this repository (a run directory means its newest
+    checkpoint). attention/p/attention_backend evaluate it otherwise than it was trained, as
+    the --attention/--p options of eval_length.py do."""
+
+    def __init__(self, checkpoint, attention=None, p=None, attention_backend=None, max_length=None,
+                 batch_size=16, device="auto", max_batch_size=None):
+        super().__init__()
+        self.overrides = evaluation_overrides(attention, None if p is None else float(p), attention_backend)
+        self._device = pick_device(device or "auto")
+        self.model, self.ckpt = load_model(str(checkpoint), self._device, **self.overrides)
+        self.tok = tokenizer_for(self.ckpt)
+        if self.model.config.vocab_size < self.tok.vocab_size:
+            raise ValueError(f"{self.ckpt['path']}: its vocabulary of {self.model.config.vocab_size} tokens is "
+                             f"smaller than the {self.tok.name} tokenizer's {self.tok.vocab_size}: it was not "
+                             f"trained on {self.tok.name} tokens, so it cannot read text")
+        self.train_context = self.model.config.block_size
+        self.max_length = int(max_length or self.train_context)
+        if not 1 <= self.max_length <= MAX_MULTIPLIER * self.train_context:
+            raise ValueError(f"max_length {self.max_length} is outside 1..{MAX_MULTIPLIER * self.train_context} "
+                             f"(up to {MAX_MULTIPLIER}x the training context of {self.train_context})")
+        # "auto" (lm-eval's CLI default spelling) and None mean our default
+        self.batch_size = 16 if batch_size in (None, "auto") else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        on_gpu = self._device.startswith("cuda")
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+
+    @property
+    def tokenizer_name(self):
+        return self.tok.name
+
+    def get_model_info(self):
+        """What lm-eval records about the model in its results' config."""
+        cfg = self.model.config
+        return {"checkpoint": self.ckpt["path"], "step": self.ckpt["step"], "attention": cfg.attention,
+                "reweight_p": cfg.reweight_p, "overrides": self.overrides, "train_context": self.train_context,
+                "max_length": self.max_length, "tokenizer": self.tok.name}
+
+    # -------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def score(self, pairs, disable_tqdm=True):
+        """[(log-probability of the continuation, whether greedy decoding produces it)] for
+        (context ids, continuation ids) pairs, batch_size at a time, longest first (so a batch
+        that does not fit in memory fails at once, and padding is small)."""
+        from tqdm import tqdm
+        for ctx, cont in pairs:
+            if len(cont) > self.max_length:
+                raise ValueError(f"a continuation of {len(cont)} tokens does not fit in max_length "
+                                 f"{self.max_length}; raise max_length")
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        results = [None] * len(pairs)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood",
+                          disable=disable_tqdm or not sys.stderr.isatty()):
+            batch = order[start:start + self.batch_size]
+            # left-truncate each to the last max_length inputs (+1 target)
+            rows = [(pairs[i][0] + pairs[i][1])[-(self.max_length + 1):] for i in batch]
+            width = max(len(r) for r in rows) - 1
+            # right padding: a position sees only those before it, so padding changes nothing
+            inputs = torch.full((len(rows), width), self.tok.eot, dtype=torch.long)
+            for b, row in enumerate(rows):
+                inputs[b, :len(row) - 1] = torch.tensor(row[:-1])
+            sizes = [len(pairs[i][1]) for i in batch]
+            targets = torch.tensor([t for row, n in zip(rows, sizes) for t in row[len(row) - n:]], device=self._device)
+            with self.autocast:
+                hidden = self.model.hidden_states(inputs.to(self._device))
+                # only the continuations' positions go through the vocabulary projection, all at once
+                picked = torch.cat([hidden[b, len(row) - 1 - n:len(row) - 1]
+                                    for b, (row, n) in enumerate(zip(rows, sizes))])
+                logits = self.model.lm_head(picked).float()
+            logprobs = F.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            hits = logits[:, :self.tok.vocab_size].argmax(-1) == targets
+            for i, logprob, hit in zip(batch, logprobs.split(sizes), hits.split(sizes)):
+                results[i] = (logprob.sum().item(), bool(hit.all()))
+        return results
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        pairs = [split_pair(self.tok, *req.args) for req in requests]
+        results = self.score(pairs, disable_tqdm)
+        for req, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", req.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        windows, owner = [], []
+        for n, req in enumerate(requests):
+            for pair in rolling_windows([self.tok.eot] + self.tok.encode(req.args[0]), self.max_length):
+                windows.append(pair)
+                owner.append(n)
+        totals = [0.0] * len(requests)
+        for n, (logprob, _) in zip(owner, self.score(windows, disable_tqdm)):
+            totals[n] += logprob
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # -------------------------------------------------------------- generation
+    @torch.no_grad()
+    def greedy_until(self, context, until=(), max_gen_toks=256, do_sample=False, temperature=0.0, **_):
+        """Greedy continuation of context, cut before the first stop sequence in `until`; it
+        also ends at <|endoftext|> or after max_gen_toks tokens. The input is the last
+        max_length tokens. One request at a time: there is no KV cache to batch around."""
+        if do_sample or (temperature or 0) > 0:
+            raise ValueError("lssa-gpt decodes greedily only: use do_sample=False, temperature=0")
+        stops = [until] if isinstance(until, str) else [s for s in until if s]
+        tokens, new = [self.tok.eot] + self.tok.encode(context), []
+        text = ""
+        for _ in range(int(max_gen_toks)):
+            x = torch.tensor([(tokens + new)[-self.max_length:]], device=self._device)
+            with self.autocast:
+                logits, _ = self.model(x)
+            token = int(logits[0, -1, :self.tok.vocab_size].argmax())
+            if token == self.tok.eot:
+                break
+            new.append(token)
+            text = self.tok.decode(new)
+            if any(s in text for s in stops):
+                break
+        cut = min((text.find(s) for s in stops if s in text), default=len(text))
+        return text[:cut]
+
+    def generate_until(self, requests, disable_tqdm=False):
+        results = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            results.append(self.greedy_until(context, **gen_kwargs))
+            self.cache_hook.add_partial("generate_until", req.args, results[-1])
+        return results

@@ -1,0 +1,186 @@
+"""harness.py (our checkpoints as an lm-eval model type) and eval_downstream.py, offline.
+
+lm-eval is optional (requirements-eval.txt): these tests skip without it on a developer's
+machine, and fail without it in CI (CI=true), where scripts/test.sh installs it."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval_downstream
+from checkpoint import load_model
+from data.tokenizer import EOT, get_encoding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    if os.environ.get("CI"):
+        import lm_eval  # noqa: F401 - CI installs it: its absence is a failure there
+    else:
+        pytest.importorskip("lm_eval", reason=f"lm-eval is optional: {eval_downstream.INSTALL}")
+    import harness
+    return harness
+
+
+def request(*args):
+    return SimpleNamespace(args=args)  # what the model reads of lm-eval's Instance
+
+
+def forward_losses(model, tokens):
+    """Per-token cross-entropy of tokens[1:] after tokens[:-1], from GPT.forward's logits."""
+    x = torch.tensor(tokens)
+    with torch.no_grad():
+        logits, _ = model(x[None, :-1], x[None, 1:])
+    return F.cross_entropy(logits[0].float(), x[1:], reduction="none")
+
+
+def test_loglikelihood_equals_forward_token_losses(harness, gpt2_vocab_run):
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=2)  # several batches, mixed lengths
+    model, _ = load_model(gpt2_vocab_run)
+    enc = get_encoding()
+    pairs = [("The quick brown fox", " jumps over the lazy dog"), ("", "In the beginning"),
+             ("Question: What do bees make?\nAnswer:", " honey"), ("And God said", " Let there be light"),
+             ("A", " b")]
+    results = lm.loglikelihood([request(*p) for p in pairs])
+    for (context, continuation), (logprob, greedy) in zip(pairs, results):
+        head, tail = enc.encode_ordinary(context), enc.encode_ordinary(continuation)
+        assert harness.split_pair(lm.tok, context, continuation) == ([EOT] + head, tail)
+        losses = forward_losses(model, [EOT] + head + tail)[-len(tail):]
+        assert logprob == pytest.approx(-losses.sum().item(), abs=1e-4)
+        x = torch.tensor([EOT] + head + tail)
+        with torch.no_grad():
+            logits, _ = model(x[None, :-1], x[None, 1:])
+        expect_greedy = bool((logits[0, -len(tail):, :enc.n_vocab].argmax(-1) == x[-len(tail):]).all())
+        assert greedy == expect_greedy
+    # whitespace at the end of a context belongs to the continuation, as GPT-2 tokenises it
+    assert harness.split_pair(lm.tok, "The sky is ", "blue") == harness.split_pair(lm.tok, "The sky is", " blue")
+
+
+def test_contexts_past_max_length_lose_their_left_end(harness, gpt2_vocab_run):
+    model, _ = load_model(gpt2_vocab_run)
+    context = " ".join(["The grass is green and the sky is blue."] * 6)
+    continuation = " Here we go again."
+    short = harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=16)
+    head, tail = harness.split_pair(short.tok, context, continuation)
+    assert len(head) + len(tail) > 40
+    (logprob, _), = short.loglikelihood([request(context, continuation)])
+    expected = forward_losses(model, (head + tail)[-17:])[-len(tail):].sum().item()
+    assert logprob == pytest.approx(-expected, abs=1e-4)
+    # the default window (the training context, 32) sees more of the context, so scores otherwise
+    default = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    assert default.max_length == 32
+    (longer, _), = default.loglikelihood([request(context, continuation)])
+    assert longer == pytest.approx(-forward_losses(model, (head + tail)[-33:])[-len(tail):].sum().item(), abs=1e-4)
+    assert longer != pytest.approx(logprob, abs=1e-3)
+    with pytest.raises(ValueError, match=r"max_length 513 is outside 1\.\.512 \(up to 16x the training context"):
+        harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=513)
+    with pytest.raises(ValueError, match="does not fit in max_length 4"):
+        harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=4).loglikelihood([request("a", continuation * 2)])
+
+
+def test_rolling_loglikelihood_scores_every_token_once(harness, gpt2_vocab_run):
+    tokens = list(range(100, 111))  # a prefix token and 10 text tokens
+    pairs = harness.rolling_windows(tokens, 4)
+    scored = [t for _, cont in pairs for t in cont]
+    assert scored == tokens[1:]
+    for ctx, cont in pairs:
+        assert ctx + cont == tokens[tokens.index(ctx[0]):tokens.index(cont[-1]) + 1]
+    # every window reads max_length inputs: the last one re-reads 2 scored tokens as its context
+    assert [(len(ctx), len(cont)) for ctx, cont in pairs] == [(1, 4), (1, 4), (3, 2)]
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    model, _ = load_model(gpt2_vocab_run)
+    text = "In the beginning God created the heaven and the earth."
+    ids = [EOT] + lm.tok.encode(text)
+    assert len(ids) <= 33
+    total, = lm.loglikelihood_rolling([request(text)])
+    assert total == pytest.approx(-forward_losses(model, ids).sum().item(), abs=1e-4)
+    lm.max_length = 4  # windows: each token still scored once, with less context, so a lower likelihood
+    cut, = lm.loglikelihood_rolling([request(text)])
+    assert cut != pytest.approx(total, abs=1e-3)
+
+
+def test_generate_until_stops_at_its_stop_sequence(harness, gpt2_vocab_run):
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    prompt = "And God said"
+    free = lm.greedy_until(prompt, until=[], max_gen_toks=12)
+    first = lm.greedy_until(prompt, until=[], max_gen_toks=1)
+    assert len(first) >= 1 and free.startswith(first) and len(free) > len(first) + 1
+    stop = free[len(first) - 1:len(first) + 1]  # spans the first two generated tokens
+    calls = []
+    forward = lm.model.forward
+    lm.model.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+    out, = lm.generate_until([request(prompt, {"until": [stop], "max_gen_toks": 12, "do_sample": False})])
+    assert out == free[:free.find(stop)]
+    assert len(calls) <= 2  # generation stopped there, not after max_gen_toks
+    lm.model.forward = forward
+    assert lm.greedy_until(prompt, until="never appears", max_gen_toks=12) == free
+    with pytest.raises(ValueError, match="greedily only"):
+        lm.greedy_until(prompt, do_sample=True)
+
+
+def test_registered_under_one_name(harness, gpt2_vocab_run):
+    from lm_eval.api.registry import get_model
+    cls = get_model("lssa-gpt")
+    assert cls is harness.LssaGPT
+    # how lm-eval's own CLI would build it: --model lssa-gpt --model_args checkpoint=...,max_length=64
+    lm = cls.create_from_arg_string(f"checkpoint={gpt2_vocab_run},max_length=64,attention=lssa",
+                                    {"batch_size": 4, "device": "cpu", "max_batch_size": None})
+    assert (lm.max_length, lm.batch_size, lm.model.config.attention) == (64, 4, "lssa")
+
+
+def test_tiny_task_end_to_end(harness, gpt2_vocab_run, tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    report = eval_downstream.main([gpt2_vocab_run, "--include_path", TASKS, "--tasks", "tiny_mc", "--device", "cpu",
+                                   "--out", str(out)])
+    run = report["runs"][0]
+    assert run["samples"] == {"tiny_mc": 40} and run["train_context"] == run["max_length"] == 32
+    acc, acc_norm = run["results"]["tiny_mc"]["acc"], run["results"]["tiny_mc"]["acc_norm"]
+    # lm-eval's accuracy is the argmax of our log-likelihoods over each question's choices
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    docs = [json.loads(line) for line in open(os.path.join(TASKS, "tiny_mc", "tiny_mc.jsonl"))]
+    results = lm.loglikelihood([request(f"Question: {doc['question']}\nAnswer:", f" {choice}")
+                                for doc in docs for choice in doc["choices"]])
+    right = right_norm = 0
+    for n, doc in enumerate(docs):
+        lls = [ll for ll, _ in results[4 * n:4 * n + 4]]
+        right += max(range(4), key=lambda i: lls[i]) == doc["answer"]
+        right_norm += max(range(4), key=lambda i: lls[i] / len(f" {doc['choices'][i]}".encode())) == doc["answer"]
+    assert acc["value"] == right / 40 and acc_norm["value"] == right_norm / 40
+    assert acc["stderr"] == pytest.approx((acc["value"] * (1 - acc["value"]) / 39) ** 0.5)
+    assert {"created", "command", "code", "hardware", "lm_eval", "tasks", "runs"} <= set(report)
+    assert json.load(open(out)) == json.loads(json.dumps(report))
+    rows = list(csv.DictReader(open(tmp_path / "tiny.csv")))
+    assert [(r["task"], r["metric"], r["samples"]) for r in rows] == [("tiny_mc", "acc", "40"),
+                                                                      ("tiny_mc", "acc_norm", "40")]
+    table = capsys.readouterr().out
+    assert f"{acc['value']:.4f} ± {acc['stderr']:.4f}" in table and "tiny_mc" in table
+    # the attention override is recorded, as eval_length.py records it
+    report = eval_downstream.main([gpt2_vocab_run, "--include_path", TASKS, "--tasks", "tiny_mc", "--device", "cpu",
+                                   "--attention", "lssar", "--p", "3", "--limit", "8"])
+    run = report["runs"][0]
+    assert run["overrides"] == {"attention": "lssar", "reweight_p": 3.0} and run["samples"] == {"tiny_mc": 8}
+
+
+def test_bad_input_is_one_clear_line(harness):
+    # (an unknown task name is reported too, but checking that indexes lm-eval's 15,000 task configs: slow)
+    with pytest.raises(FileNotFoundError, match="--include_path /nonexistent is not a folder"):
+        eval_downstream.task_manager(["tiny_mc"], "/nonexistent")
+
+
+def test_without_lm_eval_the_command_says_how_to_install(gpt2_vocab_run):
+    code = ("import runpy, sys; sys.modules['lm_eval'] = None; "  # None in sys.modules: import fails
+            f"sys.argv = ['eval_downstream.py', {gpt2_vocab_run!r}, '--tasks', 'arc_easy']; "
+            "runpy.run_path('eval_downstream.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr == "error: eval_downstream.py needs lm-eval, an optional dependency: " \
+                          "pip install -r requirements-eval.txt\n"
