@@ -9,6 +9,8 @@ Runs the command --repeat times, one after the other, and reports for each run i
 resident set size, wall time, CPU time (user + system: on a machine shared with other work it
 moves less than the wall time does), minor page faults (each a page the kernel had to map and
 zero: the cost that keep_freed_memory() avoids), and the 1-minute load average before and after.
+On Linux a child's peak RSS starts at what its parent had resident when it forked, so this
+script measures from a small process: it imports torch (through runinfo) only after the runs.
 """
 import argparse
 import os
@@ -17,8 +19,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from runinfo import code_version, hardware, write_json  # noqa: E402
 
 
 def measure(command):
@@ -54,6 +54,7 @@ def main(argv=None):
         print(f"run {i + 1}/{args.repeat}: peak RSS {r['peak_rss_gib']:.2f} GiB, wall {r['wall_s']:.1f} s, "
               f"CPU {r['cpu_s']:.1f} s (user {r['user_s']:.1f}, sys {r['sys_s']:.1f}), "
               f"{r['minor_faults']:,} minor page faults, load {r['load_before']} -> {r['load_after']}", flush=True)
+    from runinfo import code_version, hardware, write_json   # torch: after the runs (see above)
     report = {"command": command, "code": code_version(), "hardware": hardware(), "runs": runs}
     if args.out:
         write_json(report, args.out)

@@ -27,10 +27,13 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
 
 
 def test_bench_memory_measures_the_command_alone(tmp_path):
+    """From its own small process (a child's peak RSS starts at its parent's: not pytest's)."""
     out = tmp_path / "memory.json"
-    report = bench_memory.main(["--repeat", "2", "--out", str(out), "--", sys.executable, "-c",
-                                "b = bytearray(300 * 2**20)"])  # 300 MiB, touched
-    assert json.load(open(out)) == report and len(report["runs"]) == 2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "scripts/bench_memory.py", "--repeat", "2", "--out", str(out), "--",
+                    sys.executable, "-c", "b = bytearray(300 * 2**20)"], cwd=root, check=True)  # 300 MiB, touched
+    report = json.load(open(out))
+    assert len(report["runs"]) == 2
     for run in report["runs"]:  # the child's own peak, not this process's (which has torch loaded)
         assert 0.29 < run["peak_rss_gib"] < 0.4 and run["minor_faults"] > 300 * 2**20 / 4096
     with pytest.raises(SystemExit, match="the command failed .exit status 3."):
