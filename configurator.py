@@ -35,12 +35,13 @@ class TrainConfig:
     batch_size: int = 32                # sequences per micro-step per process
     block_size: int = 1024              # the training context
     total_batch_size: int = 524288      # tokens per optimizer step; 0 = one micro-step per process
+    tokenizer: str = ""                 # "" = the shards' (their meta.json); "gpt2" | "bytes" must match it
     # model
     model: str = "gpt2-124M"            # a preset of model.PRESETS
     n_layer: int = 0                    # 0 = the preset's
     n_head: int = 0
     n_embd: int = 0
-    vocab_size: int = 50304
+    vocab_size: int = 0                 # 0 = the shards' vocabulary padded to a multiple of 64 (GPT-2: 50304)
     attention: str = "softmax"          # "softmax" | "lssa" | "lssar"
     reweight_p: float = 15.0            # lssar's power p
     rope_base: float = 10000.0
@@ -84,6 +85,7 @@ CHOICES = {
     "init_from": ("scratch", "resume", "auto"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "backend": ("auto", "nccl", "gloo"),
+    "tokenizer": ("", "gpt2", "bytes"),
 }
 
 # Keys that may change when a run is resumed; every other key must match the checkpoint's.
@@ -185,6 +187,8 @@ def validate(cfg):
     if cfg.model not in PRESETS:
         raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
                           f"(n_layer/n_head/n_embd override a preset's shape)")
+    if cfg.vocab_size < 0:
+        raise ConfigError(f"config key 'vocab_size' must be >= 0 (0: the data's), got {cfg.vocab_size}")
     positive = ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
                 "ckpt_interval", "keep_checkpoints")
     for key in positive:

@@ -26,7 +26,7 @@ import torch
 from attention import ATTENTION_TYPES, describe
 from checkpoint import evaluation_overrides, load_model
 from configurator import REPO_ROOT
-from data.shards import ShardError, load_tokens, val_windows
+from data.shards import ShardError, load_tokens, shards_tokenizer, val_windows
 from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
 
@@ -153,6 +153,10 @@ def main(argv):
         context = model_cfg["block_size"]
         lengths = args.lengths or [m * context for m in args.multipliers]
         data_dir = args.data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
+        if shards_tokenizer(data_dir)[0] != train_cfg["tokenizer"]:
+            raise ShardError(f"{ckpt['path']} was trained on {train_cfg['tokenizer']} tokens but {data_dir} holds "
+                             f"{shards_tokenizer(data_dir)[0]} tokens; pass --data_dir with {train_cfg['tokenizer']} "
+                             f"shards (or leave it out: the checkpoint's own data)")
         key = (data_dir, model_cfg["vocab_size"])
         if key not in token_cache:
             token_cache[key] = load_tokens(data_dir, "val", model_cfg["vocab_size"])

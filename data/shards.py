@@ -2,7 +2,7 @@
 Token shards in llm.c's .bin format, and the loaders that read them.
 
 A shard is a 256 x int32 little-endian header [MAGIC, VERSION, n_tokens, 0, ...] followed by
-n_tokens uint16 GPT-2 token ids. Shards written by llm.c (dev/data/fineweb.py) or modded-nanogpt
+n_tokens uint16 token ids (GPT-2's, or bytes: the directory's meta.json names the tokenizer). Shards written by llm.c (dev/data/fineweb.py) or modded-nanogpt
 load here as they are, and ours load there. Files are named like llm.c's:
 <prefix>_val_000000.bin, <prefix>_train_000001.bin, ...
 
@@ -34,19 +34,42 @@ class ShardError(ValueError):
     """A shard is missing, malformed, or does not fit the request; the message says how to fix it."""
 
 
+def _meta(data_dir) -> dict:
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def shards_tokenizer(data_dir) -> tuple:
+    """(tokenizer name, vocabulary size) of the shards in data_dir, from the meta.json that
+    prepare.py writes. Shards without one (llm.c's, or written by hand) are taken as GPT-2's with
+    the vocabulary unknown: ("gpt2", None); meta.json files from before byte-level data said
+    "tiktoken gpt2 ..." and are GPT-2's."""
+    from data.tokenizer import VOCAB_SIZES  # here: the loaders do not need tiktoken
+
+    name = _meta(data_dir).get("tokenizer")
+    if name in VOCAB_SIZES:
+        return name, VOCAB_SIZES[name]
+    if isinstance(name, str) and name.startswith("tiktoken gpt2"):
+        return "gpt2", VOCAB_SIZES["gpt2"]
+    return "gpt2", None
+
+
 def prepare_command(data_dir) -> str:
     """The command that writes shards into data_dir (for error messages)."""
     from data.prepare import DATASETS, default_out_dir  # late import: prepare imports this module
 
-    name = Path(data_dir).name
-    try:  # a directory prepare.py wrote says which dataset it holds
-        name = json.loads((Path(data_dir) / "meta.json").read_text())["dataset"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if name in DATASETS and Path(data_dir).resolve() == default_out_dir(name).resolve():
-        return f"python data/prepare.py {name}"
+    name, tokenizer = Path(data_dir).name, shards_tokenizer(data_dir)[0]
+    name = _meta(data_dir).get("dataset", name)  # a directory prepare.py wrote says which dataset it holds
+    if name not in DATASETS and name.endswith("-bytes"):  # data/<dataset>-bytes before it is made
+        name, tokenizer = name[:-len("-bytes")], "bytes"
+    option = " --tokenizer bytes" if tokenizer == "bytes" else ""
+    if name in DATASETS and Path(data_dir).resolve() == default_out_dir(name, tokenizer).resolve():
+        return f"python data/prepare.py {name}{option}"
     if name in DATASETS:
-        return f"python data/prepare.py {name} --out-dir {data_dir}"
+        return f"python data/prepare.py {name}{option} --out-dir {data_dir}"
     return f"python data/prepare.py DATASET --out-dir {data_dir} (DATASET: {', '.join(DATASETS)})"
 
 
@@ -87,7 +110,7 @@ def read_header(path) -> int:
         raise ShardError(f"{path}: bad magic number {header[0]} (expected {MAGIC}): not an llm.c token "
                          f"shard (a nanoGPT train.bin/val.bin has no header); {remake}")
     if header[1] != VERSION:
-        raise ShardError(f"{path}: unsupported shard version {header[1]} (expected {VERSION}: uint16 GPT-2 "
+        raise ShardError(f"{path}: unsupported shard version {header[1]} (expected {VERSION}: uint16 "
                          f"tokens; llm.c's version 2 is uint32 Llama-3 tokens); {remake}")
     n = int(header[2])
     expected = HEADER_BYTES + 2 * n
