@@ -85,7 +85,6 @@ CHOICES = {
     "init_from": ("scratch", "resume", "auto"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "backend": ("auto", "nccl", "gloo"),
-    "tokenizer": ("", "gpt2", "bytes"),
 }
 
 # Keys that may change when a run is resumed; every other key must match the checkpoint's.
@@ -187,6 +186,10 @@ def validate(cfg):
     if cfg.model not in PRESETS:
         raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
                           f"(n_layer/n_head/n_embd override a preset's shape)")
+    from data.tokenizer import VOCAB_SIZES
+    if cfg.tokenizer and cfg.tokenizer not in VOCAB_SIZES:
+        raise ConfigError(f"config key 'tokenizer' must be one of {', '.join(VOCAB_SIZES)} (or leave it out: the "
+                          f"shards' own); got {cfg.tokenizer!r}")
     if cfg.vocab_size < 0:
         raise ConfigError(f"config key 'vocab_size' must be >= 0 (0: the data's), got {cfg.vocab_size}")
     positive = ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
