@@ -13,6 +13,7 @@ import re
 import torch
 
 from attention import REWEIGHTED_TYPES
+from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
 
 CKPT_RE = re.compile(r"ckpt_(\d+)\.pt$")
@@ -76,7 +77,16 @@ def load_checkpoint(path, map_location="cpu"):
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     ckpt["model"] = strip_compile_prefix(ckpt["model"])
     ckpt["path"] = path
+    ckpt["config"].setdefault("tokenizer", "gpt2")  # written before byte-level data existed: GPT-2 tokens
     return ckpt
+
+
+def tokenizer_of(run):
+    """The tokenizer (data/tokenizer.py) a model was trained with, from its checkpoint dict, run
+    directory or checkpoint file: every script that turns text into tokens for a model or back
+    asks here, so a byte-level model is never fed GPT-2 ids."""
+    ckpt = run if isinstance(run, dict) else load_checkpoint(run)
+    return load_tokenizer(ckpt["config"]["tokenizer"])
 
 
 def evaluation_overrides(attention=None, p=None, attention_backend=None):

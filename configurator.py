@@ -35,12 +35,13 @@ class TrainConfig:
     batch_size: int = 32                # sequences per micro-step per process
     block_size: int = 1024              # the training context
     total_batch_size: int = 524288      # tokens per optimizer step; 0 = one micro-step per process
+    tokenizer: str = ""                 # "" = the shards' (their meta.json); "gpt2" | "bytes" must match it
     # model
     model: str = "gpt2-124M"            # a preset of model.PRESETS
     n_layer: int = 0                    # 0 = the preset's
     n_head: int = 0
     n_embd: int = 0
-    vocab_size: int = 50304
+    vocab_size: int = 0                 # 0 = the shards' vocabulary padded to a multiple of 64 (GPT-2: 50304)
     attention: str = "softmax"          # "softmax" | "lssa" | "lssar"
     reweight_p: float = 15.0            # lssar's power p
     rope_base: float = 10000.0
@@ -175,9 +176,11 @@ def load_config(argv, check_model=True):
 
 
 def validate(cfg, check_model=True):
-    """Catch bad settings at load time; the model's with the message of the module that owns them."""
+    """Catch bad settings at load time; the model's with the message of the module that owns them
+    (check_model=False: only what needs neither torch nor the tokenizers, for a dry run)."""
     if check_model:
         from attention import check_attention_type, check_backend, check_reweight_p
+        from data.tokenizer import VOCAB_SIZES
         from model import PRESETS
         try:
             check_attention_type(cfg.attention)
@@ -188,6 +191,11 @@ def validate(cfg, check_model=True):
         if cfg.model not in PRESETS:
             raise ConfigError(f"unknown model {cfg.model!r}; presets are: {', '.join(PRESETS)} "
                               f"(n_layer/n_head/n_embd override a preset's shape)")
+        if cfg.tokenizer and cfg.tokenizer not in VOCAB_SIZES:
+            raise ConfigError(f"config key 'tokenizer' must be one of {', '.join(VOCAB_SIZES)} (or leave it out: "
+                              f"the shards' own); got {cfg.tokenizer!r}")
+    if cfg.vocab_size < 0:
+        raise ConfigError(f"config key 'vocab_size' must be >= 0 (0: the data's), got {cfg.vocab_size}")
     positive = ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
                 "ckpt_interval", "keep_checkpoints")
     for key in positive:

@@ -26,6 +26,7 @@ import torch
 from attention import ATTENTION_TYPES, describe
 from checkpoint import evaluation_overrides, load_model
 from configurator import REPO_ROOT
+from data.catalog import shards_tokenizer
 from data.shards import ShardError, load_tokens, val_windows
 from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
@@ -139,6 +140,10 @@ def validation_tokens(ckpt, data_dir=None, cache=None):
     checkpoints of a sweep."""
     train_cfg, vocab_size = ckpt["config"], ckpt["model_config"]["vocab_size"]
     data_dir = data_dir or train_cfg.get("data_dir") or os.path.join(REPO_ROOT, "data", train_cfg["dataset"])
+    trained_on, held = train_cfg["tokenizer"], shards_tokenizer(data_dir)[0]
+    if held != trained_on:
+        raise ShardError(f"{ckpt['path']} was trained on {trained_on} tokens but {data_dir} holds {held} tokens; "
+                         f"pass --data_dir with {trained_on} shards (or leave it out: the checkpoint's own data)")
     cache = {} if cache is None else cache
     if (data_dir, vocab_size) not in cache:
         cache[data_dir, vocab_size] = load_tokens(data_dir, "val", vocab_size)

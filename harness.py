@@ -9,8 +9,10 @@ context (multiple-choice tasks compare the choices' log-probabilities: acc, acc_
 log-probability of a whole text (perplexity tasks), and a greedy generation up to a stop
 sequence. Here each is a forward pass of model.GPT on token ids:
 
-- Every text starts with <|endoftext|>, the token that precedes every document in training,
-  so a prompt looks like the start of a document to the model.
+- Text becomes tokens with the checkpoint's own tokenizer (GPT-2's BPE, or bytes:
+  checkpoint.tokenizer_of). Every text starts with the document separator (<|endoftext|>, or
+  NUL for bytes), which precedes every document in training, so a prompt looks like the start
+  of a document to the model.
 - A window holds at most `max_length` tokens (default: the training context; up to 16x, as
   far as the length sweep checks RoPE). Longer contexts lose their left end.
 - Log-probabilities are fp32 over the model's whole output vocabulary, the distribution that
@@ -22,36 +24,16 @@ Needs lm-eval (`pip install -r requirements-eval.txt`); nothing else in the repo
 """
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from checkpoint import evaluation_overrides, load_model
-from data.tokenizer import EOT, N_VOCAB, get_encoding
+from checkpoint import evaluation_overrides, load_model, tokenizer_of
 from runinfo import pick_device
 
 MAX_MULTIPLIER = 16  # how far past the training context max_length may go (eval_length.py's longest sweep)
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    name: str
-    encode: Callable[[str], list]
-    decode: Callable[[list], str]
-    eot: int            # the document separator, prepended to every text
-    vocab_size: int     # real tokens (the model's vocabulary may be padded past them)
-
-
-def tokenizer_for(ckpt):
-    """The tokenizer a checkpoint was trained with: the one place that decides how text
-    becomes tokens here. Every checkpoint so far is trained on GPT-2 tokens."""
-    enc = get_encoding()
-    # encode_ordinary, as data/prepare.py: "<|endoftext|>" inside a text is text, not the separator
-    return Tokenizer("gpt2", enc.encode_ordinary, enc.decode, EOT, N_VOCAB)
 
 
 def split_pair(tok, context, continuation):
@@ -93,7 +75,7 @@ class LssaGPT(LM):
         self.overrides = evaluation_overrides(attention, None if p is None else float(p), attention_backend)
         self._device = pick_device(device or "auto")
         self.model, self.ckpt = load_model(str(checkpoint), self._device, **self.overrides)
-        self.tok = tokenizer_for(self.ckpt)
+        self.tok = tokenizer_of(self.ckpt)   # GPT-2's BPE or bytes: what the checkpoint was trained on
         if self.model.config.vocab_size < self.tok.vocab_size:
             raise ValueError(f"{self.ckpt['path']}: its vocabulary of {self.model.config.vocab_size} tokens is "
                              f"smaller than the {self.tok.name} tokenizer's {self.tok.vocab_size}: it was not "

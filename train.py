@@ -28,7 +28,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, grad_accum_steps, load_config
+from data.catalog import shards_tokenizer
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
+from data.tokenizer import VOCAB_SIZES
 from model import GPT, config_from_preset
 from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
 
@@ -62,6 +64,23 @@ def lr_at(step, cfg):
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
     progress = min(1.0, (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def fit_vocabulary(cfg, data_dir):
+    """The model's vocabulary follows the data: fill tokenizer="" and vocab_size=0 from the
+    shards' meta.json (the size padded to a multiple of 64, which matmuls like). A config that
+    names another tokenizer, or a vocabulary too small for the shards', is an error now rather
+    than an out-of-range token id later. Both are filled in before anything is saved, so the
+    run's config.json and checkpoints record what the model was trained on."""
+    tokenizer, n_vocab = shards_tokenizer(data_dir)
+    if cfg.tokenizer and cfg.tokenizer != tokenizer:
+        raise ConfigError(f"tokenizer={cfg.tokenizer!r} does not fit {data_dir}, whose shards hold {tokenizer} "
+                          f"tokens; drop the tokenizer setting, or train on {cfg.tokenizer} shards (dataset/data_dir)")
+    if cfg.vocab_size and n_vocab and cfg.vocab_size < n_vocab:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} does not fit {data_dir}, whose {tokenizer} shards have "
+                          f"{n_vocab} symbols; use vocab_size=0 (the data's) or at least {n_vocab}")
+    cfg.tokenizer = tokenizer
+    cfg.vocab_size = cfg.vocab_size or -(-(n_vocab or VOCAB_SIZES[tokenizer]) // 64) * 64
 
 
 def rng_states(device):
@@ -116,6 +135,8 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     accum = grad_accum_steps(cfg, world_size)
+    data_dir = cfg.data_dir or os.path.join(REPO_ROOT, "data", cfg.dataset)
+    fit_vocabulary(cfg, data_dir)
     tokens_per_step = accum * cfg.batch_size * cfg.block_size * world_size
 
     # --- the run directory: refuse to overwrite, or pick up where the last run stopped
@@ -154,7 +175,6 @@ def main(argv):
     model = GPT(model_config).to(device)
     torch.manual_seed(cfg.seed + rank)  # the same init everywhere; dropout differs across ranks
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    data_dir = cfg.data_dir or os.path.join(REPO_ROOT, "data", cfg.dataset)
     loader = TrainLoader(data_dir, cfg.batch_size, cfg.block_size, rank=rank, world_size=world_size,
                          seed=cfg.seed, vocab_size=cfg.vocab_size)
     # A fixed validation set, the same for any number of processes: the first eval_iters x

@@ -1,17 +1,20 @@
 """
-Tokenize a text dataset with GPT-2's BPE into token shards (llm.c's .bin format) for training.
+Tokenize a text dataset into token shards (llm.c's .bin format) for training.
 
     python data/prepare.py embedded              # default offline corpus (~3M tokens, package index only)
+    python data/prepare.py embedded --tokenizer bytes   # the same texts as UTF-8 bytes (10.5M) -> data/embedded-bytes
     python data/prepare.py fineweb-10B           # HuggingFaceFW/fineweb, sample-10BT, streamed from the hub
     python data/prepare.py fineweb-100B          # HuggingFaceFW/fineweb, sample-100BT
     python data/prepare.py fineweb-edu-10B       # HuggingFaceFW/fineweb-edu, sample-10BT
     python data/prepare.py openwebtext           # Skylion007/openwebtext
     python data/prepare.py fineweb-10B --source 'downloads/*.parquet'   # same, from local files
 
-Shards go to data/<dataset>/ (or --out-dir): <prefix>_val_000000.bin, <prefix>_train_000001.bin,
-... of --shard-size tokens (100M by default; the last of each split is shorter), plus meta.json
-(sources, licences, token counts). Every document is preceded by <|endoftext|> (as in llm.c), so
-documents are separated by it.
+--tokenizer: gpt2 (GPT-2's BPE, the default) or bytes (UTF-8 bytes, 256 symbols; see
+data/tokenizer.py). Shards go to data/<dataset>/ for gpt2, data/<dataset>-bytes/ for bytes (or
+--out-dir): <prefix>_val_000000.bin, <prefix>_train_000001.bin, ... of --shard-size tokens (100M
+by default; the last of each split is shorter), plus meta.json (tokenizer and vocab_size, which
+train.py sizes the model by; sources, licences, token counts). Every document is preceded by the
+tokenizer's separator (<|endoftext|> as in llm.c; NUL for bytes), so documents are separated by it.
 
 Validation split:
 - fineweb*: the first shard (llm.c's convention), so shards are interchangeable with llm.c's.
@@ -45,7 +48,7 @@ from tqdm import tqdm
 from data import sources
 from data.catalog import DATASETS, DatasetSpec, default_out_dir
 from data.shards import SPLITS, ShardError, read_header, write_shard
-from data.tokenizer import EOT, RANKS_PIN, get_encoding
+from data.tokenizer import RANKS_PIN, VOCAB_SIZES, load_tokenizer
 
 
 class PrepareError(ValueError):
@@ -142,26 +145,29 @@ def _texts(rows, where):
 _enc = None
 
 
-def _init_worker():
+def _init_worker(tokenizer):
     global _enc
-    _enc = get_encoding()
+    _enc = load_tokenizer(tokenizer)
 
 
 def tokenize(text: str) -> np.ndarray:
-    """<|endoftext|> followed by the document's tokens (special-token text is encoded as plain text)."""
-    ids = _enc.encode_ordinary(text)
+    """The separator followed by the document's tokens (special-token text is encoded as plain text)."""
+    ids = _enc.encode(text)
     out = np.empty(len(ids) + 1, dtype=np.uint16)
-    out[0] = EOT
+    out[0] = _enc.eot
     out[1:] = ids
+    if _enc.name == "bytes" and not out[1:].all():  # a NUL in the text would read as a document boundary
+        raise PrepareError(f"a document holds a NUL byte, the byte-level document separator: "
+                           f"{text[:60]!r}...; remove NULs from the source, or use --tokenizer gpt2")
     return out
 
 
-def tokenized(texts, workers: int, chunksize: int):
+def tokenized(texts, workers: int, chunksize: int, tokenizer: str = "gpt2"):
     """Token arrays of the texts, in order. With workers > 1 a process pool does the work; the
     number of documents in flight is bounded, since Pool.imap would otherwise read the whole
     (streamed) input ahead of the workers and fill memory."""
     if workers <= 1:
-        _init_worker()
+        _init_worker(tokenizer)
         yield from map(tokenize, texts)
         return
     in_flight = threading.BoundedSemaphore(workers * chunksize * 4)
@@ -174,8 +180,8 @@ def tokenized(texts, workers: int, chunksize: int):
                     return
             yield t
 
-    get_encoding()  # resolved once here, so forked workers inherit it instead of each loading it
-    with mp.Pool(workers, initializer=_init_worker) as pool:
+    load_tokenizer(tokenizer)  # resolved once here, so forked workers inherit it instead of each loading it
+    with mp.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         try:
             for tokens in pool.imap(tokenize, feed(), chunksize=chunksize):
                 in_flight.release()
@@ -213,7 +219,7 @@ class ShardWriter:
 # -----------------------------------------------------------------------------
 
 def write_splits(texts, out_dir: Path, prefix: str, shard_size: int, val_every: int, workers: int,
-                 chunksize: int, approx_tokens=None) -> dict:
+                 chunksize: int, approx_tokens=None, tokenizer="gpt2") -> dict:
     """Tokenize the documents into val/train shards; returns {split: {tokens, documents, shards}}."""
     if val_every:  # every K-th document to val; val shards count from 0, train from 1 (as llm.c's)
         writers = {"val": ShardWriter(out_dir, shard_size, lambda k: f"{prefix}_val_{k:06d}.bin"),
@@ -223,7 +229,7 @@ def write_splits(texts, out_dir: Path, prefix: str, shard_size: int, val_every: 
         writers = {"val": both, "train": both}
     docs = {"val": 0, "train": 0}
     bar = tqdm(total=approx_tokens, unit="tok", unit_scale=True, disable=None, smoothing=0.05)
-    for i, tokens in enumerate(tokenized(texts, workers, chunksize)):
+    for i, tokens in enumerate(tokenized(texts, workers, chunksize, tokenizer)):
         if val_every:
             split = "val" if i % val_every == 0 else "train"
         else:
@@ -250,11 +256,13 @@ def write_splits(texts, out_dir: Path, prefix: str, shard_size: int, val_every: 
 
 
 def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, val_every=None,
-            with_wikipedia=False, force=False) -> dict:
+            with_wikipedia=False, force=False, tokenizer="gpt2") -> dict:
     """Write the shards of a dataset and its meta.json; returns the meta dict."""
     t0 = time.time()
     spec = DATASETS[dataset]
-    out_dir = Path(out_dir) if out_dir else default_out_dir(dataset)
+    if tokenizer not in VOCAB_SIZES:
+        raise PrepareError(f"--tokenizer {tokenizer}: unknown; choose one of {', '.join(VOCAB_SIZES)}")
+    out_dir = Path(out_dir) if out_dir else default_out_dir(dataset, tokenizer)
     workers = workers or os.cpu_count() or 1
     val_every = spec.val_every if val_every is None else val_every
     if shard_size < 1 or val_every < 0:
@@ -267,7 +275,7 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
 
     config = {"dataset": dataset, "shard_size": shard_size, "val_every": val_every,
               "source": files or spec.hub, "hub_config": None if files else spec.config,
-              "with_wikipedia": with_wikipedia}
+              "with_wikipedia": with_wikipedia, "tokenizer": tokenizer}
     meta_path = out_dir / "meta.json"
     if not force and _up_to_date(meta_path, config):
         meta = json.loads(meta_path.read_text())
@@ -275,9 +283,12 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
               f"tokens/s); use --force to rebuild")
         return meta
 
-    get_encoding()  # resolve (or fetch) the tokenizer once, before the workers start and the clock
-    print(f"tokenizer: tiktoken gpt2 (offline fallback: {RANKS_PIN.project}=={RANKS_PIN.version}, "
-          f"{RANKS_PIN.licence}, {RANKS_PIN.page})")
+    separator = load_tokenizer(tokenizer).eot  # resolve (or fetch) it once, before the workers start and the clock
+    if tokenizer == "gpt2":
+        print(f"tokenizer: tiktoken gpt2 (offline fallback: {RANKS_PIN.project}=={RANKS_PIN.version}, "
+              f"{RANKS_PIN.licence}, {RANKS_PIN.page})")
+    else:
+        print("tokenizer: bytes (UTF-8, 256 symbols; NUL separates documents)")
     meta = {"dataset": dataset}
     if dataset == "embedded":
         pins = sources.embedded_pins(with_wikipedia)
@@ -312,14 +323,17 @@ def prepare(dataset, source=None, out_dir=None, shard_size=10**8, workers=None, 
 
     t1 = time.time()
     chunksize = 1 if dataset == "embedded" else 16  # embedded: few, long documents
+    approx_tokens = None if files or tokenizer != "gpt2" else spec.approx_tokens
     splits = write_splits(texts, out_dir, spec.prefix, shard_size, val_every, workers, chunksize,
-                          None if files else spec.approx_tokens)
+                          approx_tokens, tokenizer)
     seconds = time.time() - t1
     n_tokens = sum(s["tokens"] for s in splits.values())
     meta.update({
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "format": "llm.c .bin: 256 x int32 header [20240520, 1, n_tokens, 0...], then n_tokens x uint16",
-        "tokenizer": f"tiktoken gpt2 (50257 tokens); <|endoftext|> = {EOT} before every document",
+        "tokenizer": tokenizer,  # data/tokenizer.py's load_tokenizer(name); train.py reads it and vocab_size
+        "vocab_size": VOCAB_SIZES[tokenizer],
+        "separator": separator,  # the token before every document
         "licence": spec.licence,
         "validation": (f"every {val_every}th document (index % {val_every} == 0)" if val_every
                        else "the first shard (llm.c's convention)"),
@@ -367,11 +381,13 @@ def main(argv=None) -> dict:
                          "openwebtext, first shard for fineweb; 0 = first shard)")
     ap.add_argument("--with-wikipedia", action="store_true",
                     help="embedded: add 106 Wikipedia articles (CC BY-SA) from the gensim==4.4.0 wheel")
+    ap.add_argument("--tokenizer", choices=sorted(VOCAB_SIZES), default="gpt2",
+                    help="gpt2 (default) or bytes (UTF-8 bytes; default out dir data/DATASET-bytes)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the shards are up to date")
     args = ap.parse_args(argv)
     try:
         return prepare(args.dataset, args.source, args.out_dir, args.shard_size, args.workers,
-                       args.val_every, args.with_wikipedia, args.force)
+                       args.val_every, args.with_wikipedia, args.force, args.tokenizer)
     except (PrepareError, ShardError, sources.PinError) as e:
         raise SystemExit(f"error: {e}") from e
 

@@ -2,7 +2,7 @@
 Token shards in llm.c's .bin format, and the loaders that read them.
 
 A shard is a 256 x int32 little-endian header [MAGIC, VERSION, n_tokens, 0, ...] followed by
-n_tokens uint16 GPT-2 token ids. Shards written by llm.c (dev/data/fineweb.py) or modded-nanogpt
+n_tokens uint16 token ids (GPT-2's, or bytes: the directory's meta.json names the tokenizer). Shards written by llm.c (dev/data/fineweb.py) or modded-nanogpt
 load here as they are, and ours load there. Files are named like llm.c's:
 <prefix>_val_000000.bin, <prefix>_train_000001.bin, ...
 
@@ -72,7 +72,7 @@ def read_header(path) -> int:
         raise ShardError(f"{path}: bad magic number {header[0]} (expected {MAGIC}): not an llm.c token "
                          f"shard (a nanoGPT train.bin/val.bin has no header); {remake}")
     if header[1] != VERSION:
-        raise ShardError(f"{path}: unsupported shard version {header[1]} (expected {VERSION}: uint16 GPT-2 "
+        raise ShardError(f"{path}: unsupported shard version {header[1]} (expected {VERSION}: uint16 "
                          f"tokens; llm.c's version 2 is uint32 Llama-3 tokens); {remake}")
     n = int(header[2])
     expected = HEADER_BYTES + 2 * n

@@ -1,5 +1,11 @@
 """
-The GPT-2 tokenizer (tiktoken's "gpt2" encoding), usable offline.
+The tokenizers of the token shards: load_tokenizer("gpt2") or load_tokenizer("bytes").
+
+Both give .name, .vocab_size, .eot (the id that precedes every document), .encode(text) and
+.decode(ids). "bytes" is the text's UTF-8 bytes, one token each (256 symbols, NUL as the
+document separator): with so small a vocabulary the output layer costs next to nothing, which
+is what lets a CPU train a model that uses its context (like nanoGPT's character-level
+Shakespeare). "gpt2" is tiktoken's GPT-2 BPE, usable offline, as follows.
 
 `tiktoken.get_encoding("gpt2")` downloads vocab.bpe and encoder.json from OpenAI's blob storage
 on first use. Where that host cannot be reached we use the pinned copy of the same BPE ranks that
@@ -171,3 +177,41 @@ def get_encoding() -> tiktoken.Encoding:
     if seed_tiktoken_cache(ranks):
         return tiktoken.get_encoding("gpt2")
     return encoding_from_ranks(ranks)
+
+
+# -----------------------------------------------------------------------------
+# the tokenizer interface the rest of the repository uses
+
+VOCAB_SIZES = {"gpt2": N_VOCAB, "bytes": 256}  # without loading anything (train.py sizes the model with it)
+
+
+class GPT2Tokenizer:
+    name, vocab_size, eot = "gpt2", N_VOCAB, EOT
+
+    def __init__(self):
+        self.encoding = get_encoding()
+
+    def encode(self, text: str) -> list:
+        return self.encoding.encode_ordinary(text)  # "<|endoftext|>" in a text is plain text, as in prepare.py
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode(list(ids))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes. NUL (0) separates documents: it does not occur in text (prepare.py checks)."""
+    name, vocab_size, eot = "bytes", 256, 0
+
+    def encode(self, text: str) -> list:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        # a model can emit a byte sequence that is not UTF-8 (or cut a character at the end)
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer called `name` ("gpt2" or "bytes")."""
+    if name not in VOCAB_SIZES:
+        raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(VOCAB_SIZES)}")
+    return GPT2Tokenizer() if name == "gpt2" else ByteTokenizer()

@@ -78,9 +78,10 @@ def plot(runs, out, title=None):
         ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
         ax.set_ylabel("validation loss")
-    ax_len.set_xlabel("inference length (tokens); dashed: training context")
+    unit = "bytes" if all(run.get("config", {}).get("tokenizer") == "bytes" for run in runs) else "tokens"
+    ax_len.set_xlabel(f"inference length ({unit}); dashed: training context")
     ax_len.set_title(title)
-    ax_pos.set_xlabel("position in the window (bucket centre, tokens)")
+    ax_pos.set_xlabel(f"position in the window (bucket centre, {unit})")
     ax_pos.set_title("loss by position at the longest length")
     ax_len.legend(fontsize=8)
     ax_pos.legend(fontsize=8)

@@ -16,8 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from attention import ATTENTION_TYPES  # noqa: E402
-from checkpoint import evaluation_overrides, load_model  # noqa: E402
-from data.tokenizer import EOT, get_encoding  # noqa: E402
+from checkpoint import evaluation_overrides, load_model, tokenizer_of  # noqa: E402
 from runinfo import pick_device  # noqa: E402
 
 
@@ -38,14 +37,14 @@ def main(argv=None):
     overrides = evaluation_overrides(args.attention, args.p)
     device = pick_device(args.device)
     model, ckpt = load_model(args.checkpoint, device, **overrides)
-    enc = get_encoding()
-    if model.config.vocab_size < enc.n_vocab:
-        raise SystemExit(f"this checkpoint's vocabulary has {model.config.vocab_size} tokens, fewer than GPT-2's "
-                         f"{enc.n_vocab}: it was not trained on GPT-2 tokens, so there is no text to decode")
+    tok = tokenizer_of(ckpt)  # GPT-2 BPE or bytes: what the model was trained on
+    if model.config.vocab_size < tok.vocab_size:
+        raise SystemExit(f"this checkpoint's vocabulary has {model.config.vocab_size} tokens, fewer than {tok.name}'s "
+                         f"{tok.vocab_size}: it was not trained on {tok.name} tokens, so there is no text to decode")
     context = model.config.block_size
-    prompt = [EOT] + enc.encode(args.prompt)
+    prompt = [tok.eot] + tok.encode(args.prompt)
     print(f"# {ckpt['path']} (step {ckpt['step']}, {model.config.attention}, trained at {context} tokens); "
-          f"generating {args.tokens} tokens: the prompt plus generation reaches "
+          f"generating {args.tokens} {tok.name} tokens: the prompt plus generation reaches "
           f"{(len(prompt) + args.tokens) / context:.1f}x the training context", file=sys.stderr)
     torch.manual_seed(args.seed)
     idx = torch.tensor([prompt] * args.samples, device=device)
@@ -53,7 +52,7 @@ def main(argv=None):
     with autocast:
         out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k)
     for row in out.tolist():
-        print(enc.decode(row[1:]))
+        print(tok.decode(row[1:]))
         print("-" * 60)
 
 

@@ -105,7 +105,8 @@ def test_plot_is_written(sweep, tmp_path):
     subprocess.run([sys.executable, "scripts/plot_length.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
                    capture_output=True)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    passkey = os.path.join(ROOT, "results", "small-cpu", "passkey.json")  # the sibling's results: refused
+    passkey = tmp_path / "passkey.json"  # the sibling's results (eval_passkey.py's schema): refused
+    passkey.write_text(json.dumps({"runs": [{"label": "x", "results": [{"length": 64, "accuracy": 0.5}]}]}))
     proc = subprocess.run([sys.executable, "scripts/plot_length.py", passkey, "-o", str(tmp_path / "x.png")],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and "not an eval_length.py result" in proc.stderr and "plot_passkey.py" in proc.stderr
@@ -121,7 +122,7 @@ def test_sample_generates_past_the_training_context(gpt2_vocab_run):
 def test_sample_refuses_a_non_gpt2_vocabulary(trained_runs):
     proc = subprocess.run([sys.executable, "scripts/sample.py", trained_runs["lssar"], "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1 and "not trained on GPT-2 tokens" in proc.stderr
+    assert proc.returncode == 1 and "not trained on gpt2 tokens" in proc.stderr
 
 
 def test_plot_legend_shows_what_differs_and_the_title_what_is_shared():

@@ -136,6 +136,8 @@ def test_lr_schedule():
     (["--compile=yes"], "'compile': cannot parse 'yes': expects bool \\(True or False\\)"),
     (["--out_dir=out/{atention}"], "unknown config key 'atention' in out_dir 'out/{atention}'.*did you mean attention"),
     (["--wandb_run_name={"], "wandb_run_name '{': bad {key} template"),
+    (["--tokenizer=chars"], "'tokenizer' must be one of gpt2, bytes .or leave it out"),
+    (["--vocab_size=-1"], "'vocab_size' must be >= 0"),
 ])
 def test_config_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
