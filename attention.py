@@ -175,9 +175,14 @@ def check_kernel(kind, p, device, dtype, head_dim):
     """For backend="auto": None when the fused kernel runs on this device, dtype and head dim,
     else the reason it does not. The first call for each combination launches the kernel's
     forward and backward once on a tiny input (compiling them), so an unsupported GPU or a
-    Triton that cannot compile them is found before training depends on it; a failure is
-    warned about once and remembered. Inside a torch.compile trace nothing can be launched:
-    an unchecked combination is taken to work (train.py checks before compiling)."""
+    Triton that cannot compile them is found before training depends on it; such a failure is
+    warned about once and remembered (inputs the kernel does not cover, a head dim of 48 say,
+    are not a failure: "auto" takes the reference for them silently). Inside a torch.compile
+    trace nothing can be launched: an unchecked combination is taken to work (train.py checks
+    before compiling)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:   # "cuda" and "cuda:0" are one device
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (kind, float(p), str(device), dtype, head_dim)
     if key in _KERNEL_STATUS:
         return _KERNEL_STATUS[key]
@@ -185,14 +190,13 @@ def check_kernel(kind, p, device, dtype, head_dim):
         return None
     try:
         from kernels import lssa_triton
-        with torch.enable_grad(), torch.autocast(device_type=torch.device(device).type, enabled=False):
+        with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
             x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
             reason = lssa_triton.unsupported_reason(*x, kind)
             if reason is None:
                 lssa_triton.lssa_attention(*x, kind, p).float().sum().backward()
     except Exception as e:  # no triton, a compile error, no kernel image for this GPU, out of resources...
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-    if reason is not None:
         _fallback_warning(kind, reason)
     _KERNEL_STATUS[key] = reason
     return reason
@@ -243,10 +247,7 @@ def _auto_kernel_applies(q, k, v, kind, p):
     """backend="auto" on CUDA tensors: whether to use the fused kernel. Shapes and dtypes it does
     not cover go to the reference silently (that is what "auto" means); a kernel that should
     run here but fails to import, compile or launch goes there with a warning (check_kernel)."""
-    try:
-        from kernels import lssa_triton
-    except Exception:  # check_kernel's own import fails the same way, and says why
-        return check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is None
-    if lssa_triton.unsupported_reason(q, k, v, kind) is not None:
+    if check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is not None:
         return False
-    return check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is None
+    from kernels import lssa_triton   # check_kernel imported it
+    return lssa_triton.unsupported_reason(q, k, v, kind) is None

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import torch
 
 from attention import ATTENTION_TYPES, describe
-from checkpoint import evaluation_overrides, load_model, tokenizer_of
+from checkpoint import evaluation_overrides, load_model
 from data.tokenizer import EOT, get_encoding
 from runinfo import code_version, hardware, keep_freed_memory, pick_device, write_json
 
@@ -127,10 +127,10 @@ def main(argv):
               "hardware": hardware(device), "trials": args.trials, "seed": args.seed, "runs": []}
     for path in args.checkpoints:
         model, ckpt = load_model(path, device, **overrides)
-        if tokenizer_of(ckpt).name != "gpt2":
+        if ckpt["config"]["tokenizer"] != "gpt2":
             # the prompts are sized and cut in GPT-2 tokens; at a few bytes per token a byte-level
             # model's context would not even hold the instructions
-            raise SystemExit(f"{ckpt['path']}: trained on {tokenizer_of(ckpt).name} tokens; the passkey test is "
+            raise SystemExit(f"{ckpt['path']}: trained on {ckpt['config']['tokenizer']} tokens; the passkey test is "
                              f"built for GPT-2 tokens (train on GPT-2 shards, e.g. config/small_gpu.py)")
         if model.config.vocab_size < enc.n_vocab:
             raise SystemExit(f"{ckpt['path']}: vocabulary of {model.config.vocab_size} tokens is not GPT-2's")

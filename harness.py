@@ -51,7 +51,7 @@ def split_pair(tok, context, continuation):
 
 
 def rolling_windows(tokens, max_length):
-    """Cut tokens[1:] (tokens[0] is the <|endoftext|> prefix) into (context, continuation)
+    """Cut tokens[1:] (tokens[0] is the document separator, tok.eot) into (context, continuation)
     pairs of at most max_length + 1 tokens such that every token is scored exactly once,
     each after as many preceding tokens as fit: the first window from the start, every later
     one with a full max_length of input, of which only its new tokens are scored."""
@@ -164,7 +164,7 @@ class LssaGPT(LM):
     @torch.no_grad()
     def greedy_until(self, context, until=(), max_gen_toks=256, do_sample=False, temperature=0.0, **_):
         """Greedy continuation of context, cut before the first stop sequence in `until`; it
-        also ends at <|endoftext|> or after max_gen_toks tokens. The input is the last
+        also ends at the document separator or after max_gen_toks tokens. The input is the last
         max_length tokens. One request at a time: there is no KV cache to batch around."""
         if do_sample or (temperature or 0) > 0:
             raise ValueError("lssa-gpt decodes greedily only: use do_sample=False, temperature=0")

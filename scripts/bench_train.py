@@ -59,7 +59,7 @@ def bench_one(args, attention, out_dir):
         records = [json.loads(line) for line in f if "tokens_per_s" in line]
     timed = [r for r in records if r["step"] > args.warmup]
     if not timed:
-        raise SystemExit(f"no log interval after --warmup={args.warmup}; raise --steps")
+        raise RuntimeError(f"no log interval after --warmup={args.warmup}; raise --steps")
     cfg = load_config(argv)
     result = {"attention": attention, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
               "step_time_s": statistics.median(r["time_s"] for r in timed), "intervals": len(timed),

@@ -4,7 +4,7 @@
 # NO_INSTALL=1 to use the python on PATH as it is.
 
 PYTHON=${PYTHON:-python3}
-if [ -n "${NO_INSTALL:-}" ]; then
+if [ "${NO_INSTALL:-0}" = 1 ]; then
     # The python on PATH already has what the script needs (a GPU machine's image, for
     # scripts/gpu_check.sh): enter no environment, install nothing.
     :

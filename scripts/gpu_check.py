@@ -259,9 +259,9 @@ def main(argv=None):
                 parts[name] = {"status": "skipped", "returncode": None, "seconds": 0.0,
                                "limit": args.limits[name], "why": "the --budget was spent"}
                 continue
-            argv, env = cmds[name]
+            command, env = cmds[name]
             print(f"[gpu_check] {name} (limit {min(args.limits[name], left):.0f} s)", flush=True)
-            parts[name] = run_part(name, argv, env, min(args.limits[name], left), log)
+            parts[name] = run_part(name, command, env, min(args.limits[name], left), log)
             print(f"[gpu_check] {name}: {parts[name]['status']} after {parts[name]['seconds']:.0f} s", flush=True)
     small_dir = None if args.smoke else os.path.join(REPO, "results", "small")   # --smoke: a dry run
     if "repro" in args.parts and small_dir and os.path.isdir(small_dir):

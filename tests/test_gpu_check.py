@@ -25,6 +25,7 @@ def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]   # the cut part fails the run
     summary = json.load(open(out / "summary.json"))
     assert list(summary["parts"]) == list(gpu_check.PARTS)
+    assert summary["command"].startswith("bash scripts/gpu_check.sh --smoke --limit tests=1")
     status = {part: r["status"] for part, r in summary["parts"].items()}
     assert status == {"tests": "timeout", "errors": "ok", "bench_train": "ok", "bench_attention": "ok", "repro": "ok"}
     # what the lent machines bring back: at most 8 files, at most 2 folders deep
