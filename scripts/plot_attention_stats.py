@@ -8,7 +8,7 @@ Top row: each statistic against inference length (log-2 axis), one colour per ch
 attention type: the thick line is the mean over layers, the thin ones each layer. Bottom row:
 the mean over layers by position bucket at each run's longest length. Dashed: the training context.
 """
-from plot_length import cli, plt, save_figure  # the sibling script; it selects the Agg backend
+from plot_length import cli, length_unit, plt, save_figure  # the sibling script; it selects the Agg backend
 
 PANELS = {"entropy": "row entropy H / ln n", "sink": "mass on the first key (sink)",
           "local": "mass on the last block_size keys", "max": "largest weight of the row"}
@@ -30,7 +30,8 @@ def plot(runs, out, title=None):
                          for b in range(len(mids))]
             ax_pos.plot(mids, by_bucket, marker=".", color=line.get_color(),
                         label=f"{run['label']} (L={longest['length']})")
-    for row, xlabel in zip(axes, ("inference length (tokens)", "position in the window (bucket centre)")):
+    unit = length_unit(runs)
+    for row, xlabel in zip(axes, (f"inference length ({unit})", f"position in the window (bucket centre, {unit})")):
         for (stat, name), ax in zip(PANELS.items(), row):
             for c in sorted({run["train_context"] for run in runs}):
                 ax.axvline(c, color="grey", linestyle="--", linewidth=1)

@@ -61,6 +61,11 @@ def legend(runs, title):
     return labels, title
 
 
+def length_unit(runs):
+    """What a length counts in these runs' results: "bytes" for byte-level models, else "tokens"."""
+    return "bytes" if all(run.get("config", {}).get("tokenizer") == "bytes" for run in runs) else "tokens"
+
+
 def plot(runs, out, title=None):
     fig, (ax_len, ax_pos) = plt.subplots(1, 2, figsize=(13, 4.8))
     contexts = sorted({run["train_context"] for run in runs})
@@ -78,7 +83,7 @@ def plot(runs, out, title=None):
         ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
         ax.set_ylabel("validation loss")
-    unit = "bytes" if all(run.get("config", {}).get("tokenizer") == "bytes" for run in runs) else "tokens"
+    unit = length_unit(runs)
     ax_len.set_xlabel(f"inference length ({unit}); dashed: training context")
     ax_len.set_title(title)
     ax_pos.set_xlabel(f"position in the window (bucket centre, {unit})")
