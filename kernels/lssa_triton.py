@@ -100,7 +100,6 @@ FP32_DOT_PRECISION = os.environ.get("LSSA_TRITON_FP32_DOT", "tf32x3")
 INTERPRET_BLOCKS = {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}
 
 
-
 def _fix_interpreter_scalars():
     """Triton's interpreter holds a scalar as a 1-element array; before 3.7 it turned one into a
     loop bound with int(array), which NumPy 2.x refuses for an array of shape (1,), so every

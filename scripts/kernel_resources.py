@@ -12,7 +12,7 @@ Registers and spill bytes come from `ptxas -v` (Triton's bundled ptxas, Triton's
 shared memory from the compiled metadata, against sm_90's 227 KiB per block (a larger
 configuration fails to launch, and the autotuner skips it after compiling it).
 
-Tiles: the kernel module's _TILES, or for fp32 its _TILES_FP32 when it defines one; --tiles
+Tiles: the kernel module's _TILES, or for fp32 its _TILES_FP32; --tiles
 replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes:
 lssa (MODE 0), lssar (MODE 1) and, for the forward only, lssar+grad: lssar keeping the
 gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
@@ -46,8 +46,7 @@ FP32_POINTERS = {"NQ", "NK", "STATS", "U", "DE"}
 
 def tile_table(dtype):
     """The tiles the kernel module launches for this dtype."""
-    fp32 = getattr(L, "_TILES_FP32", None)
-    return fp32 if dtype == "fp32" and fp32 else L._TILES
+    return L._TILES_FP32 if dtype == "fp32" else L._TILES
 
 
 def tile_error(which, bm, bn):
@@ -180,7 +179,7 @@ def main(argv=None):
     print(table(rows))
     if args.json:
         write_json(dict(triton=triton.__version__, target="sm_90a", shared_limit=SM90_SHARED, p=args.p,
-                        fp32_table="_TILES_FP32" if getattr(L, "_TILES_FP32", None) else "_TILES", rows=rows),
+                        rows=rows),
                    args.json)
     return rows
 
