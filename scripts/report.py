@@ -1,7 +1,8 @@
 """
 One report per reproduction: results/<name>/report.md, built from what the reproduction wrote there.
 
-    python scripts/report.py results/small-cpu           # -> results/small-cpu/report.md (+ curves.png)
+    python scripts/report.py results/small-cpu     # -> results/small-cpu/report.md and its plots:
+                                                   # length.png, curves.png (passkey.png, attention_stats.png)
 
 Reads every result JSON under the folder (whatever wrote it: scripts/reproduce_paper.sh puts one
 file per run in sweep/, passkey/, ..., scripts/reproduce_small.sh one file per group) and tells
@@ -14,7 +15,7 @@ The report has:
   - training and validation curves of every run from its metrics.jsonl (copied into
     <folder>/metrics/ so that the report can be rebuilt without the run directories);
   - passkey accuracy by length and by depth; downstream accuracies with standard errors;
-    attention statistics; links to the plots the reproduction drew;
+    attention statistics, and the attention maps scripts/plot_attention_maps.py drew into maps/;
   - the commit(s), hardware and wall time (run.log's "wall time" lines, one per invocation).
 """
 import argparse
@@ -29,6 +30,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling scripts
 
 import paper_numbers as paper  # noqa: E402
+import plot_attention_stats  # noqa: E402
+import plot_length  # noqa: E402
+import plot_passkey  # noqa: E402
 from plot_length import evaluated_as, length_unit, plt, save_figure  # noqa: E402
 from table_length import markdown as sweep_table  # noqa: E402
 
@@ -261,9 +265,8 @@ def build(folder):
                 (" Loss here is in nats per byte, the paper's per GPT-2 token." if unit == "bytes" else ""), "",
                 paper_table(trained), ""]
         out += ["Every run, with its last train and validation loss:", "", sweep_table(trained), ""]
-        for png in ("sweep.png", "baselines.png"):
-            if os.path.exists(os.path.join(folder, png)):
-                out += [f"![loss against length]({png})", ""]
+        plot_length.plot(trained, os.path.join(folder, "length.png"), f"{name}: loss vs inference length")
+        out += ["![loss against length](length.png)", ""]
     if reweighted:
         out += ["## Re-weighting at inference only (the early versions' claim, not one of the paper's curves)", "",
                 "v1/v2 of the paper re-weighted a trained lssa model at inference, without training; from v3 on "
@@ -278,9 +281,8 @@ def build(folder):
                 "above give each run's last train and validation loss.", ""]
     passkeys = runs_of(found, "eval_passkey.py")
     if passkeys:
-        out += ["## Passkey retrieval", "", passkey_tables(passkeys), ""]
-        if os.path.exists(os.path.join(folder, "passkey.png")):
-            out += ["![passkey](passkey.png)", ""]
+        plot_passkey.plot(passkeys, os.path.join(folder, "passkey.png"))
+        out += ["## Passkey retrieval", "", passkey_tables(passkeys), "", "![passkey](passkey.png)", ""]
     downstream = runs_of(found, "eval_downstream.py")
     if downstream:
         out += ["## Zero-shot downstream tasks (lm-eval)", "", downstream_table(downstream)]
@@ -289,8 +291,8 @@ def build(folder):
         out += ["## Attention statistics", "", "Mean over layers, heads and sampled rows (scripts/attention_stats.py): "
                 "row entropy / ln n, mass on the first key, mass on the last block_size keys.", "",
                 stats_table(stats), ""]
-        if os.path.exists(os.path.join(folder, "attention_stats.png")):
-            out += ["![attention statistics](attention_stats.png)", ""]
+        plot_attention_stats.plot(stats, os.path.join(folder, "attention_stats.png"))
+        out += ["![attention statistics](attention_stats.png)", ""]
     maps = sorted(glob.glob(os.path.join(folder, "maps", "*.png")))
     if maps:
         out += ["## Attention maps", ""] + [f"![{os.path.basename(m)}](maps/{os.path.basename(m)})" for m in maps] + [""]

@@ -69,8 +69,11 @@ except (ConfigError, ValueError) as e:
     sys.exit(f'config error with {sys.argv[1]} GPUs: {e}')
 if not have_torch:
     print('[dry run] no torch in this shell: attention and model names not checked', file=sys.stderr)
-byte_level = cfg.tokenizer == 'bytes' or cfg.dataset.endswith('-bytes')
-print(cfg.dataset, cfg.data_dir or '-', 'bytes' if byte_level else 'gpt2')" "$ngpu" "$config" "${train_args[@]}") \
+from data.catalog import read_meta
+tokenizer = cfg.tokenizer or ('bytes' if cfg.dataset.endswith('-bytes') else 'gpt2')
+if cfg.data_dir:   # the shards' own tokenizer (no meta.json: GPT-2's, as the loaders take it)
+    tokenizer = cfg.tokenizer or read_meta(cfg.data_dir).get('tokenizer', 'gpt2')
+print(cfg.dataset, cfg.data_dir or '-', tokenizer)" "$ngpu" "$config" "${train_args[@]}") \
     || exit 1
 
 # which runs: the list above, filtered by attention.RECIPES, then by TYPES
@@ -104,7 +107,6 @@ if [ "$data_dir" = - ]; then
     run "${prepare[@]}"
 fi
 if [ "$ngpu" = 1 ]; then launch=(python); else launch=(torchrun --standalone --nproc_per_node="$ngpu"); fi
-sweeps=() passkeys=() stats=()
 for line in "${selected[@]}"; do
     read -r run_name attention options <<< "$line"
     read -r -a options <<< "${options:-}"
@@ -114,12 +116,10 @@ for line in "${selected[@]}"; do
     if [[ $evals == *" sweep "* ]]; then
         step "$results/sweep/$run_name.json" python eval_length.py "$dir" "${sweep_args[@]}" \
             --out "$results/sweep/$run_name.json"
-        sweeps+=("$results/sweep/$run_name.json")
     fi
     if [[ $evals == *" passkey "* ]] && [ "$tokenizer" = gpt2 ]; then   # the prompts are GPT-2 text
         step "$results/passkey/$run_name.json" python eval_passkey.py "$dir" --lengths "${passkey_lengths[@]}" \
             --trials "$passkey_trials" --out "$results/passkey/$run_name.json"
-        passkeys+=("$results/passkey/$run_name.json")
     fi
     if [[ $evals == *" downstream "* ]] && [ "$tokenizer" = gpt2 ]; then
         step "$results/downstream/$run_name.json" python eval_downstream.py "$dir" --tasks "$tasks" \
@@ -128,7 +128,6 @@ for line in "${selected[@]}"; do
     if [[ $evals == *" stats "* ]]; then
         step "$results/attention_stats/$run_name.json" python scripts/attention_stats.py "$dir" "${stats_args[@]}" \
             --out "$results/attention_stats/$run_name.json"
-        stats+=("$results/attention_stats/$run_name.json")
     fi
     if [[ $evals == *" maps "* ]]; then
         step "$results/maps/$run_name.png" python scripts/plot_attention_maps.py "$dir" "${maps_args[@]}" \
@@ -142,14 +141,5 @@ if [[ $evals == *" sweep "* ]] && [[ " ${pairs[*]} " == *" lssa:lssa "* ]]; then
     step "$results/lssa_reweighted.json" python eval_length.py "$out/$name-lssa" --attention lssar --p 15 \
         "${sweep_args[@]}" --out "$results/lssa_reweighted.json"
 fi
-if [ ${#sweeps[@]} -gt 0 ]; then
-    run python scripts/plot_length.py "${sweeps[@]}" -o "$results/sweep.png" --title "$name ($dataset)"
-fi
-if [ ${#passkeys[@]} -gt 0 ]; then
-    run python scripts/plot_passkey.py "${passkeys[@]}" -o "$results/passkey.png"
-fi
-if [ ${#stats[@]} -gt 0 ]; then
-    run python scripts/plot_attention_stats.py "${stats[@]}" -o "$results/attention_stats.png"
-fi
 echo "[reproduce_paper] wall time $(( $(date +%s) - start )) s; results in $results/"
-run python scripts/report.py "$results"
+run python scripts/report.py "$results"   # report.md and its plots
