@@ -7,7 +7,8 @@ Attention maps: the weights of chosen layers and heads over one validation windo
 
 A map at length L shows --rows query rows, evenly spaced over the window, against the keys in
 --rows bins of L / rows positions each: each cell is the attention mass a row puts on that
-bin (log colour scale; white above the diagonal, where keys are not visible). The q and k are
+bin (log colour scale; white where there is no weight: above the diagonal, where keys are not
+visible, and lssar's exact zeros). The q and k are
 captured as scripts/attention_stats.py captures them (after RoPE, as the model runs) and each
 row is computed against its visible keys only, one row at a time: memory stays bounded at 16x.
 The window is drawn from the validation split (seeded, as attention_stats.py draws its windows).
@@ -69,7 +70,8 @@ def maps_of(model, tokens, lengths, rows, layers, heads, seed, autocast):
 
 def plot(maps, lengths, layers, heads, context, title, unit, out):
     pairs = [(layer, head) for layer in layers for head in heads]
-    fig, axes = plt.subplots(len(pairs), len(lengths), figsize=(4 * len(lengths), 3.6 * len(pairs)), squeeze=False)
+    fig, axes = plt.subplots(len(pairs), len(lengths), figsize=(4 * len(lengths) + 1, 3.6 * len(pairs)),
+                             squeeze=False, layout="constrained")
     for row, (layer, head) in enumerate(pairs):
         for col, length in enumerate(lengths):
             m = np.ma.masked_less_equal(maps[length, layer, head], 0)   # invisible keys (and exact zeros) blank

@@ -172,3 +172,17 @@ def test_reproduce_small_commands_resolve(mode, config):
     ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
     assert ps == [3.0, 15.0]
 
+
+
+def test_reproduce_paper_skips_the_evaluations_already_done(tmp_path):
+    results = tmp_path / "results"
+    for done in ("sweep/softmax.json", "maps/softmax.png"):
+        (results / done).parent.mkdir(parents=True, exist_ok=True)
+        (results / done).write_text("{}")
+    proc = dry_run_paper(tmp_path, "8", TYPES="softmax lssa", RESULTS=str(results))
+    outs = [line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("+ python") and "--out" in line]
+    assert f"{results}/sweep/softmax.json" not in outs and f"{results}/sweep/lssa.json" in outs
+    assert f"{results}/passkey/softmax.json" in outs
+    assert f"= {results}/sweep/softmax.json exists: skipped" in proc.stdout
+    assert f"= {results}/maps/softmax.png exists: skipped" in proc.stdout
+    assert "+ torchrun" in proc.stdout and proc.stdout.count("--attention=softmax ") == 1   # training resumes itself
