@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's effect at small scale: softmax, lssa, lssar (p=15) and lssar (p=3) trained on the
-# embedded corpus; the 1x-16x sweep, the lssa model re-weighted at inference, plots; on GPT-2
+# embedded corpus; the 1x-16x sweep, the lssa model re-weighted at inference (the paper's early,
+# training-free claim; from v3 on lssar is trained from scratch), plots; on GPT-2
 # tokens also passkey retrieval at 1x-8x. Then the paper's baselines and ablations (sigmoid,
 # relu, ssmax, softmax_reweight, sigmoid_l1_reweight) trained and swept the same way
 # (BASELINES=0 skips them). Last, results/<name>/report.md (scripts/report.py) beside the paper's numbers.

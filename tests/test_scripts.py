@@ -171,6 +171,7 @@ def test_reproduce_small_commands_resolve(mode, config):
     assert any(e[1] == "eval_passkey.py" for e in evals) == (mode == "gpu")
     ps = sorted(load_config(c[2:]).reweight_p for c in trains if load_config(c[2:]).attention == "lssar")
     assert ps == [3.0, 15.0]
+    assert commands[-1] == ["python", "scripts/report.py", f"results/{'small' if mode == 'gpu' else 'small-cpu'}"]
 
 
 
