@@ -63,7 +63,8 @@ def load_results(folder):
         try:
             with open(path) as f:
                 report = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            print(f"warning: {path} is not readable JSON ({e}); left out of the report", file=sys.stderr)
             continue
         kind = producer(report)
         if kind:
