@@ -105,10 +105,18 @@ def hardware(device="cpu"):
 
 
 def write_json(report, path):
-    """Write a result as indented JSON, making its directory; say where."""
+    """Write a result as indented JSON, making its directory; say where. Atomically (a temporary
+    file renamed into place): scripts/reproduce_paper.sh takes a result file that exists as a
+    finished evaluation, so an interrupted write must leave none."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     print(f"wrote {path}")
 
 

@@ -102,15 +102,30 @@ def stats_one_length(model, windows, buckets, batch, autocast):
     sums = torch.zeros(len(STATS), cfg.n_layer, len(buckets), cfg.n_head, dtype=torch.float64, device=device)
     counts = torch.zeros(cfg.n_layer, len(buckets), cfg.n_head, dtype=torch.float64, device=device)
 
+    def record(layer, module, q, k):
+        stats = layer_row_stats(q, k, module.attention, module.p, positions, cfg.block_size, module.ssmax_scale)
+        valid = ~stats["entropy"].isnan()                                       # (B, H, rows)
+        for s, name in enumerate(STATS):
+            per_row = torch.where(valid, stats[name], 0.0).double().sum(0)      # (H, rows)
+            sums[s, layer].index_add_(0, bucket_of, per_row.T)
+        counts[layer].index_add_(0, bucket_of, valid.double().sum(0).T)
+
+    capture_qk(model, windows, batch, autocast, record)
+    return sums.cpu(), counts.cpu()
+
+
+@torch.no_grad()
+def capture_qk(model, windows, batch, autocast, on_layer):
+    """Run the model over windows (int64 (N, T) numpy), `batch` at a time, and call
+    on_layer(layer, attention module, q, k) for every layer of every batch, q and k (B, H, T, d)
+    after RoPE: recomputed from the block's input, so exactly what the attention saw. Only the
+    model's activations and one layer's q, k live at once; what on_layer keeps is its own."""
+    device = next(model.parameters()).device
+
     def hook(layer):
         def record(module, args, output):
-            q, k, _ = module.qkv(*args)   # recomputed from the block's input: what the attention saw
-            stats = layer_row_stats(q, k, module.attention, module.p, positions, cfg.block_size, module.ssmax_scale)
-            valid = ~stats["entropy"].isnan()                                       # (B, H, rows)
-            for s, name in enumerate(STATS):
-                per_row = torch.where(valid, stats[name], 0.0).double().sum(0)      # (H, rows)
-                sums[s, layer].index_add_(0, bucket_of, per_row.T)
-            counts[layer].index_add_(0, bucket_of, valid.double().sum(0).T)
+            q, k, _ = module.qkv(*args)
+            on_layer(layer, module, q, k)
         return record
 
     handles = [block.attn.register_forward_hook(hook(i)) for i, block in enumerate(model.transformer.h)]
@@ -121,7 +136,6 @@ def stats_one_length(model, windows, buckets, batch, autocast):
     finally:
         for h in handles:
             h.remove()
-    return sums.cpu(), counts.cpu()
 
 
 def summarise(sums, counts, length, bucket):

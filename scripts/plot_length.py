@@ -93,8 +93,9 @@ def plot(runs, out, title=None):
     save_figure(fig, out)
 
 
-def save_figure(fig, out):
-    fig.tight_layout()
+def save_figure(fig, out, tight=True):
+    if tight:   # not with a colorbar spanning several axes
+        fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -1,42 +1,145 @@
 #!/usr/bin/env bash
-# The paper's experiment on one multi-GPU box: FineWeb-10B shards, GPT-2 124M + RoPE trained
-# with softmax, lssa and lssar (18,865 steps of 524,288 tokens each), the 1x-16x length sweep
-# (plus the lssa model re-weighted at inference), and the plots.
-#   bash scripts/reproduce_paper.sh 8                 # 8 GPUs
+# The paper's whole experiment on one multi-GPU box: FineWeb-10B shards, GPT-2 124M + RoPE trained
+# with every attention type of the paper (the six main curves, the ablations, the decomposition
+# types attention.RECIPES has), 18,865 steps of 524,288 tokens each; then per run the 1x-16x
+# length sweep, passkey retrieval at 1K-16K, zero-shot downstream tasks, attention statistics and
+# maps; the lssa model re-weighted at inference (the early versions' claim); plots and one report,
+# results/<config name>/report.md, with the paper's numbers beside ours.
+#   bash scripts/reproduce_paper.sh 8                        # 8 GPUs
+#   DRY_RUN=1 bash scripts/reproduce_paper.sh 8              # every command and the cost estimate, nothing run
+#   TYPES="softmax lssar" bash scripts/reproduce_paper.sh 8  # a subset of the runs below
 #   CONFIG=config/paper_124m_owt.py bash scripts/reproduce_paper.sh 8
-#   DRY_RUN=1 bash scripts/reproduce_paper.sh 8       # print the commands only
-# Every step is resumable: re-running skips finished work and resumes interrupted training.
+# An interrupted run picks up where it stopped: training resumes from its newest checkpoint
+# (--init_from=auto), and an evaluation whose output file exists is skipped (delete it to redo it).
+# More knobs (evaluation sizes, tasks, toy-scale overrides): docs/reproducing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ngpu=${1:?usage: bash scripts/reproduce_paper.sh NUM_GPUS}
 config=${CONFIG:-config/paper_124m.py}
-name=$(basename "$config" .py)
-results=results/$name
+name=${NAME:-$(basename "$config" .py)}
+results=${RESULTS:-results/$name}
+out=${OUT_ROOT:-out}
+read -r -a train_args <<< "${TRAIN_ARGS:-}"        # extra train.py options for every run
+read -r -a sweep_args <<< "${SWEEP_ARGS:-}"        # extra eval_length.py options (e.g. --tokens N)
+read -r -a stats_args <<< "${STATS_ARGS:-}"        # extra scripts/attention_stats.py options
+read -r -a maps_args <<< "${MAPS_ARGS:-}"          # extra scripts/plot_attention_maps.py options
+read -r -a passkey_lengths <<< "${PASSKEY_LENGTHS:-1024 1536 4096 8192 16384}"
+passkey_trials=${PASSKEY_TRIALS:-20}               # per length and depth cell (5 cells): 100 prompts a length
+# the paper's four zero-shot tasks, then the rest of eval_downstream.py's defaults
+tasks=${TASKS:-arc_easy,hellaswag,piqa,sciq,arc_challenge,winogrande,lambada_openai}
+read -r -a downstream_args <<< "${DOWNSTREAM_ARGS:-}${TASKS_PATH:+ --include_path $TASKS_PATH}"
+evals=" ${EVALS:-sweep passkey downstream stats maps} "
+
+# The runs: run name, attention type, train.py options. One line per run; a type that
+# attention.RECIPES does not have (yet) is skipped with a note, and every type of RECIPES not
+# listed here (ssmax; the decomposition types as they are added) is appended with its defaults.
+RUNS=(
+    "softmax softmax"                          # the six main curves
+    "sigmoid sigmoid"                          #   sigma(q.k/sqrt(d) - ln n), Ramapuram et al. 2024
+    "relu relu"                                #   relu(q.k/sqrt(d)) / n, Wortsman et al. 2023
+    "lssa lssa"
+    "lssar-p3 lssar --reweight_p=3.0"
+    "lssar lssar"                              #   p = 15
+    "softmax_reweight softmax_reweight"        # the re-weighting ablations
+    "sigmoid_l1_reweight sigmoid_l1_reweight"
+)
+
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
-if [ -z "${DRY_RUN:-}" ]; then source scripts/env.sh; fi  # the active environment, else ./.venv
+# step OUTPUT COMMAND...: run COMMAND unless OUTPUT is there already (finished earlier)
+step() { if [ -e "$1" ]; then echo "= $1 exists: skipped"; else run "${@:2}"; fi; }
+start=$(date +%s)
+if [ -z "${DRY_RUN:-}" ]; then   # every invocation, with its wall time, appended beside the results
+    mkdir -p "$results"
+    exec > >(tee -a "$results/run.log") 2>&1
+    source scripts/env.sh        # the active environment, else ./.venv
+    log_start reproduce_paper bash scripts/reproduce_paper.sh "$@"
+fi
 
 # the config must load and the step must split over this many GPUs: checked before hours of data prep.
 # A dry run skips env.sh, so it may be in a shell without torch (and without `python`, hence
 # python3): the keys that need torch to check (attention and model names) wait for the real run.
-dataset=$(python3 -c "
+read -r dataset data_dir tokenizer < <(python3 -c "
 import importlib.util, sys
 from configurator import ConfigError, grad_accum_steps, load_config
 have_torch = importlib.util.find_spec('torch') is not None
 try:
-    cfg = load_config(['$config'], check_model=have_torch)
-    grad_accum_steps(cfg, int('$ngpu'))
+    cfg = load_config(sys.argv[2:], check_model=have_torch)
+    grad_accum_steps(cfg, int(sys.argv[1]))
 except (ConfigError, ValueError) as e:
-    sys.exit(f'config error with $ngpu GPUs: {e}')
+    sys.exit(f'config error with {sys.argv[1]} GPUs: {e}')
 if not have_torch:
     print('[dry run] no torch in this shell: attention and model names not checked', file=sys.stderr)
-print(cfg.dataset)")
-run python data/prepare.py "$dataset"
-for attention in softmax lssa lssar; do
-    run torchrun --standalone --nproc_per_node="$ngpu" train.py "$config" --attention=$attention \
-        --out_dir=out/$name-$attention --init_from=auto
+from data.catalog import read_meta
+tokenizer = cfg.tokenizer or ('bytes' if cfg.dataset.endswith('-bytes') else 'gpt2')
+if cfg.data_dir:   # the shards' own tokenizer (no meta.json: GPT-2's, as the loaders take it)
+    tokenizer = cfg.tokenizer or read_meta(cfg.data_dir).get('tokenizer', 'gpt2')
+print(cfg.dataset, cfg.data_dir or '-', tokenizer)" "$ngpu" "$config" "${train_args[@]}") \
+    || exit 1
+
+# which runs: the list above, filtered by attention.RECIPES, then by TYPES
+recipes=" $(python3 scripts/paper_plan.py types | tr '\n' ' ') "
+listed=" "
+for line in "${RUNS[@]}"; do read -r _ attention _ <<< "$line"; listed+="$attention "; done
+for attention in $recipes; do
+    [[ $listed == *" $attention "* ]] || RUNS+=("$attention $attention")
 done
-run python eval_length.py out/$name-softmax out/$name-lssa out/$name-lssar --out $results/sweep.json
-run python eval_length.py out/$name-lssa --attention lssar --p 15 --out $results/lssa_reweighted.json
-run python scripts/plot_length.py $results/sweep.json $results/lssa_reweighted.json -o $results/sweep.png \
-    --title "$name ($dataset)"
-run python scripts/table_length.py $results/sweep.json $results/lssa_reweighted.json
+selected=() names=" "
+for line in "${RUNS[@]}"; do
+    read -r run_name attention _ <<< "$line"
+    names+="$run_name "
+    if [[ $recipes != *" $attention "* ]]; then
+        echo "# $run_name skipped: attention.RECIPES has no type $attention (yet)"
+    elif [ -z "${TYPES:-}" ] || [[ " $TYPES " == *" $run_name "* ]]; then
+        selected+=("$line")
+    fi
+done
+for wanted in ${TYPES:-}; do
+    [[ $names == *" $wanted "* ]] || { echo "error: TYPES names unknown run $wanted; runs:$names" >&2; exit 2; }
+done
+
+pairs=()
+for line in "${selected[@]}"; do read -r run_name attention _ <<< "$line"; pairs+=("$run_name:$attention"); done
+python3 scripts/paper_plan.py cost "$ngpu" "${pairs[@]}" -- "$config" "${train_args[@]}"
+
+if [ "$data_dir" = - ]; then
+    prepare=(python data/prepare.py "$dataset")
+    [ "$tokenizer" = bytes ] && prepare+=(--tokenizer bytes)
+    run "${prepare[@]}"
+fi
+if [ "$ngpu" = 1 ]; then launch=(python); else launch=(torchrun --standalone --nproc_per_node="$ngpu"); fi
+for line in "${selected[@]}"; do
+    read -r run_name attention options <<< "$line"
+    read -r -a options <<< "${options:-}"
+    dir=$out/$name-$run_name
+    run "${launch[@]}" train.py "$config" --attention="$attention" --out_dir="$dir" --init_from=auto \
+        "${options[@]}" "${train_args[@]}"
+    if [[ $evals == *" sweep "* ]]; then
+        step "$results/sweep/$run_name.json" python eval_length.py "$dir" "${sweep_args[@]}" \
+            --out "$results/sweep/$run_name.json"
+    fi
+    if [[ $evals == *" passkey "* ]] && [ "$tokenizer" = gpt2 ]; then   # the prompts are GPT-2 text
+        step "$results/passkey/$run_name.json" python eval_passkey.py "$dir" --lengths "${passkey_lengths[@]}" \
+            --trials "$passkey_trials" --out "$results/passkey/$run_name.json"
+    fi
+    if [[ $evals == *" downstream "* ]] && [ "$tokenizer" = gpt2 ]; then
+        step "$results/downstream/$run_name.json" python eval_downstream.py "$dir" --tasks "$tasks" \
+            "${downstream_args[@]}" --out "$results/downstream/$run_name.json"
+    fi
+    if [[ $evals == *" stats "* ]]; then
+        step "$results/attention_stats/$run_name.json" python scripts/attention_stats.py "$dir" "${stats_args[@]}" \
+            --out "$results/attention_stats/$run_name.json"
+    fi
+    if [[ $evals == *" maps "* ]]; then
+        step "$results/maps/$run_name.png" python scripts/plot_attention_maps.py "$dir" "${maps_args[@]}" \
+            -o "$results/maps/$run_name.png"
+    fi
+done
+
+# The early versions' claim (v1/v2): the re-weighting applied at inference to a trained lssa
+# model. From v3 on lssar is trained from scratch; this is kept as a check, not one of the curves.
+if [[ $evals == *" sweep "* ]] && [[ " ${pairs[*]} " == *" lssa:lssa "* ]]; then
+    step "$results/lssa_reweighted.json" python eval_length.py "$out/$name-lssa" --attention lssar --p 15 \
+        "${sweep_args[@]}" --out "$results/lssa_reweighted.json"
+fi
+echo "[reproduce_paper] wall time $(( $(date +%s) - start )) s; results in $results/"
+run python scripts/report.py "$results"   # report.md and its plots

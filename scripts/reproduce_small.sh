@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The paper's effect at small scale: softmax, lssa, lssar (p=15) and lssar (p=3) trained on the
-# embedded corpus; the 1x-16x sweep, the lssa model re-weighted at inference, plots; on GPT-2
+# embedded corpus; the 1x-16x sweep, the lssa model re-weighted at inference (the paper's early,
+# training-free claim; from v3 on lssar is trained from scratch), plots; on GPT-2
 # tokens also passkey retrieval at 1x-8x. Then the paper's baselines and ablations (sigmoid,
 # relu, ssmax, softmax_reweight, sigmoid_l1_reweight) trained and swept the same way
-# (BASELINES=0 skips them).
+# (BASELINES=0 skips them). Last, results/<name>/report.md (scripts/report.py) beside the paper's numbers.
 #   bash scripts/reproduce_small.sh            # one GPU: config/small_gpu.py (GPT-2 tokens, context 256)
 #                                              # -> results/small/
 #   bash scripts/reproduce_small.sh cpu        # 2 CPU cores, under 30 min: config/demo_cpu.py (bytes, context
@@ -69,3 +70,4 @@ if [ "${BASELINES:-1}" = 1 ]; then
     fi
 fi
 echo "[reproduce_small] wall time $(( $(date +%s) - start )) s; results in $results/"
+run python scripts/report.py $results   # results/<name>/report.md, as scripts/reproduce_paper.sh writes it

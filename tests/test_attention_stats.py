@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import attention_stats  # noqa: E402
+import plot_attention_maps  # noqa: E402
 import plot_attention_stats  # noqa: E402
 from attention import ATTENTION_TYPES, RECIPES, attention_weights  # noqa: E402
 from checkpoint import load_model  # noqa: E402
@@ -172,3 +173,17 @@ def test_plot_is_written(report, tmp_path):
     png = tmp_path / "stats.png"
     plot_attention_stats.main([str(out), "-o", str(png), "--title", "tiny"])
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["softmax", "lssar", "relu"])
+def test_attention_map_bins_the_full_matrix_rows(kind):
+    # each map row: the full T x T matrix's row, summed over bins of T / bins keys by hand
+    torch.manual_seed(0)
+    T, H, bins = 24, 2, 6
+    q, k = torch.randn(1, H, T, 8), torch.randn(1, H, T, 8)
+    full = attention_weights(q, k, kind)[0]                                         # (H, T, T)
+    rows = plot_attention_maps.map_rows(T, 4)
+    assert rows == [5, 11, 17, 23]
+    got = plot_attention_maps.binned_map(q, k, kind, 15.0, rows, bins)
+    expected = full[:, rows].reshape(H, len(rows), bins, T // bins).sum(-1)
+    torch.testing.assert_close(got, expected.double(), rtol=1e-5, atol=1e-7)

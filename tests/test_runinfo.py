@@ -27,3 +27,15 @@ def test_code_version_dirty_means_code_not_results(tmp_path, monkeypatch):
 def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("KEEP_FREED_MEMORY", "0")  # for a machine short of memory, and for bench_memory.py
     assert runinfo.keep_freed_memory() is False
+
+
+def test_write_json_leaves_no_file_when_interrupted(tmp_path):
+    # reproduce_paper.sh skips an evaluation whose result file exists: a half-written one must not
+    path = tmp_path / "sweep" / "lssar.json"
+    try:
+        runinfo.write_json({"runs": [{"loss": 1.0}, object()]}, str(path))   # fails halfway through
+    except TypeError:
+        pass
+    assert list(tmp_path.rglob("*")) == [tmp_path / "sweep"]
+    runinfo.write_json({"runs": []}, str(path))
+    assert path.read_text() == '{\n  "runs": []\n}'

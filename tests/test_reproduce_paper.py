@@ -1,0 +1,135 @@
+"""scripts/paper_plan.py's cost estimate, and scripts/reproduce_paper.sh end to end at toy scale
+(two types, every evaluation, the report) on the CPU."""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import paper_plan  # noqa: E402
+from model import GPT, config_from_preset  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENS = 18865 * 524288            # the paper's run: steps x tokens per step
+
+
+def meta_model(preset):
+    with torch.device("meta"):   # shapes only: no memory, no initialisation
+        return GPT(config_from_preset(preset, vocab_size=50304))
+
+
+def bench_file(folder, **tokens_per_s):
+    """A bench_train.json as scripts/bench_train.py writes it: 124M at context 1024; one type failed."""
+    results = [{"attention": a, "tokens_per_s": t, "config": {"model": "gpt2-124M", "batch_size": 16,
+                                                              "block_size": 1024}} for a, t in tokens_per_s.items()]
+    results.append({"attention": "relu", "error": "InductorError: ..."})
+    os.makedirs(folder / "Some-GPU")
+    (folder / "Some-GPU" / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": "Some GPU"}, "results": results}))
+
+
+def test_estimate_uses_each_measured_figure_and_the_slowest_for_the_rest(tmp_path):
+    bench_file(tmp_path, softmax=500_000.0, lssa=250_000.0)
+    runs = [("softmax", "softmax"), ("lssa", "lssa"), ("lssar", "lssar"), ("relu", "relu")]
+    e = paper_plan.estimate(["config/paper_124m.py"], 8, runs, str(tmp_path))
+    rows = {r["run"]: r for r in e["rows"]}
+    assert e["tokens_per_run"] == TOKENS and e["grad_accum"] == 2
+    assert rows["softmax"]["gpu_hours"] == pytest.approx(TOKENS / 500_000 / 3600)          # 5.49 h
+    assert rows["lssa"]["gpu_hours"] == pytest.approx(TOKENS / 250_000 / 3600)
+    for r in ("lssar", "relu"):   # never measured (relu's measurement failed): the slowest measured figure
+        assert not rows[r]["measured"] and rows[r]["tokens_per_s"] == 250_000.0 and "lssa's 250,000" in rows[r]["figure"]
+    assert e["gpu_hours"] == pytest.approx(TOKENS * (1 / 500_000 + 3 / 250_000) / 3600)
+    # disk: fineweb-10B's 10^10 tokens at 2 bytes; (2 kept + 1 being written) checkpoints of
+    # 12 bytes a parameter, the parameters counted by the model itself
+    params = meta_model("gpt2-124M").num_params()
+    assert e["params"] == params and e["data_bytes"] == 2 * 10**10
+    assert e["ckpt_total_bytes"] == 4 * 3 * 12 * params
+
+
+def test_estimate_scales_to_another_model_by_flops_per_token(tmp_path):
+    bench_file(tmp_path, softmax=500_000.0)
+    e = paper_plan.estimate(["config/paper_350m.py"], 8, [("softmax", "softmax")], str(tmp_path))
+    flops = {m: meta_model(m).flops_per_token(1024)["matmul"]
+             for m in ("gpt2-124M", "gpt2-350M")}
+    assert e["rows"][0]["tokens_per_s"] == pytest.approx(500_000 * flops["gpt2-124M"] / flops["gpt2-350M"])
+
+
+def test_estimate_without_measurements_says_how_to_make_one(tmp_path):
+    with pytest.raises(SystemExit, match="bench_train.py"):
+        paper_plan.estimate(["config/paper_124m.py"], 8, [("softmax", "softmax")], str(tmp_path))
+
+
+def toy_env(synth_dir, tmp_path):
+    """reproduce_paper.sh at toy scale: a tiny model with GPT-2's vocabulary on the synthetic
+    shards (so passkey prompts and lm-eval's local task fit), a few steps, small evaluations."""
+    train = (f"--data_dir={synth_dir} --model=tiny --vocab_size=50304 --block_size=32 --batch_size=8 --eval_iters=1 "
+             "--max_iters=6 --eval_interval=3 --ckpt_interval=6 --log_interval=2 --learning_rate=1e-2")
+    return {**os.environ, "NO_INSTALL": "1", "CONFIG": "config/demo_cpu.py", "NAME": "toy", "TYPES": "softmax lssar",
+            "RESULTS": str(tmp_path / "toy"), "OUT_ROOT": str(tmp_path / "out"), "TRAIN_ARGS": train,
+            "SWEEP_ARGS": "--multipliers 1 2 4 --tokens 512", "STATS_ARGS": "--multipliers 1 4 --windows 1 --rows 4",
+            "MAPS_ARGS": "--multipliers 1 4 --rows 8", "PASSKEY_LENGTHS": "64 96", "PASSKEY_TRIALS": "1",
+            "TASKS": "tiny_mc", "TASKS_PATH": "tests/lm_eval_tasks", "DOWNSTREAM_ARGS": "--limit 4",
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+
+
+def table_rows(markdown, heading):
+    """The rows (lists of cells) of the first table after `heading` in a markdown text."""
+    section = markdown[markdown.index(heading):]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    rows, started = [], False
+    for line in section.splitlines():
+        if line.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif started:
+            break
+    assert lines, heading
+    return rows[0], rows[2:]
+
+
+@pytest.mark.slow
+def test_reproduce_paper_end_to_end_at_toy_scale(synth_dir, tmp_path):
+    if os.environ.get("CI"):
+        import lm_eval  # noqa: F401 - CI installs it (requirements-eval.txt): its absence is a failure there
+    else:
+        pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install -r requirements-eval.txt")
+    env = toy_env(synth_dir, tmp_path)
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "toy"
+    report = (results / "report.md").read_text()
+    sweep = {r: json.loads((results / "sweep" / f"{r}.json").read_text())["runs"][0] for r in ("softmax", "lssar")}
+    # the paper's layout: ours (paper, ours - paper) at 1x, 2x, 4x; the paper's numbers typed in by hand
+    head, rows = table_rows(report, "## Validation loss against inference length")
+    assert head[:5] == ["attention", "run", "1x", "2x", "4x"]
+    assert [row[:2] for row in rows] == [["softmax", "toy-softmax"], ["lssar p=15", "toy-lssar"]]
+    for row, run, paper in ((rows[0], "softmax", (3.19, 4.17, 5.45)), (rows[1], "lssar", (3.19, 3.19, 3.23))):
+        for cell, result, theirs in zip(row[2:5], sweep[run]["results"], paper):
+            assert cell == f"{result['loss']:.3f} ({theirs:.2f}, {result['loss'] - theirs:+.2f})"
+    # passkey by length and depth; downstream with standard errors; statistics; curves and maps
+    head, rows = table_rows(report, "## Passkey retrieval")
+    assert head == ["run", "evaluated as", "64 (2x)", "96 (3x)"] and len(rows) == 2
+    head, rows = table_rows(report, "Accuracy by depth")
+    assert head[:3] == ["run", "length", "depth 0"] and all(re.fullmatch(r"[01]/1", c) for row in rows for c in row[2:])
+    downstream = json.loads((results / "downstream" / "softmax.json").read_text())["runs"][0]["results"]["tiny_mc"]
+    head, rows = table_rows(report, "## Zero-shot downstream tasks")
+    assert head == ["run", "evaluated as", "tiny_mc"]
+    assert rows[0][2] == f"{downstream['acc']['value']:.4f} ± {downstream['acc']['stderr']:.4f} (n=4)"
+    head, rows = table_rows(report, "## Attention statistics")
+    assert head[3:] == ["32", "128"] and len(rows) == 6
+    head, rows = table_rows(report, "## Training")
+    assert [row[:2] for row in rows] == [["toy-softmax", "6"], ["toy-lssar", "6"]]
+    for png in ("length.png", "curves.png", "passkey.png", "attention_stats.png", "maps/softmax.png", "maps/lssar.png"):
+        assert (results / png).stat().st_size > 0, png
+    assert re.search(r"wall time: [\d.]+ min over 1 invocation", report)
+    # re-running skips every finished evaluation (training resumes and finds itself complete)
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, env={**env, "DRY_RUN": "1"},
+                          capture_output=True, text=True, check=True)
+    ran = [shlex.split(line[2:])[1] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    assert ran == ["train.py", "train.py", "scripts/report.py"]
+    assert proc.stdout.count("exists: skipped") == 10
