@@ -118,11 +118,3 @@ class LssaGPTForCausalLM(GPTNeoXForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         self.gpt_neox.rotary_emb = Float64Rotary(config)
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
-        # Positions count only real tokens, so a left-padded row matches the same row unpadded
-        # (transformers' generate() does this itself; a plain forward call would not).
-        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
-            T = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).size(1)
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
