@@ -148,6 +148,7 @@ def model_card(ckpt, cfg, portable, sweep):
     run = run_name(ckpt)
     losses = final_losses(os.path.dirname(ckpt["path"]), ckpt["step"])
     train = ckpt["config"]
+    trust = "" if portable else ", trust_remote_code=True"
     lines = [f"# {run}: {describe(cfg.attention, cfg.reweight_p)} attention",
              "",
              f"A GPT-2-style model with RoPE and {describe(cfg.attention, cfg.reweight_p)} attention, trained with "
@@ -156,8 +157,8 @@ def model_card(ckpt, cfg, portable, sweep):
              "",
              "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             f"model = AutoModelForCausalLM.from_pretrained(PATH{'' if portable else ', trust_remote_code=True'})",
-             "tokenizer = AutoTokenizer.from_pretrained(PATH)   # prepends the document separator",
+             f"model = AutoModelForCausalLM.from_pretrained(PATH{trust})",
+             f"tokenizer = AutoTokenizer.from_pretrained(PATH{trust})   # prepends the document separator",
              "```",
              "",
              f"- model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, vocabulary {cfg.vocab_size}, "
