@@ -20,7 +20,6 @@ The exact definitions and their numerical traps are in the README ("The maths").
 plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
 gradient, and the tests hold them to it.
 """
-import importlib
 import math
 import warnings
 
@@ -182,10 +181,15 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=N
 
 
 def kernel_module():
-    """kernels.lssa_triton, imported when a fused kernel may run (it needs triton). By name, not
-    by an import statement: transformers checks a model folder's import statements against the
-    installed packages, and an exported folder (hf_lssa.py) carries this file without kernels/."""
-    return importlib.import_module("kernels.lssa_triton")
+    """kernels.lssa_triton, imported when a fused kernel may run (it needs triton). The import
+    sits in a try block because transformers checks a model folder's imports outside try blocks
+    against the installed packages, and an exported folder (hf_lssa.py) carries this file
+    without kernels/."""
+    try:
+        from kernels import lssa_triton
+    except ImportError as e:
+        raise ImportError(f"the fused kernels need this repository's kernels/ package and triton: {e}") from e
+    return lssa_triton
 
 
 # backend="auto" on a GPU: (kind, p, device, dtype, head_dim) -> None where the fused kernel

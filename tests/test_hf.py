@@ -183,6 +183,23 @@ def test_generation_config_and_model_card(exports):
                                        "attention.py"}
 
 
+def test_model_card_has_the_runs_losses_and_sweep(transformers, gpt2_vocab_run, tmp_path):
+    from checkpoint import load_checkpoint
+    ckpt = load_checkpoint(gpt2_vocab_run)
+    sweep = {"runs": [{"run": "lssar", "step": ckpt["step"], "label": "lssar [lssar p=15]", "train_context": 32,
+                       "tokens_per_length": 64, "results": [{"length": 32, "loss": 10.5}, {"length": 512, "loss": 11.25}]}]}
+    json.dump(sweep, open(tmp_path / "sweep.json", "w"))
+    folder = export_hf.export(gpt2_vocab_run, str(tmp_path / "card"), sweep=str(tmp_path / "sweep.json"))
+    card = open(os.path.join(folder, "README.md")).read()
+    val_loss = [json.loads(line) for line in open(os.path.join(gpt2_vocab_run, "metrics.jsonl"))][-1]["val_loss"]
+    assert f"val_loss {val_loss:.4f}" in card
+    assert "| 32 (1x) | 10.5000 |" in card and "| 512 (16x) | 11.2500 |" in card
+    sweep["runs"][0]["step"] += 1
+    json.dump(sweep, open(tmp_path / "other.json", "w"))
+    with pytest.raises(ValueError, match="has no length sweep of lssar at step"):
+        export_hf.export(gpt2_vocab_run, str(tmp_path / "card2"), sweep=str(tmp_path / "other.json"))
+
+
 def test_export_errors_and_portable_softmax(exports, tmp_path):
     from transformers import AutoModelForCausalLM
     with pytest.raises(ValueError, match="stock gpt_neox, which has softmax attention only; this checkpoint uses lssar"):
