@@ -151,9 +151,10 @@ def model_card(ckpt, cfg, portable, sweep):
     trust = "" if portable else ", trust_remote_code=True"
     lines = [f"# {run}: {describe(cfg.attention, cfg.reweight_p)} attention",
              "",
-             f"A GPT-2-style model with RoPE and {describe(cfg.attention, cfg.reweight_p)} attention, trained with "
-             "[lssa-gpt](https://arxiv.org/abs/2501.13428) (Gao & Spratling, *Softplus Attention with Re-weighting "
-             "Boosts Length Extrapolation in Large Language Models*), exported by its export_hf.py.",
+             f"A GPT-2-style model with RoPE and {describe(cfg.attention, cfg.reweight_p)} attention, trained and "
+             "exported (export_hf.py) with lssa-gpt, an implementation of Gao & Spratling, *Softplus Attention with "
+             "Re-weighting Boosts Length Extrapolation in Large Language Models* "
+             "([arXiv 2501.13428](https://arxiv.org/abs/2501.13428)).",
              "",
              "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -163,9 +164,10 @@ def model_card(ckpt, cfg, portable, sweep):
              "",
              f"- model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, vocabulary {cfg.vocab_size}, "
              f"trained at a context of {cfg.block_size} tokens (RoPE base {cfg.rope_base:g}; it runs longer)",
-             f"- tokenizer: {train['tokenizer']}; data: {train.get('data_dir', '?')}",
-             f"- training: step {ckpt['step']} of {train.get('max_iters', '?')}, batch {train.get('batch_size', '?')} x "
-             f"{train.get('gradient_accumulation_steps', 1)} accumulation, learning rate {train.get('learning_rate', '?')}",
+             f"- tokenizer: {train['tokenizer']}; data: {train.get('data_dir') or train.get('dataset', '?')}",
+             f"- training: step {ckpt['step']} of {train.get('max_iters', '?')}, "
+             f"{train.get('total_batch_size') or 'one micro-batch of'} tokens per step, "
+             f"learning rate {train.get('learning_rate', '?')}",
              ]
     if losses:
         lines.append("- final losses (nats per token): " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))

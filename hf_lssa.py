@@ -106,7 +106,8 @@ class Float64Rotary(torch.nn.Module):
         self.base = float(config.rope_base)
 
     def forward(self, x, position_ids):
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=x.device) / self.head_dim)
+        half = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=x.device)
+        inv_freq = self.base ** (-half / self.head_dim)
         angles = position_ids.to(torch.float64)[..., None] * inv_freq   # (B, T, head_dim / 2)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().float().to(x.dtype), angles.sin().float().to(x.dtype)
