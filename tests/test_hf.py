@@ -104,7 +104,7 @@ def test_fresh_process_logits_equal_ours_at_1x_and_16x(exports, tmp_path):
         assert max(diffs) < 1e-5, (kind, diffs)
 
 
-def test_lssar_export_never_runs_as_softmax(exports):
+def test_lssar_export_never_runs_as_softmax(exports, tmp_path):
     run, folder = exports["lssar"]
     ours, _ = load_model(run)
     softmax, _ = load_model(run, attention="softmax")
@@ -116,6 +116,10 @@ def test_lssar_export_never_runs_as_softmax(exports):
             logits = model(x).logits
         assert (logits - all_logits(ours, x)).abs().max() < 1e-5
         assert (logits - all_logits(softmax, x)).abs().max() > 0.1
+    model.save_pretrained(tmp_path / "resaved")   # after fine-tuning, say: the code and the type go along
+    assert {"modeling_lssa_gpt.py", "attention.py"} <= set(os.listdir(tmp_path / "resaved"))
+    with torch.no_grad():
+        assert (load_hf(tmp_path / "resaved")(x).logits - all_logits(ours, x)).abs().max() < 1e-5
 
 
 def left_pad(rows, pad):
