@@ -218,7 +218,7 @@ def test_export_errors_and_portable_softmax(exports, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder).eval()   # stock transformers, no code of ours
     assert type(model).__name__ == "GPTNeoXForCausalLM"
     ours, _ = load_model(run)
-    x = torch.randint(0, 256, (1, 16 * CONTEXT))
+    x = torch.randint(0, 256, (1, 16 * CONTEXT), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         diff = (model(x).logits - all_logits(ours, x)).abs()
     # transformers forms RoPE angles in fp32: close, not equal (docs/huggingface.md)
