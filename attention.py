@@ -26,7 +26,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from kernels import KERNEL_TYPES  # ("lssa", "lssar"): the types with a fused kernel
+try:
+    from kernels import KERNEL_TYPES  # ("lssa", "lssar"): the types with a fused kernel
+except ImportError:  # this file alone, in an exported Hugging Face model folder (hf_lssa.py): no kernels there
+    KERNEL_TYPES = ()
 
 # type: (positive weights from scores, l1-normalise rows, re-weight)       source
 RECIPES = {
@@ -115,30 +118,43 @@ def positive_weights(q, k, kind, n, visible, head_scale=None):
     return torch.where(visible, F.relu(s) / n, 0.0)   # relu
 
 
-def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None):
+def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None, visible=None):
     """The attention matrix (B, H, Tq, Tk) of query rows q_start .. q_start+Tq-1 (0-indexed
     positions) against keys 0 .. Tk-1, computed in fp32 (float64 stays float64).
-    head_scale: ssmax's per-head s_h, shape (H,)."""
+    head_scale: ssmax's per-head s_h, shape (H,).
+
+    visible: a boolean mask broadcastable to (B, H, Tq, Tk), True where a query sees a key,
+    in place of the causal one (padding: hf_lssa.py). n_i is then the row's number of visible
+    keys; a row that sees none gets zero weights (never NaN)."""
     check_attention_type(kind)
     dtype = torch.promote_types(q.dtype, torch.float32)
     q, k = q.to(dtype), k.to(dtype)
     Tq, Tk = q.size(-2), k.size(-2)
-    n = torch.arange(q_start + 1, q_start + Tq + 1, device=q.device, dtype=dtype)[:, None]
-    visible = torch.arange(1, Tk + 1, device=q.device, dtype=dtype)[None, :] <= n  # (Tq, Tk)
+    if visible is None:
+        n = torch.arange(q_start + 1, q_start + Tq + 1, device=q.device, dtype=dtype)[:, None]
+        visible = torch.arange(1, Tk + 1, device=q.device, dtype=dtype)[None, :] <= n  # (Tq, Tk)
+    else:
+        n = visible.sum(-1, keepdim=True).to(dtype)
+        if not bool((n > 0).all()):   # a fully masked row: let it see everything, then zero it
+            empty = n == 0
+            a = attention_weights(q, k, kind, p, head_scale=head_scale, visible=visible | empty)
+            return a.masked_fill(empty, 0.0)
     _, normalised, reweighted = RECIPES[kind]
     w = positive_weights(q, k, kind, n, visible, head_scale)
     a = w / w.sum(-1, keepdim=True) if normalised else w
     return reweight(w, a, n, p) if reweighted else a
 
 
-def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=None):
+def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=None, visible=None):
     """Plain-PyTorch causal attention. With autograd it materialises the T x T weights (that
     is what the fast kernels replace); without, it walks over blocks of query rows, each
-    against only the keys it can see, so memory stays bounded at any length."""
+    against only the keys it can see, so memory stays bounded at any length.
+    visible: a boolean mask (B or 1, 1 or H, Tq, Tk) in place of the causal one, for queries
+    and keys of different lengths or padding (attention_weights)."""
     check_attention_type(kind)
-    if kind == "softmax":
+    if kind == "softmax" and visible is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if kind == "ssmax":
+    if kind == "ssmax" and visible is None:
         # s_h·ln(n_i) only rescales row i's scores: fold it into q and use SDPA's kernels
         dtype = torch.promote_types(q.dtype, torch.float32)
         n = torch.arange(1, q.size(-2) + 1, device=q.device, dtype=dtype)
@@ -148,15 +164,32 @@ def reference_attention(q, k, v, kind, p=15.0, chunk_elements=None, head_scale=N
     with torch.autocast(device_type=q.device.type, enabled=False):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         B, H, T, _ = q.shape
+        Tk = k.size(-2)
         chunk_elements = chunk_elements or CHUNK_ELEMENTS.get(q.device.type, CHUNK_ELEMENTS["cpu"])
-        rows = T if needs_grad else max(1, chunk_elements // max(1, B * H * T))
+        rows = T if needs_grad else max(1, chunk_elements // max(1, B * H * Tk))
         out = []
         for r0 in range(0, T, rows):
             r1 = min(T, r0 + rows)
-            a = attention_weights(q[:, :, r0:r1], k[:, :, :r1], kind, p, q_start=r0)
-            out.append(a @ v[:, :, :r1].to(a.dtype))
+            if visible is None:   # causal: rows r0..r1 see keys 0..r1 at most
+                a = attention_weights(q[:, :, r0:r1], k[:, :, :r1], kind, p, q_start=r0)
+                out.append(a @ v[:, :, :r1].to(a.dtype))
+            else:
+                a = attention_weights(q[:, :, r0:r1], k, kind, p, head_scale=head_scale, visible=visible[..., r0:r1, :])
+                out.append(a @ v.to(a.dtype))
         y = out[0] if len(out) == 1 else torch.cat(out, dim=2)
     return y.to(v.dtype)
+
+
+def kernel_module():
+    """kernels.lssa_triton, imported when a fused kernel may run (it needs triton). The import
+    sits in a try block because transformers checks a model folder's imports outside try blocks
+    against the installed packages, and an exported folder (hf_lssa.py) carries this file
+    without kernels/."""
+    try:
+        from kernels import lssa_triton
+    except ImportError as e:
+        raise ImportError(f"the fused kernels need this repository's kernels/ package and triton: {e}") from e
+    return lssa_triton
 
 
 # backend="auto" on a GPU: (kind, p, device, dtype, head_dim) -> None where the fused kernel
@@ -189,7 +222,7 @@ def check_kernel(kind, p, device, dtype, head_dim):
     if torch.compiler.is_compiling():
         return None
     try:
-        from kernels import lssa_triton
+        lssa_triton = kernel_module()
         with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
             x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
             reason = lssa_triton.unsupported_reason(*x, kind)
@@ -229,11 +262,10 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
         return reference_attention(q, k, v, kind, p, head_scale=head_scale)
     if backend == "auto":
         if q.is_cuda and _auto_kernel_applies(q, k, v, kind, p):
-            from kernels import lssa_triton
-            return lssa_triton.lssa_attention(q, k, v, kind, p)
+            return kernel_module().lssa_attention(q, k, v, kind, p)
         return reference_attention(q, k, v, kind, p)
     try:  # backend == "kernel"
-        from kernels import lssa_triton
+        lssa_triton = kernel_module()
     except Exception as e:  # ImportError without triton; anything else is a broken install
         reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
     else:
@@ -249,5 +281,4 @@ def _auto_kernel_applies(q, k, v, kind, p):
     run here but fails to import, compile or launch goes there with a warning (check_kernel)."""
     if check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is not None:
         return False
-    from kernels import lssa_triton   # check_kernel imported it
-    return lssa_triton.unsupported_reason(q, k, v, kind) is None
+    return kernel_module().unsupported_reason(q, k, v, kind) is None

@@ -110,17 +110,23 @@ def encoding_from_ranks(ranks: dict) -> tiktoken.Encoding:
                              special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=N_VOCAB)
 
 
-def _data_gym_files(ranks: dict) -> tuple[bytes, bytes]:
+def byte_stand_ins() -> dict:
+    """{byte: the printable character that GPT-2's files (and byte-level BPE vocabularies) spell it with}."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    char = {b: chr(b) for b in printable}
+    for i, b in enumerate(b for b in range(256) if b not in char):
+        char[b] = chr(256 + i)
+    return char
+
+
+def data_gym_files(ranks: dict) -> tuple[bytes, bytes]:
     """Re-create GPT-2's original vocab.bpe and encoder.json (byte-exact) from the ranks.
 
     The original files spell bytes with printable stand-in characters ("data gym" encoding), and
     vocab.bpe lists each merge as the pair of tokens that forms it. The pair for a token of rank r
     is what byte-level BPE produces on its bytes using only merges of rank < r: that stops at
     exactly two parts."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    char = {b: chr(b) for b in printable}
-    for i, b in enumerate(b for b in range(256) if b not in char):
-        char[b] = chr(256 + i)
+    char = byte_stand_ins()
 
     def spell(token: bytes) -> str:
         return "".join(char[b] for b in token)
@@ -150,7 +156,7 @@ def seed_tiktoken_cache(ranks: dict) -> bool:
         return False
     try:
         d.mkdir(parents=True, exist_ok=True)
-        for (url, sha256), data in zip((VOCAB_BPE, ENCODER_JSON), _data_gym_files(ranks)):
+        for (url, sha256), data in zip((VOCAB_BPE, ENCODER_JSON), data_gym_files(ranks)):
             if _sha256(data) != sha256:  # never hand tiktoken anything but the exact original
                 return False
             path = d / hashlib.sha1(url.encode()).hexdigest()

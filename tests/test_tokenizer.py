@@ -31,7 +31,7 @@ def test_fallback_encoding_matches_tiktoken_on_mixed_unicode():
 
 
 def test_recreated_gpt2_files_match_tiktoken_hashes():
-    vocab_bpe, encoder_json = tokenizer._data_gym_files(tokenizer.load_ranks())
+    vocab_bpe, encoder_json = tokenizer.data_gym_files(tokenizer.load_ranks())
     assert hashlib.sha256(vocab_bpe).hexdigest() == tokenizer.VOCAB_BPE[1]
     assert hashlib.sha256(encoder_json).hexdigest() == tokenizer.ENCODER_JSON[1]
 

@@ -1,0 +1,360 @@
+"""export_hf.py and hf_lssa.py: our checkpoints as transformers models, our attention inside any.
+
+transformers is optional (requirements-hf.txt): these tests skip without it on a developer's
+machine, and fail without it in CI (CI=true), where scripts/test.sh installs it. The models are
+random (no training; scripts/hf_logit_diff.py builds them) with weights large enough that the
+attention types differ sharply.
+    python -m pytest tests/test_hf.py -k fresh -s     # prints the logit differences per type
+"""
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import export_hf
+from attention import ATTENTION_TYPES, reference_attention
+from checkpoint import load_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from hf_logit_diff import all_logits, random_checkpoint  # noqa: E402
+
+TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
+CONTEXT = 32
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    if os.environ.get("CI"):
+        import transformers  # noqa: F401 - CI installs it: its absence is a failure there
+    else:
+        pytest.importorskip("transformers", reason=f"transformers is optional: {export_hf.INSTALL}")
+    import transformers
+    return transformers
+
+
+@pytest.fixture(scope="module")
+def exports(transformers, tmp_path_factory):
+    """{attention type: (run directory, exported folder)}; the softmax one without biases."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for kind in ATTENTION_TYPES:
+        run = random_checkpoint(str(root / "runs" / kind), kind, CONTEXT, bias=kind != "softmax")
+        out[kind] = (run, export_hf.export(run, str(root / "export" / kind)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt2_export(transformers, gpt2_vocab_run, tmp_path_factory):
+    return export_hf.export(gpt2_vocab_run, str(tmp_path_factory.mktemp("hf-gpt2") / "lssar"))
+
+
+def load_hf(folder, **kwargs):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **kwargs).eval()
+
+
+# the fresh process: the folder alone (no repository on sys.path), as a user would load it
+FRESH = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+exports, inputs, out = json.loads(sys.argv[1]), torch.load(sys.argv[2]), {}
+for kind, folder in exports.items():
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        out[kind] = [model(x).logits for x in inputs]
+try:
+    import attention  # the repository's must not be importable: the folder's own code ran
+    out["repository_importable"] = True
+except ImportError:
+    out["repository_importable"] = False
+try:
+    AutoModelForCausalLM.from_pretrained(exports["lssar"])
+    out["without_trust"] = "loaded"
+except Exception as e:
+    out["without_trust"] = f"{type(e).__name__}: {e}"
+torch.save(out, sys.argv[3])
+"""
+
+
+def test_fresh_process_logits_equal_ours_at_1x_and_16x(exports, tmp_path):
+    torch.manual_seed(1)
+    inputs = [torch.randint(0, 256, (2, CONTEXT)), torch.randint(0, 256, (1, 16 * CONTEXT))]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    folders = {kind: folder for kind, (_, folder) in exports.items()}
+    proc = subprocess.run([sys.executable, "-c", FRESH, json.dumps(folders), str(tmp_path / "inputs.pt"),
+                           str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    assert out["repository_importable"] is False
+    assert "trust_remote_code" in out["without_trust"]   # fails, never falls back to stock softmax
+    print("\nmax |logits(transformers) - logits(GPT.forward)|, fp32, CPU")
+    for kind, (run, _) in exports.items():
+        model, _ = load_model(run)
+        diffs = [(theirs - all_logits(model, x)).abs().max().item() for x, theirs in zip(inputs, out[kind])]
+        print(f"  {kind:20s} 1x ({CONTEXT}): {diffs[0]:.2e}   16x ({16 * CONTEXT}): {diffs[1]:.2e}")
+        assert max(diffs) < 1e-5, (kind, diffs)
+
+
+def test_lssar_export_never_runs_as_softmax(exports, tmp_path):
+    run, folder = exports["lssar"]
+    ours, _ = load_model(run)
+    softmax, _ = load_model(run, attention="softmax")
+    x = torch.randint(0, 256, (1, 2 * CONTEXT))
+    for asked in (None, "sdpa", "eager"):
+        model = load_hf(folder, **({"attn_implementation": asked} if asked else {}))
+        assert model.config._attn_implementation == "lssar"
+        with torch.no_grad():
+            logits = model(x).logits
+        assert (logits - all_logits(ours, x)).abs().max() < 1e-5
+        assert (logits - all_logits(softmax, x)).abs().max() > 0.1
+    model.save_pretrained(tmp_path / "resaved")   # after fine-tuning, say: the code and the type go along
+    assert {"modeling_lssa_gpt.py", "attention.py"} <= set(os.listdir(tmp_path / "resaved"))
+    with torch.no_grad():
+        assert (load_hf(tmp_path / "resaved")(x).logits - all_logits(ours, x)).abs().max() < 1e-5
+
+
+def left_pad(rows, pad):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("kind", ["lssar", "lssa", "softmax"])
+def test_left_padded_batch_and_cached_greedy_generate_equal_ours(exports, kind):
+    run, folder = exports[kind]
+    ours, _ = load_model(run)
+    model = load_hf(folder)
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (3, 11, 20)]
+    ids, mask = left_pad(rows, pad=0)
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask).logits
+    for i, r in enumerate(rows):
+        alone = all_logits(ours, torch.tensor([r]))[0]
+        assert (padded[i, -len(r):] - alone).abs().max() < 1e-5
+    new = 2 * CONTEXT   # past the training context
+    with torch.no_grad():
+        generated = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                                   eos_token_id=None)[:, ids.size(1):]
+    assert generated.shape == (3, new)
+    for i, r in enumerate(rows):
+        expected = ours.generate(torch.tensor([r]), new, temperature=0)[0, len(r):]
+        assert generated[i].tolist() == expected.tolist()
+
+
+def test_tokenizers_give_our_ids(exports, gpt2_export):
+    from transformers import AutoTokenizer
+    from data.tokenizer import ByteTokenizer, GPT2Tokenizer
+    ours = ByteTokenizer()
+    tok = AutoTokenizer.from_pretrained(exports["lssar"][1], trust_remote_code=True)
+    texts = ["plain", "a\x00b\x00", "Ā is U+0100, ByteLevel's stand-in for NUL", "naïve 日本 🙂", " \n\t ", ""]
+    for text in texts:
+        assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+        assert tok(text)["input_ids"] == [ours.eot] + ours.encode(text)   # the document separator first
+    for ids in ([0, 104, 105, 0], [255, 254, 104], [226, 130], [104, 226, 130, 172, 0xC0, 0xAF, 105]):
+        assert tok.decode(ids) == ours.decode(ids)   # invalid UTF-8 becomes U+FFFD as in ours
+    assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) == (0, 0, 0)
+    ours = GPT2Tokenizer()
+    tok = AutoTokenizer.from_pretrained(gpt2_export, trust_remote_code=True)
+    texts = ["Hello world", "  leading spaces and trailing  ", "It's 3.14159 o'clock; they'll've",
+             "naïve café 日本語 🙂\n\nnew\tlines", "a" * 300, "don't\r\n"]
+    for text in texts:
+        assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+        assert tok(text)["input_ids"] == [ours.eot] + ours.encode(text)
+        assert tok.decode(ours.encode(text)) == text
+    assert (tok.eos_token_id, tok.bos_token_id) == (ours.eot, ours.eot)
+
+
+def test_generation_config_and_model_card(exports):
+    run, folder = exports["lssa"]
+    gen = json.load(open(os.path.join(folder, "generation_config.json")))
+    assert gen["eos_token_id"] == 0 and gen["do_sample"] and gen["temperature"] == 0.8 and gen["top_k"] == 200
+    card = open(os.path.join(folder, "README.md")).read()
+    assert "lssa attention" in card and "trust_remote_code=True" in card and '"tokenizer": "bytes"' in card
+    assert set(os.listdir(folder)) == {"model.safetensors", "config.json", "generation_config.json", "README.md",
+                                       "tokenizer.json", "tokenizer_config.json", "modeling_lssa_gpt.py",
+                                       "attention.py"}
+
+
+def test_model_card_has_the_runs_losses_and_sweep(transformers, gpt2_vocab_run, tmp_path):
+    from checkpoint import load_checkpoint
+    ckpt = load_checkpoint(gpt2_vocab_run)
+    losses = [{"length": 32, "loss": 10.5}, {"length": 512, "loss": 11.25}]
+    sweep = {"runs": [{"run": "lssar", "step": ckpt["step"], "label": "lssar [lssar p=15]", "train_context": 32,
+                       "tokens_per_length": 64, "results": losses}]}
+    json.dump(sweep, open(tmp_path / "sweep.json", "w"))
+    folder = export_hf.export(gpt2_vocab_run, str(tmp_path / "card"), sweep=str(tmp_path / "sweep.json"))
+    card = open(os.path.join(folder, "README.md")).read()
+    val_loss = [json.loads(line) for line in open(os.path.join(gpt2_vocab_run, "metrics.jsonl"))][-1]["val_loss"]
+    assert f"val_loss {val_loss:.4f}" in card
+    assert "| 32 (1x) | 10.5000 |" in card and "| 512 (16x) | 11.2500 |" in card
+    sweep["runs"][0]["step"] += 1
+    json.dump(sweep, open(tmp_path / "other.json", "w"))
+    with pytest.raises(ValueError, match="has no length sweep of lssar at step"):
+        export_hf.export(gpt2_vocab_run, str(tmp_path / "card2"), sweep=str(tmp_path / "other.json"))
+
+
+def test_export_errors_and_portable_softmax(exports, tmp_path):
+    from transformers import AutoModelForCausalLM
+    with pytest.raises(ValueError, match="softmax attention only; this checkpoint uses lssar"):
+        export_hf.export(exports["lssar"][0], str(tmp_path / "p"), portable=True)
+    with pytest.raises(FileExistsError, match="exists; remove it or choose another folder"):
+        export_hf.export(exports["lssar"][0], exports["lssar"][1])
+    run = exports["softmax"][0]
+    folder = export_hf.export(run, str(tmp_path / "portable"), portable=True)
+    assert "modeling_lssa_gpt.py" not in os.listdir(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()   # stock transformers, no code of ours
+    assert type(model).__name__ == "GPTNeoXForCausalLM"
+    ours, _ = load_model(run)
+    x = torch.randint(0, 256, (1, 16 * CONTEXT), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        diff = (model(x).logits - all_logits(ours, x)).abs()
+    # transformers forms RoPE angles in fp32: close, not equal (docs/huggingface.md)
+    print(f"\nportable softmax export: max |logit difference| {diff[0, :CONTEXT].max():.1e} within the training "
+          f"context, {diff.max():.1e} up to 16x")
+    assert 0 < diff[0, :CONTEXT].max() < 1e-3 and diff.max() < 1e-2
+
+
+# ----------------------------------------------------------------- the attention function alone
+def test_attention_function_counts_visible_keys_from_the_mask(transformers):
+    import hf_lssa
+    torch.manual_seed(3)
+    B, H, T, D = 2, 4, 12, 16
+    q, k, v = (torch.randn(B, H, T, D) * 3 for _ in range(3))
+    pad = [0, 5]   # row 1 left-padded by 5
+    visible = torch.ones(B, 1, T, T).tril().bool()
+    for b, n in enumerate(pad):
+        visible[b, :, :, :n] = False
+    for kind in ATTENTION_TYPES:
+        y, weights = hf_lssa.attention_forward(kind, None, q, k, v, visible)
+        assert weights is None and y.shape == (B, T, H, D)
+        for b, n in enumerate(pad):   # the real tokens alone, as a causal sequence
+            alone = reference_attention(q[b:b + 1, :, n:], k[b:b + 1, :, n:], v[b:b + 1, :, n:], kind,
+                                        head_scale=torch.ones(H))
+            assert torch.allclose(y[b, n:], alone[0].transpose(0, 1), atol=1e-5), kind
+        assert torch.isfinite(y).all() and (y[1, :5] == 0).all()   # fully padded rows: zeros, not NaN
+        # a cached decoding step: one query against T keys, no mask (transformers skips it)
+        step, _ = hf_lssa.attention_forward(kind, None, q[:, :, -1:], k, v, None)
+        full, _ = hf_lssa.attention_forward(kind, None, q, k, v, None)
+        assert torch.allclose(step[:, 0], full[:, -1], atol=1e-5), kind
+
+
+def test_attention_function_grouped_query_heads(transformers):
+    import hf_lssa
+    torch.manual_seed(4)
+    q = torch.randn(1, 4, 10, 8) * 3
+    k, v = torch.randn(1, 2, 10, 8) * 3, torch.randn(1, 2, 10, 8)
+    y, _ = hf_lssa.attention_forward("lssar", None, q, k, v, None)
+    for h in range(4):   # query heads 0, 1 share k/v head 0; heads 2, 3 share head 1
+        one = reference_attention(q[:, h:h + 1], k[:, h // 2:h // 2 + 1], v[:, h // 2:h // 2 + 1], "lssar")
+        assert torch.allclose(y[:, :, h], one[:, 0], atol=1e-6)
+
+
+def tiny_llama(attn_implementation, hidden_size=32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(5)
+    config = LlamaConfig(vocab_size=64, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 1 / math.sqrt(p.size(1)))
+    return model
+
+
+def test_llama_with_lssar_is_causal_and_caches(transformers):
+    import hf_lssa  # noqa: F401 - registers the attention types
+    from transformers import DynamicCache
+    model = tiny_llama("lssar")
+    assert model.config._attn_implementation == "lssar"
+    x = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(x).logits
+        changed = x.clone()
+        changed[:, 15:] = (changed[:, 15:] + 1) % 64
+        assert torch.equal(model(changed).logits[:, :15], full[:, :15])   # causal: the future changes nothing
+        sdpa = tiny_llama("sdpa")
+        assert (sdpa(x).logits - full).abs().max() > 0.1   # the same weights with softmax: lssar really ran
+        # cached decoding: a prefill of 10, then one token at a time (the cache's argument was renamed in 5.x)
+        cache = {("cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"):
+                 DynamicCache()}
+        steps = [model(x[:, :10], use_cache=True, **cache).logits]
+        for t in range(10, 24):
+            steps.append(model(x[:, t:t + 1], use_cache=True, **cache).logits)
+        # (logits of size ~3: transformers' own fp32 rounding differs between the two paths by ~2e-5)
+        assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
+        # a left-padded row (positions from its mask) equals the row alone: n_i counts real keys only
+        ids, mask = left_pad([x[0, :8].tolist(), x[1].tolist()], pad=0)
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        padded = model(ids, attention_mask=mask, position_ids=position_ids).logits
+        assert (padded[0, -8:] - model(x[:1, :8]).logits[0]).abs().max() < 1e-5
+
+
+# ----------------------------------------------------------------- lm-eval's own hf model
+def test_lm_eval_hf_model_scores_like_ours(gpt2_export, gpt2_vocab_run):
+    if os.environ.get("CI"):
+        import lm_eval  # noqa: F401
+    else:
+        pytest.importorskip("lm_eval")
+    import lm_eval
+    from types import SimpleNamespace
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval.models.huggingface import HFLM
+
+    import harness
+    hf = HFLM.create_from_arg_string(
+        f"pretrained={gpt2_export},trust_remote_code=True,dtype=float32", {"batch_size": 4, "device": "cpu"})
+    ours = harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=4)
+    assert hf.max_length == ours.max_length == 32
+    pairs = [("The quick brown fox", " jumps over the lazy dog"), ("Question: What do bees make?\nAnswer:", " honey"),
+             ("And God said ", "Let there be light"), (" ".join(["the sky is blue"] * 12), " and so on")]
+    requests = [SimpleNamespace(args=p) for p in pairs]
+    for (theirs, _), (mine, _) in zip(hf.loglikelihood(requests), ours.loglikelihood(requests)):
+        assert theirs == pytest.approx(mine, abs=1e-4)
+    tasks = TaskManager(include_path=TASKS, include_defaults=False)
+    scores = [lm_eval.simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=tasks)["results"]["tiny_mc"]
+              for lm in (hf, ours)]
+    assert {k: v for k, v in scores[0].items() if k.startswith("acc")} == \
+           {k: v for k, v in scores[1].items() if k.startswith("acc")}
+
+
+# ----------------------------------------------------------------- GPU: the fused kernel inside transformers
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+def test_gpu_kernel_path_inside_transformers(transformers, kind, monkeypatch):
+    import hf_lssa
+    from attention import kernel_module
+    lssa_triton = kernel_module()
+    calls = []
+    real = lssa_triton.lssa_attention
+    monkeypatch.setattr(lssa_triton, "lssa_attention", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(2, 8, 1024, 64, device="cuda", generator=g).bfloat16()
+    k, v = (torch.randn(2, 4, 1024, 64, device="cuda", generator=g).bfloat16() for _ in range(2))  # 4 k/v heads
+    y, _ = hf_lssa.attention_forward(kind, None, q, k, v, None)
+    assert (2, 8, 1024, 64) in calls and y.dtype == torch.bfloat16
+    # against the fp32 reference on the same bf16 inputs, relative to its largest value (as tests/test_kernels.py)
+    expected = reference_attention(q.float(), k.float().repeat_interleave(2, 1), v.float().repeat_interleave(2, 1),
+                                   kind).transpose(1, 2)
+    assert (y.float() - expected).abs().max() / expected.abs().max() < 6e-2
+    model = tiny_llama(kind, hidden_size=64).cuda().to(torch.bfloat16)   # a whole model (head_dim 16) through it
+    calls.clear()
+    with torch.no_grad():
+        model(torch.randint(0, 64, (2, 256), device="cuda"))
+    assert calls.count((2, 4, 256, 16)) == 2   # one per layer (besides check_kernel's own trial launch)
