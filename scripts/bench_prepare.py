@@ -9,7 +9,8 @@ The source is made once, deterministically (seeded pseudo-English: words drawn f
 distribution over a fixed vocabulary, in documents of varied length), as several parquet files
 with several row groups each, under --source-dir. Each run is a fresh `python data/prepare.py
 fineweb-10B --source ... --force` in a subprocess; tokens/s is prepare.py's own figure (meta.json:
-tokens over the time spent tokenizing and writing), and the peak RSS, wall and CPU times come from
+tokens over the time spent tokenizing and writing), tokens per CPU second of the whole process
+(steadier than wall time on a shared machine), and the peak RSS, wall and CPU times come from
 the kernel (scripts/bench_memory.py). The median of the runs is reported.
 """
 import argparse
@@ -69,12 +70,16 @@ def main(argv=None):
                 meta = json.load(f)
             figures["tokens_per_s"] = meta["tokens_per_second"]
             figures["tokens"] = sum(s["tokens"] for s in meta["splits"].values())
+            # CPU time moves less than wall time on a shared machine (start-up included: the same for both)
+            figures["tokens_per_cpu_s"] = round(figures["tokens"] / figures["cpu_s"])
             runs.append(figures)
             print(json.dumps(figures), flush=True)
     report = {"command": " ".join(["python", "scripts/bench_prepare.py"] + (argv or sys.argv[1:])),
               "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+              "median_tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in runs),
               "max_peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "runs": runs}
-    print(f"median {report['median_tokens_per_s']:,.0f} tokens/s over {len(runs)} runs of {runs[0]['tokens']:,} "
+    print(f"median {report['median_tokens_per_s']:,.0f} tokens/s ({report['median_tokens_per_cpu_s']:,.0f} per CPU "
+          f"second, start-up included) over {len(runs)} runs of {runs[0]['tokens']:,} "
           f"tokens, peak RSS {report['max_peak_rss_gib']} GiB")
     if args.out:
         with open(args.out, "w") as f:

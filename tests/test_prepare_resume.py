@@ -24,6 +24,9 @@ WORDS = ("the of and to in is was that for on with as by at from his her they th
 def hub_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the source's snapshot every 8 rows, not 256: so that these small sources resume from the
+    # `datasets` state of a later file/row group, not from their start
+    monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 8)
 
 
 def make_docs(n, seed):
@@ -93,10 +96,10 @@ def snapshot(out):
 CASES = {  # name: (dataset and options, where the first run is killed)
     "parquet-before-first-shard": ("fineweb", "kill@row:1"),  # while the validation shard fills
     "parquet-mid-shard": ("fineweb", "kill@row:57"),
-    "parquet-after-shard-boundary": ("fineweb", "kill@save:3"),
+    "parquet-after-shard-boundary": ("fineweb", "kill@save:6"),
     "parquet-shard-written-not-saved": ("fineweb", "kill@shard:4"),
-    "parquet-2-workers": ("fineweb-2", "kill@save:3"),
-    "jsonl-val-every-after-boundary": ("owt", "kill@save:2"),  # the other split's tokens are in a partial file
+    "parquet-2-workers": ("fineweb-2", "kill@save:6"),
+    "jsonl-val-every-after-boundary": ("owt", "kill@save:5"),  # the other split's tokens are in a partial file
     "jsonl-val-every-mid-shard": ("owt", "kill@row:60"),
     "bytes-mid-shard": ("bytes", "kill@row:50"),
 }
@@ -141,7 +144,11 @@ def test_killed_run_resumes_to_identical_shards(case, parquet_src, jsonl_src, re
         killed = run_forked(args, fault)
     assert killed == -9
     if fault != "kill@row:1":  # progress was saved, and the run resumes from it
-        assert (out / "progress.json").exists()
+        saved = json.loads((out / "progress.json").read_text())
+        assert saved["row"] > 0 and saved["writers"]
+        if saved["row"] >= 8 and case != "parquet-mid-shard":  # (a subprocess snapshots every 256 rows)
+            at, state = saved["snapshot"]
+            assert 0 < at <= saved["row"] and state["examples_iterable"]  # the dataset's own position
     capsys.readouterr()
     prepare.main(args)
     if fault != "kill@row:1":
