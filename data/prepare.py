@@ -26,6 +26,11 @@ Validation split:
 
 Memory stays flat for any dataset size: the hub is streamed, documents go through a bounded
 queue to worker processes, and only the shard being filled is held in memory.
+
+Interrupted (kill, Ctrl-C, a hub outage)? Run the same command again: progress.json, saved at
+every shard boundary, lets it resume, and the shards come out byte-identical to an uninterrupted
+run's. Transient hub errors are retried first. meta.json records each shard's sha256;
+`python data/prepare.py DATASET --verify` re-reads them. See docs/data.md.
 """
 
 import argparse
@@ -222,7 +227,7 @@ class DatasetSource:
         it, failures = iter(dataset), 0
         while True:
             try:
-                if at >= row:
+                if _FAULTS and at >= row:
                     _fault("row", at)
                 example = next(it)
             except StopIteration:
@@ -397,7 +402,8 @@ class ShardWriter:
         self.sha256[name] = write_shard(self.out_dir / name, self.buf[:self.fill])
         self.shards[name] = self.fill
         self.fill = 0
-        _fault("shard", sum(1 for _ in self.out_dir.glob("*.bin")))
+        if _FAULTS:
+            _fault("shard", sum(1 for _ in self.out_dir.glob("*.bin")))
         return True
 
 
@@ -432,10 +438,12 @@ class Progress:
 
     def load(self):
         try:
-            return json.loads(self.path.read_text())
+            state = json.loads(self.path.read_text())
+            self.saves = state["saves"]  # numbers the partial files: a new one never overwrites one in use
+            return state
         except FileNotFoundError:
             return None
-        except ValueError as e:  # never happens through write_atomic; a hand-edited file, say
+        except (ValueError, KeyError) as e:  # never happens through write_atomic; a hand-edited file, say
             raise PrepareError(f"{self.path} is damaged ({e}); pass --force to start afresh") from e
 
     def save(self, state: dict, writers: dict):
@@ -451,7 +459,7 @@ class Progress:
                                               "sha256": hashlib.sha256(data).hexdigest()})
             files[key] = {"shards": w.shards, "sha256": w.sha256,
                           "partial": self.partials[key][2] if w.fill else None}
-        write_atomic(self.path, (json.dumps({**state, "writers": files}, indent=1) + "\n").encode())
+        write_atomic(self.path, (json.dumps({**state, "saves": self.saves, "writers": files}, indent=1) + "\n").encode())
         for f in self.out_dir.glob("progress-*.tokens"):  # those the new progress.json no longer names
             if not any(p and p["file"] == f.name for p in (v["partial"] for v in files.values())):
                 f.unlink()

@@ -158,6 +158,18 @@ def test_killed_run_resumes_to_identical_shards(case, parquet_src, jsonl_src, re
     assert got_meta == meta
 
 
+def test_killed_twice(jsonl_src, reference, tmp_path):
+    """A resumed run killed in its turn: saves are numbered on from the first run's, so the
+    split's unfinished tokens go to new files, never over the ones progress.json names."""
+    files, meta = reference("owt")
+    args = command("owt", None, jsonl_src, tmp_path / "out")
+    assert run_forked(args, "kill@save:3") == -9
+    assert run_forked(args, "kill@save:5") == -9
+    assert json.loads((tmp_path / "out" / "progress.json").read_text())["saves"] == 5
+    prepare.main(args)
+    assert snapshot(tmp_path / "out") == (files, meta)
+
+
 def test_transient_errors_are_retried_then_resumable(parquet_src, reference, tmp_path, capsys, monkeypatch):
     files, meta = reference("fineweb")
     monkeypatch.setattr(prepare, "RETRY_WAIT", 0.001)
