@@ -564,6 +564,7 @@ def write_splits(source, out_dir: Path, prefix: str, shard_size: int, val_every:
             hint = (f"all tokens fit in the first (validation) shard: pass a --shard-size below "
                     f"{splits['val']['tokens']:,}" if not val_every else f"{sum(docs.values())} documents with "
                     f"--val-every {val_every}: give more documents or a smaller --val-every")
+            progress.clear()  # the run is complete, only unusable: another command may use the directory
             raise PrepareError(f"the {s} split is empty ({hint})")
     splits["seconds"] = time.time() - t0
     return splits
