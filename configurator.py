@@ -21,6 +21,7 @@ class TrainConfig:
     # I/O
     out_dir: str = "out/{model}-{dataset}-{attention}"   # {key} is filled from this config
     init_from: str = "scratch"          # "scratch" | "resume" (newest checkpoint in out_dir) | "auto" (resume if any)
+    elastic_resume: bool = False        # resume on another number of processes (the same tokens per step; not bit-exact)
     eval_interval: int = 250            # steps between validation losses
     eval_iters: int = 20                # validation: eval_iters x batch_size windows, the same for any process count
     log_interval: int = 10              # steps between metrics.jsonl lines
@@ -90,7 +91,7 @@ CHOICES = {
 # Keys that may change when a run is resumed; every other key must match the checkpoint's.
 # The learning rate may, so that a run that diverged can go on from its last good checkpoint
 # (the change is in launches.jsonl); the rest do not change the maths.
-RESUMABLE_CHANGES = {"out_dir", "init_from", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
+RESUMABLE_CHANGES = {"out_dir", "init_from", "elastic_resume", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
                      "keep_checkpoints", "wandb_log", "wandb_project", "wandb_run_name", "max_iters",
                      "device", "compile", "backend", "data_dir", "attention_backend", "learning_rate", "min_lr"}
 

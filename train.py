@@ -152,7 +152,9 @@ def main(argv):
         if not checkpoints:
             raise ConfigError(f"--init_from=resume but {cfg.out_dir} has no checkpoint; start with --init_from=scratch")
         ckpt = load_checkpoint(checkpoints[-1][1], map_location=device)
-        changed = config_diff(ckpt["config"], asdict(cfg), ignore=RESUMABLE_CHANGES)
+        # elastic: total_batch_size may change with the layout, as long as the tokens per step do not (below)
+        changed = config_diff(ckpt["config"], asdict(cfg),
+                              ignore=RESUMABLE_CHANGES | ({"total_batch_size"} if cfg.elastic_resume else set()))
         if changed:
             raise ConfigError("cannot resume with a different config: " + ", ".join(
                 f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items()))
@@ -162,8 +164,17 @@ def main(argv):
                   f"schedule now ends at step {cfg.max_iters}. Keep the old schedule with "
                   f"--lr_decay_iters={ckpt['config']['max_iters']}")
         if ckpt["world_size"] != world_size or ckpt["accum"] != accum:
-            raise ConfigError(f"the checkpoint was written by {ckpt['world_size']} processes x {ckpt['accum']} "
-                              f"micro-steps; resume with the same layout for an exact continuation")
+            layout = f"{ckpt['world_size']} processes x {ckpt['accum']} micro-steps"
+            if not cfg.elastic_resume:
+                raise ConfigError(f"the checkpoint was written by {layout}; resume with the same layout for an exact "
+                                  f"continuation, or add --elastic_resume=True to continue on {world_size} process(es) "
+                                  f"with the same tokens per step (not bit-exact: see docs/data.md)")
+            before = ckpt["accum"] * cfg.batch_size * cfg.block_size * ckpt["world_size"]
+            if before != tokens_per_step:
+                raise ConfigError(f"elastic_resume keeps the tokens per optimizer step: the checkpoint's {layout} x "
+                                  f"{cfg.batch_size} x {cfg.block_size} = {before:,}, but now {tokens_per_step:,}; "
+                                  f"use --total_batch_size={before}")
+            resumed_with["layout"] = (layout, f"{world_size} processes x {accum} micro-steps")
 
     # --- model, optimizer, data
     torch.manual_seed(cfg.seed)
@@ -192,7 +203,10 @@ def main(argv):
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         loader.load_state_dict(ckpt["loader"])
-        set_rng_states(ckpt["rng"][rank], device)
+        if len(ckpt["rng"]) == world_size:
+            set_rng_states(ckpt["rng"][rank], device)
+        else:  # elastic: dropout's random numbers start afresh (the same on every launch of this layout)
+            torch.manual_seed(cfg.seed + rank + 1000 * ckpt["step"])
         step = ckpt["step"]
     if world_size > 1:  # e.g. out_dir not on a filesystem every node sees
         steps = [None] * world_size

@@ -17,6 +17,7 @@ shard in a seeded random order; only one shard's permutation is held at a time, 
 small for any number of shards. Shards are memory-mapped once; a batch copies B x (T+1) tokens.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,8 +36,9 @@ class ShardError(ValueError):
     """A shard is missing, malformed, or does not fit the request; the message says how to fix it."""
 
 
-def write_shard(path, tokens):
-    """Write tokens (ints in [0, 65535]) as an llm.c shard; atomic: readers never see half a file."""
+def write_shard(path, tokens) -> str:
+    """Write tokens (ints in [0, 65535]) as an llm.c shard; atomic: readers never see half a file,
+    and the file is on disk (fsync) before its name is. Returns the file's sha256 (hex)."""
     path = Path(path)
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
@@ -48,15 +50,21 @@ def write_shard(path, tokens):
                          f"use smaller shards")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
+    data = np.ascontiguousarray(tokens, dtype="<u2")
+    digest = hashlib.sha256(header.tobytes())
+    digest.update(data)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same dir, so os.replace is atomic
     try:
         with open(tmp, "wb") as f:
             f.write(header.tobytes())
-            f.write(tokens.astype("<u2", copy=False).tobytes())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
+    finally:  # also on a full disk (OSError ENOSPC): no half-written file is left behind
         if tmp.exists():
             tmp.unlink()
+    return digest.hexdigest()
 
 
 def read_header(path) -> int:
