@@ -14,7 +14,7 @@ Registers and spill bytes come from `ptxas -v` (Triton's bundled ptxas, Triton's
 shared memory from the compiled metadata, against sm_90's 227 KiB per block (a larger
 configuration fails to launch, and the autotuner skips it after compiling it).
 
-Tiles: the kernel module's _TILES, or for fp32 its _TILES_FP32; --tiles
+Tiles: the kernel module's sm_90 table _TILES_SM90, or for fp32 its _TILES_FP32; --tiles
 replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes:
 lssa (MODE 0), lssar (MODE 1) and, for the forward only, lssar+grad: lssar keeping the
 gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
@@ -53,12 +53,12 @@ SM90_SHARED = 227 * 1024   # bytes per block (cudaDevAttrMaxSharedMemoryPerBlock
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = {"lssa": (0, False), "lssar": (1, False), "lssar+grad": (1, True)}   # (MODE, STORE_U)
 INPUT_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}   # in the inputs' dtype
-FP32_POINTERS = {"NQ", "NK", "STATS", "U", "DE"}
+FP32_POINTERS = {"NQ", "NK", "RHO", "KAPPA", "STATS", "U", "DE"}
 
 
 def tile_table(dtype):
-    """The tiles the kernel module launches for this dtype."""
-    return L._TILES_FP32 if dtype == "fp32" else L._TILES
+    """The tiles the kernel module launches on sm_90 for this dtype."""
+    return L._TILES_FP32 if dtype == "fp32" else L._TILES_SM90
 
 
 def tile_error(which, bm, bn):
@@ -88,7 +88,7 @@ def source(which, dtype, head_dim, mode, bm, bn, p):
         elif name in INPUT_POINTERS | FP32_POINTERS:
             signature[name] = f"*{dtype}" if name in INPUT_POINTERS else "*fp32"
         else:
-            signature[name] = "fp32" if name in ("LN_D", "p") else "i32"
+            signature[name] = "fp32" if name == "p" else "i32"
     # what Triton's launcher specialises on: 16-byte-aligned pointers, integers divisible by 16
     aligned = [i for i, name in enumerate(fn.arg_names)
                if signature[name].startswith("*") or (signature[name] == "i32" and name != "H")]
