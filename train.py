@@ -117,6 +117,7 @@ def truncate_metrics(path, ckpt_step):
 
 
 def main(argv):
+    t_start = time.time()   # for the time to the first step (start-up: building, compiling, autotuning)
     cfg = load_config(argv).resolve_templates()
     rank, local_rank, world_size, device = setup_distributed(cfg)
     master = rank == 0
@@ -288,6 +289,7 @@ def main(argv):
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not interactive, dynamic_ncols=True, mininterval=1.0)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     t_last, steps_since, eval_time = time.time(), 0, 0.0
+    start_step = step
     while step < cfg.max_iters:
         if step % cfg.eval_interval == 0:
             t_eval = time.time()
@@ -320,6 +322,10 @@ def main(argv):
         step += 1
         steps_since += 1
         bar.update(1)
+        if step == start_step + 1 and master:   # the first step of this process, finished
+            if device_type == "cuda":
+                torch.cuda.synchronize(device)
+            append_jsonl(metrics_path, {"step": step, "first_step_s": time.time() - t_start})
 
         last = step == cfg.max_iters
         if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
