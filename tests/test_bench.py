@@ -142,3 +142,18 @@ def test_log2_1p_polynomial():
     exact = torch.log1p(u32.double()) / math.log(2)
     rel = ((u32 * q).double() / exact - 1).abs().max().item()
     assert rel < 1e-5, rel
+
+
+def test_sm90_tiles_are_short_and_on_warpgroup_mma():
+    """Every Hopper tile: at most three per list (Inductor compiles them all before the first
+    step), blocks the loops can nest, a score tile of at least 64 rows (fewer fall back to
+    mma.sync) and at least 16 rows per warp (else two warpgroups repeat the elementwise work)."""
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    import kernel_resources as R
+    from kernels import lssa_triton as L
+    assert all(1 <= len(tiles) <= 3 for table in (L._TILES_SM90, L._TILES) for tiles in table.values())
+    for (which, d), tiles in L._TILES_SM90.items():
+        for bm, bn, warps, stages in tiles:
+            assert R.tile_error(which, bm, bn) is None, (which, d, bm, bn)
+            assert (bn if which == "dkdv" else bm) >= 64, (which, d, bm, bn)
+            assert not R.duplicated_rows(which, bm, bn, warps), (which, d, bm, bn, warps)
