@@ -196,8 +196,8 @@ def final_losses(run_dir, step):
     with open(path) as f:
         for line in f:
             r = json.loads(line)
-            if r["step"] <= step:   # (lines with neither loss, such as the time to the first step, add nothing)
-                out.update({name: r[key] for name, key in (("train_loss", "loss"), ("val_loss", "val_loss")) if key in r})
+            if r["step"] <= step:
+                out.update({"train_loss": r["loss"]} if "loss" in r else {"val_loss": r["val_loss"]})
     return out
 
 

@@ -289,7 +289,7 @@ def main(argv):
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not interactive, dynamic_ncols=True, mininterval=1.0)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     t_last, steps_since, eval_time = time.time(), 0, 0.0
-    start_step = step
+    start_step, first_step_s = step, None
     while step < cfg.max_iters:
         if step % cfg.eval_interval == 0:
             t_eval = time.time()
@@ -322,10 +322,10 @@ def main(argv):
         step += 1
         steps_since += 1
         bar.update(1)
-        if step == start_step + 1 and master:   # the first step of this process, finished
+        if step == start_step + 1:   # the first step of this process, finished: logged with the next record
             if device_type == "cuda":
                 torch.cuda.synchronize(device)
-            append_jsonl(metrics_path, {"step": step, "first_step_s": time.time() - t_start})
+            first_step_s = time.time() - t_start
 
         last = step == cfg.max_iters
         if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
@@ -338,6 +338,8 @@ def main(argv):
             tokens_per_s = tokens_per_step * steps_since / dt
             record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
+            if first_step_s is not None:
+                record["first_step_s"], first_step_s = first_step_s, None
             if peak:
                 record["mfu"] = flops * tokens_per_s / (peak * world_size)
             if device_type == "cuda":  # the peak of this log interval (autotuning's buffers stay in the first)

@@ -24,6 +24,8 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     softmax, lssar = report["results"]
     assert (softmax["attention"], lssar["attention"]) == ("softmax", "lssar")
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
+    assert lssar["tokens_per_s_min"] <= lssar["tokens_per_s"] <= lssar["tokens_per_s_max"]
+    assert 0 < softmax["first_step_s"] < 300 and 0 < lssar["first_step_s"] < 300   # train.py's start to step 1
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
 
