@@ -11,18 +11,20 @@ The maths is the reference's (`attention.py`, README "The maths"): for query row
 Design (per head; every statistic kept is per row, so memory is O(T·d), never O(T²)):
 
 * QK-norm without a rounded copy of q̂, k̂. The kernels take the raw q, k (bf16 products
-  accumulate exactly in fp32) and the fp32 row norms ‖q_i‖, ‖k_j‖ (one small PyTorch
-  reduction each), and scale the fp32 dot product: s2_ij = (q_i·k_j)·ρ_i·κ_j with
+  accumulate exactly in fp32) and scale the fp32 dot product: s2_ij = (q_i·k_j)·ρ_i·κ_j with
   ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε) and κ_j = 1/max(‖k_j‖, ε), ε = 1e-12 as in
-  F.normalize. s2 = s·log2(e), so softplus runs on exp2/log2 directly.
+  F.normalize, both fp32 and computed once per head in PyTorch (`_scales`, with the norms,
+  which the backward's QK-norm chain rule also reads). s2 = s·log2(e), so softplus runs on
+  exp2/log2 directly.
 * Everything runs in "log2 units": w'_ij = log2(1 + 2^s2_ij) = softplus(s_ij)/ln 2. lssa and
   lssar are invariant to scaling all weights by one constant (the row is renormalised; τ
   scales with the weights), so the 1/ln 2 factor never needs undoing. Computed as
-  max(s2, 0) + log2(1 + u), u = 2^-|s2|, with a 3-term series for log2(1 + u) when
-  u < 1/64 (log2(1 + u) alone loses the relative precision of tiny weights). Two special
-  function ops per score (ex2.approx and, for 16-bit inputs, lg2.approx: tl.log2 would be
-  libdevice's ~20-instruction log2f); |s| <= ln(d)·ln(T), so nothing overflows and lssa needs
-  no running max: one pass accumulates Σ w'v and Z.
+  max(s2, 0) + log2(1 + u), u = 2^-|s2|: for 16-bit inputs log2(1 + u) = u·q(u), a degree-5
+  polynomial on the FMA units (relative error < 1e-5), so one special-function op per score
+  (ex2); fp32 inputs use the precise log2 with a 3-term series when u < 1/64 (log2(1 + u) alone
+  loses the relative precision of tiny weights). The per-score work, not the matmuls, is what
+  limits these kernels (docs/kernels.md counts it). |s| <= ln(d)·ln(T), so nothing overflows
+  and lssa needs no running max: one pass accumulates Σ w'v and Z.
 * Precision: fp32 accumulation everywhere; fp32 inputs get fp32-accurate dots (tf32x3, or
   exact "ieee" with LSSA_TRITON_FP32_DOT=ieee; never plain tf32) and the precise log2, so they
   match the fp32 reference (the DOT_PREC constexpr; "tf32" marks 16-bit inputs); 16-bit
