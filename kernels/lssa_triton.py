@@ -138,7 +138,7 @@ _EPS = tl.constexpr(NORM_EPS)
 _SERIES_MAX = tl.constexpr(1.0 / 64.0)
 _TINY = tl.constexpr(1e-30)
 # log2(1 + u)/u on [0, 1] as a degree-5 polynomial (coefficients of u^0..u^5): a minimax fit for
-# the relative error (8.6e-6 evaluated in fp32; tests/test_kernels.py::test_log2_1p_polynomial)
+# the relative error (8.6e-6 evaluated in fp32; tests/test_bench.py::test_log2_1p_polynomial)
 _L2P0 = tl.constexpr(1.4426829192113415)
 _L2P1 = tl.constexpr(-0.720426154332368)
 _L2P2 = tl.constexpr(0.46917399922486364)
