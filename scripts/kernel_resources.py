@@ -239,7 +239,7 @@ def sass_table(rows):
              f"{'loop':18} {'instr/score':>11} {'MUFU/score':>10} {'mma':8}"]
     for r in rows:
         for lp in r.get("loops", []):
-            dup = "  both warpgroups repeat the tile" if r["duplicated"] else ""
+            dup = "  < 16 rows per warp: warps repeat the elementwise work" if r["duplicated"] else ""
             lines.append(f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:10} {str(tuple(r['tile'])):23} "
                          f"{lp['name'] + (' *' if lp['main'] else ''):18} {lp['instr_per_score']:>11.1f} "
                          f"{lp['mufu_per_score']:>10.2f} {lp['mma']:8}{dup}")
