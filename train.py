@@ -117,6 +117,7 @@ def truncate_metrics(path, ckpt_step):
 
 
 def main(argv):
+    t_start = time.time()   # for the time to the first step (start-up: building, compiling, autotuning)
     cfg = load_config(argv).resolve_templates()
     rank, local_rank, world_size, device = setup_distributed(cfg)
     master = rank == 0
@@ -302,6 +303,7 @@ def main(argv):
     bar = tqdm(total=cfg.max_iters, initial=step, disable=not interactive, dynamic_ncols=True, mininterval=1.0)
     bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the last check
     t_last, steps_since, eval_time = time.time(), 0, 0.0
+    start_step, first_step_s = step, None
     while step < cfg.max_iters:
         if step % cfg.eval_interval == 0:
             t_eval = time.time()
@@ -334,6 +336,10 @@ def main(argv):
         step += 1
         steps_since += 1
         bar.update(1)
+        if step == start_step + 1:   # the first step of this process, finished: logged with the next record
+            if device_type == "cuda":
+                torch.cuda.synchronize(device)
+            first_step_s = time.time() - t_start
 
         last = step == cfg.max_iters
         if step % cfg.log_interval == 0 or last or step % cfg.ckpt_interval == 0:
@@ -346,6 +352,8 @@ def main(argv):
             tokens_per_s = tokens_per_step * steps_since / dt
             record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens_per_s": tokens_per_s, "time_s": dt / steps_since}
+            if first_step_s is not None:
+                record["first_step_s"], first_step_s = first_step_s, None
             if peak:
                 record["mfu"] = flops * tokens_per_s / (peak * world_size)
             if device_type == "cuda":  # the peak of this log interval (autotuning's buffers stay in the first)

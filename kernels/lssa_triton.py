@@ -11,18 +11,20 @@ The maths is the reference's (`attention.py`, README "The maths"): for query row
 Design (per head; every statistic kept is per row, so memory is O(T·d), never O(T²)):
 
 * QK-norm without a rounded copy of q̂, k̂. The kernels take the raw q, k (bf16 products
-  accumulate exactly in fp32) and the fp32 row norms ‖q_i‖, ‖k_j‖ (one small PyTorch
-  reduction each), and scale the fp32 dot product: s2_ij = (q_i·k_j)·ρ_i·κ_j with
+  accumulate exactly in fp32) and scale the fp32 dot product: s2_ij = (q_i·k_j)·ρ_i·κ_j with
   ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε) and κ_j = 1/max(‖k_j‖, ε), ε = 1e-12 as in
-  F.normalize. s2 = s·log2(e), so softplus runs on exp2/log2 directly.
+  F.normalize, both fp32 and computed once per head in PyTorch (`_scales`, with the norms,
+  which the backward's QK-norm chain rule also reads). s2 = s·log2(e), so softplus runs on
+  exp2/log2 directly.
 * Everything runs in "log2 units": w'_ij = log2(1 + 2^s2_ij) = softplus(s_ij)/ln 2. lssa and
   lssar are invariant to scaling all weights by one constant (the row is renormalised; τ
   scales with the weights), so the 1/ln 2 factor never needs undoing. Computed as
-  max(s2, 0) + log2(1 + u), u = 2^-|s2|, with a 3-term series for log2(1 + u) when
-  u < 1/64 (log2(1 + u) alone loses the relative precision of tiny weights). Two special
-  function ops per score (ex2.approx and, for 16-bit inputs, lg2.approx: tl.log2 would be
-  libdevice's ~20-instruction log2f); |s| <= ln(d)·ln(T), so nothing overflows and lssa needs
-  no running max: one pass accumulates Σ w'v and Z.
+  max(s2, 0) + log2(1 + u), u = 2^-|s2|: for 16-bit inputs log2(1 + u) = u·q(u), a degree-5
+  polynomial on the FMA units (relative error < 1e-5), so one special-function op per score
+  (ex2); fp32 inputs use the precise log2 with a 3-term series when u < 1/64 (log2(1 + u) alone
+  loses the relative precision of tiny weights). The per-score work, not the matmuls, is what
+  limits these kernels (docs/kernels.md counts it). |s| <= ln(d)·ln(T), so nothing overflows
+  and lssa needs no running max: one pass accumulates Σ w'v and Z.
 * Precision: fp32 accumulation everywhere; fp32 inputs get fp32-accurate dots (tf32x3, or
   exact "ieee" with LSSA_TRITON_FP32_DOT=ieee; never plain tf32) and the precise log2, so they
   match the fp32 reference (the DOT_PREC constexpr; "tf32" marks 16-bit inputs); 16-bit
@@ -56,14 +58,16 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   FlashAttention-2 structure: a preprocessing kernel (D, E), a dK/dV kernel per key block
   iterating over the query blocks at and below the diagonal, and a dQ kernel per query block
   iterating over the key blocks at and left of the diagonal (no atomics, deterministic).
-  Saved per row: lssa 1/Z; lssar τ, 1/M, K, F, 1/X̃, R, plus U (T·d fp32).
+  Saved per row: lssa 1/Z; lssar τ/M, 1/M, K, F, 1/X̃, R, plus U (T·d fp32); b is computed
+  as relu(w'·(1/M) − τ/M), one FFMA and a max (_excess), identically in both directions.
 * Causal structure: the blocks strictly below the diagonal run without any mask or bounds
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
   BLOCK_M is a multiple of BLOCK_N (and the reverse in the dK/dV kernel), so the keys past T
   only ever appear in masked diagonal blocks.
-* Block sizes are autotuned on the GPU over a few tiles per head-dim class (_TILES, and
-  _TILES_FP32 for fp32 inputs; key: head dim, a T bucket, mode, p, dtype); AUTOTUNE = False
-  launches the first tile of each list.
+* Block sizes are autotuned on the GPU over at most three tiles per head-dim class, from a table
+  per architecture (_TILES_SM90 for 16-bit inputs on Hopper, _TILES on other GPUs, _TILES_FP32
+  for fp32 inputs; key: head dim, a T bucket, mode, p, dtype); AUTOTUNE = False launches the
+  first tile of each list.
   Under the interpreter (TRITON_INTERPRET=1) one small fixed configuration is used
   (INTERPRET_BLOCKS), and bf16 tiles are widened to fp32 before tl.dot (the interpreter
   multiplies bf16 as raw integers).
@@ -74,6 +78,7 @@ Inductor may call the kernels directly); torch 2.4/2.5 get opaque `torch.library
 older torch a plain `torch.autograd.Function`. LSSA_TRITON_OP=triton_op|custom_op|function
 forces one (for debugging a compile problem).
 """
+import functools
 import math
 import os
 
@@ -132,6 +137,14 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 _EPS = tl.constexpr(NORM_EPS)
 _SERIES_MAX = tl.constexpr(1.0 / 64.0)
 _TINY = tl.constexpr(1e-30)
+# log2(1 + u)/u on [0, 1] as a degree-5 polynomial (coefficients of u^0..u^5): a minimax fit for
+# the relative error (8.6e-6 evaluated in fp32; tests/test_bench.py::test_log2_1p_polynomial)
+_L2P0 = tl.constexpr(1.4426829192113415)
+_L2P1 = tl.constexpr(-0.720426154332368)
+_L2P2 = tl.constexpr(0.46917399922486364)
+_L2P3 = tl.constexpr(-0.30303603842641513)
+_L2P4 = tl.constexpr(0.14603271192492076)
+_L2P5 = tl.constexpr(-0.03443583933515312)
 _WIDEN_BF16 = tl.constexpr(INTERPRET)
 # lg2.approx.f32 (PTX) for the per-score log2 of 16-bit inputs on NVIDIA GPUs; tl.log2 for fp32
 # inputs, under the interpreter and on ROCm
@@ -156,10 +169,24 @@ def _log2(x, DOT_PREC: tl.constexpr):
 
 @triton.jit
 def _softplus2(s2, DOT_PREC: tl.constexpr):
-    """log2(1 + 2^s2) = softplus(s)/ln 2 for s2 = s·log2(e); exact-ish for very negative s."""
+    """log2(1 + 2^s2) = softplus(s)/ln 2 for s2 = s·log2(e), as max(s2, 0) + log2(1 + u),
+    u = 2^-|s2| in (0, 1]. 16-bit inputs (DOT_PREC == "tf32"): log2(1 + u) = u·q(u), q of degree 5
+    on the FMA units (relative error < 1e-5 on [0, 1], also for tiny u; the weights are rounded
+    to 2^-8 before the value matmul): one special-function op per score instead of two, and no
+    select. fp32 inputs: the precise log2, with a 3-term series where u < 1/64 (log2(1 + u)
+    alone loses the relative precision of tiny weights)."""
     u = tl.exp2(-tl.abs(s2))
-    series = u * (_LOG2E - u * (_LOG2E / 2 - u * (_LOG2E / 3)))
-    return tl.maximum(s2, 0.0) + tl.where(u < _SERIES_MAX, series, _log2(1.0 + u, DOT_PREC))
+    if DOT_PREC == "tf32":
+        q = _L2P5 * u + _L2P4
+        q = q * u + _L2P3
+        q = q * u + _L2P2
+        q = q * u + _L2P1
+        q = q * u + _L2P0
+        lg = u * q
+    else:
+        series = u * (_LOG2E - u * (_LOG2E / 2 - u * (_LOG2E / 3)))
+        lg = tl.where(u < _SERIES_MAX, series, _log2(1.0 + u, DOT_PREC))
+    return tl.maximum(s2, 0.0) + lg
 
 
 @triton.jit
@@ -173,6 +200,12 @@ def _ipow(x, N: tl.constexpr):
         if (N >> (bit + 1)) != 0:
             base = base * base
     return result
+
+
+@triton.jit
+def _excess(w, invm, taum):
+    """b = relu(w' − τ)/M as one FFMA and a max: relu(w'·(1/M) − τ/M) (τ/M, 1/M per row)."""
+    return tl.maximum(tl.fma(w, invm, -taum), 0.0)
 
 
 @triton.jit
@@ -213,13 +246,13 @@ def _load_rows(ptr, offs, offs_d, stride, T, BOUNDED: tl.constexpr):
 
 
 @triton.jit
-def _inv_norm(NRM, offs, T, BOUNDED: tl.constexpr):
-    """1 / max(‖x‖, eps) for the given rows (rows past T read as 1)."""
+def _load_vec(ptr, offs, T, BOUNDED: tl.constexpr):
+    """Per-row values (ρ or κ) for the given rows; rows past T read as 0 when BOUNDED."""
     if BOUNDED:
-        nrm = tl.load(NRM + offs, mask=offs < T, other=1.0)
+        x = tl.load(ptr + offs, mask=offs < T, other=0.0)
     else:
-        nrm = tl.load(NRM + offs)
-    return 1.0 / tl.maximum(nrm, _EPS)
+        x = tl.load(ptr + offs)
+    return x
 
 
 @triton.jit
@@ -229,11 +262,11 @@ def _bh_offset(pid_bh, H, stride_b, stride_h):
 
 
 @triton.jit
-def _fp32_scalars(ln_d, p):
-    """The float arguments as fp32. Triton's launcher passes a Python float as fp32, but the
+def _fp32_scalar(p):
+    """The float argument as fp32. Triton's launcher passes a Python float as fp32, but the
     kernels that torch.compile's Inductor calls directly get them as fp64, which would make
     every per-row value fp64 and the loops' carried types inconsistent (a compile error)."""
-    return tl.cast(ln_d, tl.float32), tl.cast(p, tl.float32)
+    return tl.cast(p, tl.float32)
 
 
 @triton.jit
@@ -243,22 +276,16 @@ def _norm_chain(nrm):
     return tl.where(big, 1.0 / tl.where(big, nrm * nrm, 1.0), 0.0)
 
 
-@triton.jit
-def _row_scale(NQ, offs_m, T, LN_D):
-    """ρ_i = ln(d)·log2(i)/max(‖q_i‖, eps): the row's score scale in log2 units (i 1-indexed)."""
-    return LN_D * tl.log2((offs_m + 1).to(tl.float32)) * _inv_norm(NQ, offs_m, T, True)
-
-
 # ----------------------------------------------------------------------------- forward
 
 @triton.jit
-def _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, lo, hi,
+def _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, lo, hi,
                  DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
     """lssar pass 1: Z and max_j w' over the key blocks [lo, hi)."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
-        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
         w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
         if DIAG:
             w = tl.where(offs_m[:, None] >= offs_n[None, :], w, 0.0)
@@ -268,8 +295,8 @@ def _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, lo, hi,
 
 
 @triton.jit
-def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
-                    K, V, NK, skt, svt, T, offs_m, offs_d, lo, hi,
+def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+                    K, V, KAPPA, skt, svt, T, offs_m, offs_d, lo, hi,
                     MODE: tl.constexpr, P_INT: tl.constexpr, STORE_U: tl.constexpr,
                     DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
     """The output pass over the key blocks [lo, hi): Σ x v and Σ x (x = w' for lssa and on
@@ -278,12 +305,12 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
-        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
         w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
         if MODE == 0:
             x = w
         else:
-            pm1, x = _reweight(tl.maximum(w - tau[:, None], 0.0) * invm[:, None], p, P_INT, DOT_PREC)
+            pm1, x = _reweight(_excess(w, invm[:, None], taum[:, None]), p, P_INT, DOT_PREC)
             x = tl.where(fb[:, None], w, x)
         if DIAG:
             keep = offs_m[:, None] >= offs_n[None, :]
@@ -299,13 +326,13 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
+def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-                H, T, LN_D, p, T_BUCKET,
+                H, T, p, T_BUCKET,
                 HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                 STORE_U: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    LN_D, p = _fp32_scalars(LN_D, p)
+    p = _fp32_scalar(p)
     # the last row blocks have the most keys: launch them first
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -314,15 +341,15 @@ def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
     K += _bh_offset(pid_bh, H, skb, skh)
     V += _bh_offset(pid_bh, H, svb, svh)
     O += _bh_offset(pid_bh, H, sob, soh)
-    NQ += bh * T
-    NK += bh * T
+    RHO += bh * T
+    KAPPA += bh * T
 
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
     q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
-    rho = _row_scale(NQ, offs_m, T, LN_D)
+    rho = _load_vec(RHO, offs_m, T, True)
     hi = tl.minimum(m0 + BLOCK_M, T)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -335,26 +362,27 @@ def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
         rsum = tl.zeros([1], tl.float32)
 
     if MODE == 0:
-        tau = xsum
+        taum = xsum
         invm = xsum
         fb = row_ok
     else:
         z = tl.zeros([BLOCK_M], tl.float32)
         wmax = tl.zeros([BLOCK_M], tl.float32)
-        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, 0, m0,
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, 0, m0,
                                DOT_PREC, BLOCK_N, False)
-        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, NK, skt, T, offs_m, offs_d, m0, hi,
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, m0, hi,
                                DOT_PREC, BLOCK_N, True)
         tau = tl.where(offs_m >= 3, tl.math.div_rn(z, (offs_m + 1).to(tl.float32)), 0.0)  # IEEE, as the reference
         mx = tl.maximum(wmax - tau, 0.0)
         fb = mx == 0.0  # every weight at or below the threshold: the lssa fallback
         invm = tl.where(fb, 0.0, 1.0 / tl.where(fb, 1.0, mx))
+        taum = tau * invm
 
-    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
-                                            K, V, NK, skt, svt, T, offs_m, offs_d, 0, m0,
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+                                            K, V, KAPPA, skt, svt, T, offs_m, offs_d, 0, m0,
                                             MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
-    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, tau, invm, fb, p,
-                                            K, V, NK, skt, svt, T, offs_m, offs_d, m0, hi,
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+                                            K, V, KAPPA, skt, svt, T, offs_m, offs_d, m0, hi,
                                             MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
 
     inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)
@@ -365,7 +393,7 @@ def _fwd_kernel(Q, K, V, NQ, NK, O, STATS, U,
         tl.store(STATS + bh * T + offs_m, inv_x, mask=row_ok)                       # 1/Z
     else:
         S = STATS + bh * 6 * T + offs_m
-        tl.store(S, tau, mask=row_ok)                                                # τ
+        tl.store(S, taum, mask=row_ok)                                               # τ/M
         tl.store(S + T, invm, mask=row_ok)                                           # 1/M
         tl.store(S + 2 * T, tl.where(fb, 0.0, p * invm * inv_x), mask=row_ok)       # K
         tl.store(S + 3 * T, tl.where(fb, inv_x, 0.0), mask=row_ok)                  # F
@@ -403,13 +431,14 @@ def _bwd_pre_kernel(O, DO, U, STATS, DE,
 
 
 @triton.jit
-def _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+def _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE, pid_bh, H, T,
                sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE: tl.constexpr):
     """The backward kernels' inputs moved to head pid_bh."""
     bh = pid_bh.to(tl.int64)
     return (Q + _bh_offset(pid_bh, H, sqb, sqh), K + _bh_offset(pid_bh, H, skb, skh),
             V + _bh_offset(pid_bh, H, svb, svh), DO + _bh_offset(pid_bh, H, sdb, sdh),
-            NQ + bh * T, NK + bh * T, STATS + bh * (1 + 5 * MODE) * T, DE + bh * 2 * T)
+            NQ + bh * T, NK + bh * T, RHO + bh * T, KAPPA + bh * T,
+            STATS + bh * (1 + 5 * MODE) * T, DE + bh * 2 * T)
 
 
 @triton.jit
@@ -431,23 +460,23 @@ def _row_stats(STATS, DE, offs_m, T, MODE: tl.constexpr):
     dd = tl.load(DE + offs_m, mask=ok, other=0.0)
     if MODE == 0:
         fc = tl.load(STATS + offs_m, mask=ok, other=0.0)   # 1/Z
-        tau = fc  # unused by lssa
+        taum = fc  # unused by lssa
         invm = fc
         kc = fc
         invx = fc
         e = fc
     else:
-        tau = tl.load(STATS + offs_m, mask=ok, other=0.0)
+        taum = tl.load(STATS + offs_m, mask=ok, other=0.0)
         invm = tl.load(STATS + T + offs_m, mask=ok, other=0.0)
         kc = tl.load(STATS + 2 * T + offs_m, mask=ok, other=0.0)
         fc = tl.load(STATS + 3 * T + offs_m, mask=ok, other=0.0)
         invx = tl.load(STATS + 4 * T + offs_m, mask=ok, other=0.0)
         e = tl.load(DE + T + offs_m, mask=ok, other=0.0)
-    return dd, tau, invm, kc, fc, invx, e
+    return dd, taum, invm, kc, fc, invx, e
 
 
 @triton.jit
-def _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p,
+def _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, p,
                  MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
     """From a score tile s2 and dP = dO·v (row statistics already broadcast to the tile):
     the forward's normalised weights a and dL/ds2."""
@@ -456,7 +485,7 @@ def _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p,
         a = w * fc
         dw = (dp - dd) * fc
     else:
-        pm1, x = _reweight(tl.maximum(w - tau, 0.0) * invm, p, P_INT, DOT_PREC)
+        pm1, x = _reweight(_excess(w, invm, taum), p, P_INT, DOT_PREC)
         a = x * invx + w * fc
         dw = (kc * pm1 + fc) * (dp - dd) - e
     return a, dw * tl.exp2(s2 - w)   # dw'/ds2 = sigmoid(s) = 2^(s2 − w')
@@ -474,7 +503,7 @@ def _mm_ds(ds, x, DOT_PREC: tl.constexpr, DS_F32: tl.constexpr):
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
                  offs_d, lo, hi, MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
                  DS_F32: tl.constexpr, BLOCK_M: tl.constexpr, DIAG: tl.constexpr):
     """dK, dV of one key block from the query blocks [lo, hi) (tiles transposed: keys x rows)."""
@@ -482,11 +511,11 @@ def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T,
         offs_m = start + tl.arange(0, BLOCK_M)
         q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
         do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
-        rho = _row_scale(NQ, offs_m, T, LN_D)
-        dd, tau, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
+        rho = _load_vec(RHO, offs_m, T, True)
+        dd, taum, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
         s2 = _mm(k, tl.trans(q), DOT_PREC) * rho[None, :] * kappa[:, None]
         dp = _mm(v, tl.trans(do), DOT_PREC)
-        a, ds = _bwd_weights(s2, dp, dd[None, :], tau[None, :], invm[None, :], kc[None, :],
+        a, ds = _bwd_weights(s2, dp, dd[None, :], taum[None, :], invm[None, :], kc[None, :],
                              fc[None, :], invx[None, :], e[None, :], p, MODE, P_INT, DOT_PREC)
         if DIAG:
             keep = offs_m[None, :] >= offs_n[:, None]
@@ -498,17 +527,18 @@ def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DK, DV,
+def _bwd_dkdv_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DK, DV,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
                      sdkb, sdkh, sdkt, sdvb, sdvh, sdvt,
-                     H, T, LN_D, p, T_BUCKET,
+                     H, T, p, T_BUCKET,
                      HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                      DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    LN_D, p = _fp32_scalars(LN_D, p)
+    p = _fp32_scalar(p)
     pid_n = tl.program_id(0)   # key block 0 sees every query: the heaviest go first
     pid_bh = tl.program_id(1)
-    Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+    Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE,
+                                                            pid_bh, H, T,
                                                 sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
 
     n0 = pid_n * BLOCK_N
@@ -516,14 +546,14 @@ def _bwd_dkdv_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DK, DV,
     offs_d = tl.arange(0, HEAD_DIM)
     k = _load_rows(K, offs_n, offs_d, skt, T, True)
     v = _load_rows(V, offs_n, offs_d, svt, T, True)
-    kappa = _inv_norm(NK, offs_n, T, True)
+    kappa = _load_vec(KAPPA, offs_n, T, True)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     # the diagonal query blocks (masked), then every later query block (no mask)
-    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
                           offs_d, n0, tl.minimum(n0 + BLOCK_N, T),
                           MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, True)
-    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, NQ, STATS, DE, sqt, sdt, T, LN_D, p,
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
                           offs_d, n0 + BLOCK_N, T,
                           MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, False)
 
@@ -534,8 +564,8 @@ def _bwd_dkdv_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DK, DV,
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p,
-               K, V, NK, skt, svt, T, offs_d, lo, hi,
+def _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p,
+               K, V, KAPPA, skt, svt, T, offs_d, lo, hi,
                MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
                DS_F32: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
     """dQ of one query block from the key blocks [lo, hi) (row stats already broadcast)."""
@@ -543,10 +573,10 @@ def _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p,
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
-        kappa = _inv_norm(NK, offs_n, T, DIAG)
+        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
         s2 = _mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :]
         dp = _mm(do, tl.trans(v), DOT_PREC)
-        a, ds = _bwd_weights(s2, dp, dd, tau, invm, kc, fc, invx, e, p, MODE, P_INT, DOT_PREC)
+        a, ds = _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, p, MODE, P_INT, DOT_PREC)
         if DIAG:
             ds = tl.where(offs_m[:, None] >= offs_n[None, :], ds, 0.0)
         dq += _mm_ds(ds * kappa[None, :], k, DOT_PREC, DS_F32)
@@ -554,16 +584,17 @@ def _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DQ,
+def _bwd_dq_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DQ,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, sdqb, sdqh, sdqt,
-                   H, T, LN_D, p, T_BUCKET,
+                   H, T, p, T_BUCKET,
                    HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
                    DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    LN_D, p = _fp32_scalars(LN_D, p)
+    p = _fp32_scalar(p)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
-    Q, K, V, DO, NQ, NK, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, STATS, DE, pid_bh, H, T,
+    Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE,
+                                                            pid_bh, H, T,
                                                 sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
 
     m0 = pid_m * BLOCK_M
@@ -571,19 +602,19 @@ def _bwd_dq_kernel(Q, K, V, NQ, NK, DO, STATS, DE, DQ,
     offs_d = tl.arange(0, HEAD_DIM)
     q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
     do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
-    rho = _row_scale(NQ, offs_m, T, LN_D)
-    dd, tau, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
+    rho = _load_vec(RHO, offs_m, T, True)
+    dd, taum, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
     dd = dd[:, None]
-    tau = tau[:, None]
+    taum = taum[:, None]
     invm = invm[:, None]
     kc = kc[:, None]
     fc = fc[:, None]
     invx = invx[:, None]
     e = e[:, None]
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p, K, V, NK, skt, svt, T,
+    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p, K, V, KAPPA, skt, svt, T,
                     offs_d, 0, m0, MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, False)
-    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, tau, invm, kc, fc, invx, e, p, K, V, NK, skt, svt, T,
+    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p, K, V, KAPPA, skt, svt, T,
                     offs_d, m0, tl.minimum(m0 + BLOCK_M, T), MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, True)
 
     # dq_i = ρ_i Σ_j dS2_ij κ_j k_j
@@ -599,15 +630,32 @@ def _configs(shapes):
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dQ: BLOCK_M % BLOCK_N == 0;
 # dK/dV (BLOCK_N keys per program, BLOCK_M queries per step): BLOCK_N % BLOCK_M == 0.
-# Chosen from an offline sm_90 compile of every candidate (bf16, both modes, lssar's forward
-# with the gradient statistics): these fit the registers without spilling (a few bytes at most),
-# none timed yet. The first entry of each list is the configuration used without autotuning.
+# The first entry of each list is the configuration used without autotuning; the autotuner
+# compiles every entry (Inductor precompiles them all before the first step), so each list is
+# short: start-up time grows with it.
+#
+# 16-bit inputs on Hopper (sm_90), from `python scripts/kernel_resources.py --sass --dtypes bf16`
+# (docs/kernels.md): every entry issues wgmma (a score tile of at least 64 rows: the dK/dV tile
+# is BLOCK_N keys x BLOCK_M queries) with at least 16 rows per warp (8 warps on 64 rows would
+# make both warpgroups do the whole tile's elementwise work). The first entry is the one with the
+# fewest instructions per score among those that do not spill in any mode (lssar's training
+# forward included), except dK/dV at d = 128, where every wgmma tile spills 124-330 B for lssar
+# (two 64x128 fp32 accumulators per warpgroup): there the first is lssa's best without spills.
+_TILES_SM90 = {
+    ("fwd", 64): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)],
+    ("fwd", 128): [(128, 32, 8, 3), (128, 64, 8, 3), (64, 32, 4, 4)],
+    ("dkdv", 64): [(32, 64, 4, 3), (32, 128, 8, 3), (16, 128, 8, 3)],
+    ("dkdv", 128): [(16, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 2)],
+    ("dq", 64): [(64, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
+    ("dq", 128): [(64, 32, 4, 3), (128, 32, 8, 3)],
+}
+# 16-bit inputs on other GPUs (mma.sync: no warpgroups, any row count): the earlier sm_90 picks.
 _TILES = {
-    ("fwd", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 32, 4, 4)],
-    ("fwd", 128): [(64, 64, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 32, 8, 3), (64, 32, 4, 4)],
-    ("dkdv", 64): [(32, 64, 4, 3), (32, 128, 8, 3), (32, 64, 8, 3), (16, 128, 8, 3), (16, 64, 4, 4)],
-    ("dkdv", 128): [(32, 32, 4, 3), (16, 64, 8, 3), (16, 32, 4, 3), (32, 64, 8, 3)],
-    ("dq", 64): [(64, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+    ("fwd", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
+    ("fwd", 128): [(64, 64, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
+    ("dkdv", 64): [(32, 64, 4, 3), (32, 128, 8, 3), (16, 64, 4, 4)],
+    ("dkdv", 128): [(32, 32, 4, 3), (16, 64, 8, 3), (16, 32, 4, 3)],
+    ("dq", 64): [(64, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
     ("dq", 128): [(64, 32, 8, 3), (128, 32, 8, 3), (64, 32, 4, 3)],
 }
 # fp32 inputs: their tf32x3 dots and fp32 tiles need about twice the registers and shared
@@ -631,23 +679,36 @@ def _autotuned(which, tiles):
     return triton.autotune(_configs(tiles), key=_TUNE_KEY + (["STORE_U"] if which == "fwd" else []))(_KERNELS[which])
 
 
-_TUNED = {(fp32, which, d): _autotuned(which, tiles)   # (fp32 inputs?, kernel, head-dim class) -> kernel
-          for fp32, table in ((False, _TILES), (True, _TILES_FP32)) for (which, d), tiles in table.items()}
+_TABLES = {"sm90": _TILES_SM90, "other": _TILES, "fp32": _TILES_FP32}
+_TUNED = {(name, which, d): _autotuned(which, tiles)   # (table, kernel, head-dim class) -> kernel
+          for name, table in _TABLES.items() for (which, d), tiles in table.items()}
 
 
 def _tile_class(head_dim):
     return 128 if head_dim > 64 else 64
 
 
-def _pick(which, dtype, head_dim):
+@functools.lru_cache(maxsize=None)
+def _is_hopper(device):
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def _table_name(dtype, device):
+    """Which tile table serves these inputs: fp32's, or the 16-bit one of the GPU's architecture."""
+    if dtype == torch.float32:
+        return "fp32"
+    return "sm90" if _is_hopper(device) else "other"
+
+
+def _pick(which, dtype, head_dim, device):
     """The kernel to launch and the launch parameters it is not given by the autotuner."""
     if INTERPRET:
         bm, bn = INTERPRET_BLOCKS[which]
         return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn}
-    fp32 = dtype == torch.float32
+    name = _table_name(dtype, device)
     if AUTOTUNE:
-        return _TUNED[fp32, which, _tile_class(head_dim)], {}
-    bm, bn, warps, stages = (_TILES_FP32 if fp32 else _TILES)[which, _tile_class(head_dim)][0]
+        return _TUNED[name, which, _tile_class(head_dim)], {}
+    bm, bn, warps, stages = _TABLES[name][which, _tile_class(head_dim)][0]
     return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
 
 
@@ -668,8 +729,17 @@ def _dot_precision(dtype):
     return FP32_DOT_PRECISION if dtype == torch.float32 else "tf32"
 
 
-def _norms(x):
-    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).contiguous()
+def _scales(q, k):
+    """‖q_i‖, ‖k_j‖ and the score scales ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε), κ_j = 1/max(‖k_j‖, ε)
+    (i 1-indexed), fp32, once per head: the kernels only load them (computed per score tile,
+    the log2 and divisions were a fifth of the backward's instructions)."""
+    T, D = q.shape[-2:]
+    nq = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).contiguous()
+    nk = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).contiguous()
+    log2_i = torch.log2(torch.arange(1, T + 1, device=q.device, dtype=torch.float32))
+    rho = (math.log(D) * log2_i) / nq.clamp_min(NORM_EPS)
+    kappa = 1.0 / nk.clamp_min(NORM_EPS)
+    return nq, nk, rho, kappa
 
 
 def _identity(kernel):
@@ -681,20 +751,20 @@ def _forward(q, k, v, kind, p, need_grad, wrap=_identity):
     B, H, T, D = q.shape
     mode = KINDS.index(kind)
     store_u = mode == 1 and need_grad
-    nq, nk = _norms(q), _norms(k)
+    _, _, rho, kappa = _scales(q, k)
     out = torch.empty_like(q, dtype=v.dtype)   # q's memory layout, v's dtype
     stats = torch.empty((B, H, 1 + 5 * mode, T), device=q.device, dtype=torch.float32)
     u = torch.empty((B, H, T, D) if store_u else (1,), device=q.device, dtype=torch.float32)
-    kernel, meta = _pick("fwd", q.dtype, D)
+    kernel, meta = _pick("fwd", q.dtype, D, q.device)
 
     def grid(META):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)
 
     wrap(kernel)[grid](
-        q, k, v, nq, nk, out, stats, u,
+        q, k, v, rho, kappa, out, stats, u,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        H, T, math.log(D), float(p), _t_bucket(T),
+        H, T, float(p), _t_bucket(T),
         HEAD_DIM=D, MODE=mode, P_INT=_p_int(p), STORE_U=store_u, DOT_PREC=_dot_precision(q.dtype),
         **meta)
     return out, stats, u
@@ -706,7 +776,7 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
     mode = KINDS.index(kind)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    nq, nk = _norms(q), _norms(k)
+    nq, nk, rho, kappa = _scales(q, k)
     de = torch.empty((B, H, 2, T), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     pre_block = 16 if INTERPRET else 64
@@ -719,25 +789,25 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
                   DS_F32=q.dtype == torch.float16)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
-    kernel, meta = _pick("dkdv", q.dtype, D)
+    kernel, meta = _pick("dkdv", q.dtype, D, q.device)
 
     def grid_n(META):
         return (triton.cdiv(T, META["BLOCK_N"]), B * H)
 
     wrap(kernel)[grid_n](
-        q, k, v, nq, nk, dout, stats, de, dk, dv, *strides,
+        q, k, v, nq, nk, rho, kappa, dout, stats, de, dk, dv, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        H, T, math.log(D), float(p), _t_bucket(T), **common, **meta)
+        H, T, float(p), _t_bucket(T), **common, **meta)
 
-    kernel, meta = _pick("dq", q.dtype, D)
+    kernel, meta = _pick("dq", q.dtype, D, q.device)
 
     def grid_m(META):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)
 
     wrap(kernel)[grid_m](
-        q, k, v, nq, nk, dout, stats, de, dq, *strides,
+        q, k, v, nq, nk, rho, kappa, dout, stats, de, dq, *strides,
         dq.stride(0), dq.stride(1), dq.stride(2),
-        H, T, math.log(D), float(p), _t_bucket(T), **common, **meta)
+        H, T, float(p), _t_bucket(T), **common, **meta)
     return dq, dk, dv
 
 

@@ -2,11 +2,14 @@
 softmax (SDPA) and of each lssa / lssar implementation.
 
     python scripts/bench_attention.py --out results/bench_attention.json
-    python scripts/bench_attention.py --T 1024 4096 16384 --H 12 --d 64 --tokens 16384
+    python scripts/bench_attention.py --T 1024 4096 16384 --H 12 --d 64 128 --tokens 16384
     python scripts/bench_attention.py --cpu-smoke          # no GPU: check this script itself
 
 Implementations (each for lssa and lssar, softmax once):
-  sdpa        softmax, F.scaled_dot_product_attention(is_causal=True) (flash on an H100)
+  sdpa        softmax, F.scaled_dot_product_attention(is_causal=True) as torch dispatches it
+              (the backend it picks is recorded), then forced to each fused backend:
+  sdpa-flash  FlashAttention-2 (SDPBackend.FLASH_ATTENTION)
+  sdpa-cudnn  cuDNN's fused attention (SDPBackend.CUDNN_ATTENTION; recent torch may pick it on sm_90)
   reference   attention.reference_attention, plain PyTorch (materialises T x T)
   compiled    the same under torch.compile (skip with --no-compile; only up to
               --compile-max-T: for an inference forward the reference loops over row blocks,
@@ -18,8 +21,12 @@ Implementations (each for lssa and lssar, softmax once):
 
 Modes: "fwd" is an inference forward (torch.no_grad: the reference walks over row blocks,
 lssar's kernel keeps no gradient statistics); "fwd+bwd" is a forward with inputs that require
-grad plus the backward of a random output gradient. Times are CUDA-event medians after
-warm-up; peak memory is max_memory_allocated during one call minus what was allocated before
+grad plus the backward of a random output gradient. Each of --reps timings covers enough
+back-to-back calls to fill --window-ms between one pair of CUDA events (so a short call is not
+measured as the launch gap around it), divided by the number of calls; the rows give the
+median, min and max per call. "x sdpa" is the ratio to the fastest SDPA row (default, flash
+or cuDNN) of the same T, head dim and mode, "x sdpa mem" the ratio of peak memory to that
+row's. Peak memory is max_memory_allocated during one call minus what was allocated before
 it (the inputs). An implementation that fails (e.g. out of memory) is reported as such.
 B defaults to tokens/T (16 at T=1024), so every T holds the same number of tokens.
 TFLOP/s use the softmax-attention count for a causal mask: 2·B·H·T²·d forward, 2.5x that
@@ -46,7 +53,7 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", type=int, default=16384, help="B = tokens // T unless --B is given")
     ap.add_argument("--B", type=int, default=None, help="fixed batch size for every T")
     ap.add_argument("--H", type=int, default=12)
-    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--d", type=int, nargs="+", default=[64], help="head dims")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--p", type=float, default=15.0, help="lssar's power")
     ap.add_argument("--kinds", nargs="+", default=["lssa", "lssar"], choices=["lssa", "lssar"])
@@ -60,13 +67,15 @@ def parse_args(argv=None):
                     help="longest T for the plain reference (its fwd+bwd holds several T x T matrices per head)")
     ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=20, help="timings (each of several calls) per row")
+    ap.add_argument("--window-ms", type=float, default=20.0,
+                    help="each timing runs back-to-back calls for at least this long (at most 1000 calls)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU through Triton's interpreter (checks the script only)")
     args = ap.parse_args(argv)
     if args.cpu_smoke:  # tiny everything; the numbers mean nothing
-        args.T, args.B, args.H, args.d, args.dtype = [40], 1, 2, 16, "float32"
+        args.T, args.B, args.H, args.d, args.dtype = [40], 1, 2, [16], "float32"
         args.warmup, args.reps = 0, 1
         args.impls = [i for i in args.impls if i in ("reference", "triton")]
     if args.no_compile and "compiled" in args.impls:
@@ -77,29 +86,41 @@ def parse_args(argv=None):
 
 
 class Timer:
-    """Milliseconds of one call: CUDA events on the GPU, wall clock on the CPU."""
+    """Milliseconds per call of `calls` back-to-back calls: CUDA events on the GPU, wall clock
+    on the CPU."""
 
     def __init__(self, torch, cuda):
         self.torch, self.cuda = torch, cuda
 
-    def __call__(self, fn):
+    def __call__(self, fn, calls=1):
         if self.cuda:
             start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end)
+            return start.elapsed_time(end) / calls
         t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / calls
 
 
 def make_impls(torch, attention, args):
     """name -> (kind -> attention function or None), built lazily so a missing feature only
     removes its own rows."""
     F = torch.nn.functional
-    impls = {"sdpa": {"softmax": lambda q, k, v: attention.causal_attention(q, k, v, "softmax")}}
+    def softmax(q, k, v):
+        return attention.causal_attention(q, k, v, "softmax")
+
+    impls = {"sdpa": {"softmax": softmax}}
+    backends = getattr(getattr(torch.nn, "attention", None), "SDPBackend", None)
+    if backends is not None and torch.cuda.is_available():
+        from torch.nn.attention import sdpa_kernel
+        for name, backend in (("sdpa-flash", "FLASH_ATTENTION"), ("sdpa-cudnn", "CUDNN_ATTENTION")):
+            if hasattr(backends, backend):
+                impls[name] = {"softmax": forced(sdpa_kernel, getattr(backends, backend), softmax)}
     p = args.p
     if "reference" in args.impls:
         impls["reference"] = {kind: (lambda q, k, v, kind=kind: attention.reference_attention(q, k, v, kind, p))
@@ -121,6 +142,23 @@ def make_impls(torch, attention, args):
                                              torch.compile(flex_attention, dynamic=False))
                              for kind in args.kinds}
     return impls
+
+
+def forced(sdpa_kernel, backend, fn):
+    """fn with SDPA restricted to one backend (an error, not a silent fallback, if it cannot run)."""
+    def run(q, k, v):
+        with sdpa_kernel([backend]):
+            return fn(q, k, v)
+    return run
+
+
+def sdpa_backend(torch, q):
+    """The fused backend SDPA picks for causal attention on q's shape (None where torch cannot say)."""
+    try:
+        from torch.nn.attention import SDPBackend
+        return SDPBackend(torch._fused_sdp_choice(q, q, q, is_causal=True)).name
+    except Exception:   # a private helper: absent or changed in some torch versions
+        return None
 
 
 def flex_impl(torch, F, kind, p, create_block_mask, flex):
@@ -153,7 +191,7 @@ def flex_impl(torch, F, kind, p, create_block_mask, flex):
 
 
 def measure(torch, timer, fn, q, k, v, mode, args, cuda):
-    """(median ms, peak MiB or None) of `fn` in `mode`."""
+    """({ms (median), ms_min, ms_max, calls}, peak MiB or None) of `fn` in `mode`."""
     if mode == "fwd":
         def step():
             with torch.no_grad():
@@ -178,8 +216,18 @@ def measure(torch, timer, fn, q, k, v, mode, args, cuda):
         step()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    times = [timer(step) for _ in range(args.reps)]
-    return statistics.median(times), peak
+    calls = max(1, min(1000, math.ceil(args.window_ms / max(timer(step), 1e-3))))
+    times = [timer(step, calls) for _ in range(args.reps)]
+    return dict(ms=statistics.median(times), ms_min=min(times), ms_max=max(times), calls=calls), peak
+
+
+def format_row(r):
+    spread = f"[{r['ms_min']:.3f}, {r['ms_max']:.3f}]"
+    ratio, mem = (f"{r[k]:.2f}" if r.get(k) else "-" for k in ("x_sdpa", "x_sdpa_mem"))
+    peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
+    backend = f"  ({r['backend']})" if r.get("backend") else ""
+    return (f"{r['d']:>3} {r['T']:>6} {r['B']:>3} {r['mode']:<8} {r['attention']:<8} {r['impl']:<10} {r['ms']:>9.3f} "
+            f"{spread:>19} {ratio:>7} {r['tflops']:>8.1f} {peak:>9} {mem:>6}{backend}")
 
 
 def attention_flops(B, H, T, d, mode):
@@ -219,24 +267,28 @@ def main(argv=None):
                                                             "Triton interpreter: timings meaningless",
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
         "code": code_version(), "hardware": hardware(device), "dtype": args.dtype, "H": args.H, "d": args.d, "p": args.p,
-        "warmup": args.warmup, "reps": args.reps,
+        "warmup": args.warmup, "reps": args.reps, "window_ms": args.window_ms,
     }
     print(f"# {meta['device']} | torch {meta['torch']} | triton {triton_version} | commit {meta['code']['commit']}"
           + (" (dirty)" if meta["code"]["dirty"] else ""))
-    print(f"# H={args.H} d={args.d} {args.dtype} p={args.p}; median of {args.reps} after {args.warmup} warm-up")
+    print(f"# H={args.H} {args.dtype} p={args.p}; ms per call: median [min, max] of {args.reps} timings of "
+          f">= {args.window_ms:g} ms each, after {args.warmup} warm-up calls")
     rows = []
-    header = f"{'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9}"
+    header = (f"{'d':>3} {'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'[min, max]':>19} "
+              f"{'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9} {'x mem':>6}")
     print(header)
     print("-" * len(header))
-    for T in args.T:
+    for d, T in ((d, T) for d in args.d for T in args.T):
         B = args.B or max(1, args.tokens // T)
         g = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(B, args.H, T, args.d, device=device, dtype=dtype, generator=g) for _ in range(3))
+        q, k, v = (torch.randn(B, args.H, T, d, device=device, dtype=dtype, generator=g) for _ in range(3))
         for mode in args.modes:
-            sdpa_ms = None
+            best = None   # the fastest SDPA row so far: the ratios' denominator
             for name, by_kind in impls.items():
                 for kind, fn in by_kind.items():
-                    row = {"T": T, "B": B, "mode": mode, "attention": kind, "impl": name}
+                    row = {"d": d, "T": T, "B": B, "mode": mode, "attention": kind, "impl": name}
+                    if name == "sdpa":
+                        row["backend"] = sdpa_backend(torch, q)
                     if name == "compiled" and T > args.compile_max_T:
                         row["skipped"] = f"T > --compile-max-T {args.compile_max_T}"
                         rows.append(row)
@@ -246,24 +298,26 @@ def main(argv=None):
                         rows.append(row)
                         continue
                     try:
-                        ms, peak = measure(torch, timer, fn, q, k, v, mode, args, cuda)
+                        times, peak = measure(torch, timer, fn, q, k, v, mode, args, cuda)
                     except Exception as e:  # OOM, a missing feature, a compile failure: report it
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                        print(f"{T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {'failed: ' + row['error'][:60]}")
+                        print(f"{d:>3} {T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {'failed: ' + row['error'][:60]}")
                         if cuda:
                             torch.cuda.empty_cache()
                         rows.append(row)
                         continue
-                    if name == "sdpa":
-                        sdpa_ms = ms
-                    row.update(ms=ms, peak_mib=peak,
-                               x_sdpa=ms / sdpa_ms if sdpa_ms else None,
-                               tflops=attention_flops(B, args.H, T, args.d, mode) / ms / 1e9)
+                    ms = times["ms"]
+                    if name.startswith("sdpa") and (best is None or ms < best["ms"]):
+                        best = dict(times, peak_mib=peak, impl=name)
+                    row.update(times, peak_mib=peak, tflops=attention_flops(B, args.H, T, d, mode) / ms / 1e9)
                     rows.append(row)
-                    ratio = f"{row['x_sdpa']:.2f}" if row["x_sdpa"] else "-"
-                    peak_s = f"{peak:.0f}" if peak is not None else "-"
-                    print(f"{T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {ms:>9.3f} {ratio:>7} "
-                          f"{row['tflops']:>8.1f} {peak_s:>9}")
+            for row in rows:   # every row of this T, head dim and mode against the fastest SDPA
+                if best and row.get("ms") and (row["d"], row["T"], row["mode"]) == (d, T, mode):
+                    row.update(x_sdpa=row["ms"] / best["ms"], sdpa_impl=best["impl"],
+                               x_sdpa_mem=row["peak_mib"] / best["peak_mib"] if row["peak_mib"] and best["peak_mib"]
+                               else None)
+                if row.get("ms") and (row["d"], row["T"], row["mode"]) == (d, T, mode):
+                    print(format_row(row))
         del q, k, v
         if cuda:
             torch.cuda.empty_cache()

@@ -9,8 +9,11 @@ that users run), so a figure here is a figure users get.
 
 Each attention type trains --steps optimizer steps of the config (one micro-step of
 batch_size x block_size tokens per step, on the embedded corpus unless overridden after
-`--`); throughput is the median over the log intervals after --warmup steps (compilation and
-autotuning happen there). Prints a table with ratios to the first type and writes JSON with
+`--`); throughput is the median (with min and max) over the log intervals after --warmup
+steps (compilation and autotuning happen there). The time to the first step is train.py's
+(from its start to the end of step 1), from empty Triton and Inductor caches (a fresh cache
+directory per type: a start-up from the caches of an earlier run would hide compile time;
+--warm-cache keeps the usual ones). Prints a table with ratios to the first type and writes JSON with
 the hardware, torch/triton versions and git commit.
 """
 import argparse
@@ -39,6 +42,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the figures")
     p.add_argument("--log_interval", type=int, default=5)
+    p.add_argument("--warm-cache", action="store_true", help="keep the usual Triton/Inductor caches (start-up "
+                   "then reuses what an earlier run compiled)")
     p.add_argument("--out", default=None, help="JSON path")
     extra = []
     if "--" in argv:  # what follows goes to train.py as it is
@@ -54,14 +59,30 @@ def bench_one(args, attention, out_dir):
                  f"--eval_interval={10 * args.steps}", "--eval_iters=1", f"--ckpt_interval={10 * args.steps}",
                  "--keep_checkpoints=1", "--dataset=embedded", "--warmup_iters=10"]
     argv = [args.config] + overrides + args.extra
-    train.main(argv)
+    saved = {k: os.environ.get(k) for k in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR")}
+    if not args.warm_cache:   # a cold start: compile everything this type needs
+        os.environ.update(TRITON_CACHE_DIR=os.path.join(out_dir, "triton-cache"),
+                          TORCHINDUCTOR_CACHE_DIR=os.path.join(out_dir, "inductor-cache"))
+    try:
+        train.main(argv)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if "tokens_per_s" in line]
+        lines = [json.loads(line) for line in f]
+    records = [r for r in lines if "tokens_per_s" in r]
+    first = [r["first_step_s"] for r in lines if "first_step_s" in r]
     timed = [r for r in records if r["step"] > args.warmup]
     if not timed:
         raise RuntimeError(f"no log interval after --warmup={args.warmup}; raise --steps")
     cfg = load_config(argv)
-    result = {"attention": attention, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+    result = {"attention": attention, "first_step_s": first[0] if first else None,
+              "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+              "tokens_per_s_min": min(r["tokens_per_s"] for r in timed),
+              "tokens_per_s_max": max(r["tokens_per_s"] for r in timed),
               "step_time_s": statistics.median(r["time_s"] for r in timed), "intervals": len(timed),
               "config": {k: getattr(cfg, k) for k in ("model", "batch_size", "block_size", "dtype", "compile",
                                                          "attention_backend", "reweight_p")}}
@@ -89,7 +110,7 @@ def main(argv=None):
                 torch.cuda.empty_cache()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = results[0]
-    print(f"\n{'attention':<22}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")
+    print(f"\n{'attention':<22}{'first step s':>13}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")
     for r in results:
         if "error" in r or "error" in base:
             print(f"{r['attention']:<22}{'failed: ' + r['error'][:70] if 'error' in r else 'no ratio: the first type failed'}")
@@ -97,7 +118,8 @@ def main(argv=None):
         r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
         if "peak_mem_gib" in r:
             r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"]
-        print(f"{r['attention']:<22}{r['tokens_per_s']:>12,.0f}{r['ratio']:>8.2f}"
+        first = f"{r['first_step_s']:.1f}" if r.get("first_step_s") is not None else "-"
+        print(f"{r['attention']:<22}{first:>13}{r['tokens_per_s']:>12,.0f}{r['ratio']:>8.2f}"
               f"{r.get('mfu', float('nan')):>8.1%}{r.get('peak_mem_gib', float('nan')):>10.2f}"
               f"{r.get('mem_ratio', float('nan')):>10.2f}")
     report = {"command": " ".join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),

@@ -1,6 +1,8 @@
-"""Registers, spills and shared memory of the fused lssa kernels on an H100 (sm_90), without a GPU.
+"""Registers, spills, shared memory and per-score SASS work of the fused lssa kernels on an
+H100 (sm_90), without a GPU.
 
     python scripts/kernel_resources.py                       # every tile of every table, all dtypes
+    python scripts/kernel_resources.py --sass --dtypes bf16 --head-dims 64 --first   # work per score
     python scripts/kernel_resources.py --dtypes fp32 --kernels fwd --head-dims 128 --modes lssar+grad
     python scripts/kernel_resources.py --dtypes fp32 --kernels dq --tiles 64,32,4,2 32,32,4,2
     python scripts/kernel_resources.py --json results/kernel_resources.json -j 2
@@ -12,10 +14,20 @@ Registers and spill bytes come from `ptxas -v` (Triton's bundled ptxas, Triton's
 shared memory from the compiled metadata, against sm_90's 227 KiB per block (a larger
 configuration fails to launch, and the autotuner skips it after compiling it).
 
-Tiles: the kernel module's _TILES, or for fp32 its _TILES_FP32; --tiles
+Tiles: the kernel module's sm_90 table _TILES_SM90, or for fp32 its _TILES_FP32; --tiles
 replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes:
 lssa (MODE 0), lssar (MODE 1) and, for the forward only, lssar+grad: lssar keeping the
 gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
+
+--sass disassembles each kernel (Triton's bundled nvdisasm) and, for each loop of the SASS (a
+backward branch: its target up to the branch), counts the instructions and the MUFU
+(special-function unit: ex2, lg2, rcp, ...) instructions per score: a loop iteration covers a
+BLOCK_M x BLOCK_N score tile with num_warps x 32 threads, so thread-instructions per score =
+warp instructions in the loop x 32 x num_warps / (BLOCK_M x BLOCK_N). An H100 SM issues 128
+thread-instructions and 16 MUFU ops per clock (docs/kernels.md). It also names the loop's
+matmul (wgmma = HGMMA, Hopper's warpgroup MMA; mma.sync = HMMA, the pre-Hopper path) and flags
+a tile whose score rows are fewer than 16 per warp: on sm_90 both warpgroups of an 8-warp
+64-row tile then do the whole tile's elementwise work.
 """
 import argparse
 import contextlib
@@ -41,12 +53,12 @@ SM90_SHARED = 227 * 1024   # bytes per block (cudaDevAttrMaxSharedMemoryPerBlock
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = {"lssa": (0, False), "lssar": (1, False), "lssar+grad": (1, True)}   # (MODE, STORE_U)
 INPUT_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}   # in the inputs' dtype
-FP32_POINTERS = {"NQ", "NK", "STATS", "U", "DE"}
+FP32_POINTERS = {"NQ", "NK", "RHO", "KAPPA", "STATS", "U", "DE"}
 
 
 def tile_table(dtype):
-    """The tiles the kernel module launches for this dtype."""
-    return L._TILES_FP32 if dtype == "fp32" else L._TILES
+    """The tiles the kernel module launches on sm_90 for this dtype."""
+    return L._TILES_FP32 if dtype == "fp32" else L._TILES_SM90
 
 
 def tile_error(which, bm, bn):
@@ -76,7 +88,7 @@ def source(which, dtype, head_dim, mode, bm, bn, p):
         elif name in INPUT_POINTERS | FP32_POINTERS:
             signature[name] = f"*{dtype}" if name in INPUT_POINTERS else "*fp32"
         else:
-            signature[name] = "fp32" if name in ("LN_D", "p") else "i32"
+            signature[name] = "fp32" if name == "p" else "i32"
     # what Triton's launcher specialises on: 16-byte-aligned pointers, integers divisible by 16
     aligned = [i for i, name in enumerate(fn.arg_names)
                if signature[name].startswith("*") or (signature[name] == "i32" and name != "H")]
@@ -96,9 +108,80 @@ def ptxas_log(ptx):
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
 
 
+# The loops of each kernel in source (= SASS) order; the main one (no mask) is the target's.
+LOOP_NAMES = {("fwd", "lssa"): ["keys", "keys, diagonal"],
+              ("fwd", "lssar"): ["pass 1", "pass 1, diagonal", "pass 2", "pass 2, diagonal"],
+              ("dkdv", "lssa"): ["queries, diagonal", "queries"], ("dkdv", "lssar"): ["queries, diagonal", "queries"],
+              ("dq", "lssa"): ["keys", "keys, diagonal"], ("dq", "lssar"): ["keys", "keys, diagonal"]}
+MAIN_LOOPS = {"keys", "pass 1", "pass 2", "queries"}
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+
+
+def sass_text(cubin):
+    """nvdisasm's listing of a cubin (the disassembler bundled with Triton)."""
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+def sass_loops(sass):
+    """The loops of a SASS listing, in address order: for each backward branch, the
+    instructions from its target to the branch (NOPs excluded), its MUFU instructions and
+    which matmul instruction it issues."""
+    labels, code, pending = {}, [], []
+    for line in sass.splitlines():
+        label = _LABEL.match(line.strip())
+        if label:
+            pending.append(label[1])
+            continue
+        ins = _SASS_LINE.search(line)
+        if ins:
+            addr = int(ins[1], 16)
+            for name in pending:
+                labels[name] = addr
+            pending = []
+            code.append((addr, ins[2]))
+    loops = []
+    for addr, text in code:
+        target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", text)
+        if target and labels.get(target[1], addr) < addr:   # (a branch to itself is the trap after EXIT)
+            body = [t for a, t in code if labels[target[1]] <= a <= addr and not t.startswith("NOP")]
+            ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
+            mma = "wgmma" if any(o.startswith("HGMMA") for o in ops) else \
+                  "mma.sync" if any(o.startswith("HMMA") for o in ops) else "-"
+            loops.append(dict(instructions=len(body), mufu=sum(o.startswith("MUFU") for o in ops), mma=mma))
+    return loops
+
+
+def duplicated_rows(which, bm, bn, warps):
+    """True when the score tile has fewer than 16 rows per warp: wgmma gives each warpgroup
+    (4 warps) 64 rows, so 8 warps on 64 rows both do the whole tile's elementwise work."""
+    rows = bn if which == "dkdv" else bm   # dK/dV's score tile is keys x queries
+    return rows < 16 * warps
+
+
+def sass_row(which, mode, tile, cubin):
+    """Per-score work of each loop of one compiled kernel."""
+    bm, bn, warps, _ = tile
+    loops = sass_loops(sass_text(cubin))
+    names = LOOP_NAMES[which, "lssa" if mode == "lssa" else "lssar"]
+    if len(names) != len(loops):   # a diagonal loop of one iteration compiles to straight code
+        names = [n for n in names if n in MAIN_LOOPS]
+    if len(names) != len(loops):
+        names = [f"loop {i + 1}" for i in range(len(loops))]
+    per = 32 * warps / (bm * bn)
+    return dict(loops=[dict(name=name, main=name in MAIN_LOOPS, instr_per_score=round(lp["instructions"] * per, 2),
+                            mufu_per_score=round(lp["mufu"] * per, 2), **lp) for name, lp in zip(names, loops)],
+                duplicated=duplicated_rows(which, bm, bn, warps))
+
+
 def measure(job):
-    """Compile one configuration; its registers, spills and shared memory."""
-    which, dtype, head_dim, mode, (bm, bn, warps, stages), p = job
+    """Compile one configuration; its registers, spills and shared memory (and its SASS work)."""
+    which, dtype, head_dim, mode, (bm, bn, warps, stages), p, sass = job
     row = dict(kernel=which, dtype=dtype, head_dim=head_dim, mode=mode, tile=[bm, bn, warps, stages])
     error = tile_error(which, bm, bn)
     if error:
@@ -117,8 +200,11 @@ def measure(job):
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not (regs and spills):
         raise RuntimeError(f"cannot read ptxas's report for {row}:\n{log}")
-    return dict(row, registers=int(regs[1]), spill_stores=int(spills[1]), spill_loads=int(spills[2]),
-                shared=compiled.metadata.shared, fits=compiled.metadata.shared <= SM90_SHARED)
+    row = dict(row, registers=int(regs[1]), spill_stores=int(spills[1]), spill_loads=int(spills[2]),
+               shared=compiled.metadata.shared, fits=compiled.metadata.shared <= SM90_SHARED)
+    if sass:
+        row.update(sass_row(which, mode, (bm, bn, warps, stages), compiled.asm["cubin"]))
+    return row
 
 
 def jobs(args):
@@ -128,8 +214,9 @@ def jobs(args):
                 for mode in args.modes:
                     if mode == "lssar+grad" and which != "fwd":
                         continue   # the backward kernels read the statistics, they have no such variant
-                    for tile in args.tiles or tile_table(dtype)[which, L._tile_class(head_dim)]:
-                        yield which, dtype, head_dim, mode, tuple(tile), args.p
+                    tiles = args.tiles or tile_table(dtype)[which, L._tile_class(head_dim)]
+                    for tile in tiles[:1] if args.first else tiles:
+                        yield which, dtype, head_dim, mode, tuple(tile), args.p, args.sass
 
 
 def table(rows):
@@ -143,6 +230,19 @@ def table(rows):
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         over = "" if r["fits"] else "  > 227 KiB: cannot launch"
         lines.append(head + f"{r['registers']:>4} {spill:>13} {r['shared'] / 1024:>10.1f}{over}")
+    return "\n".join(lines)
+
+
+def sass_table(rows):
+    """Instructions and MUFU ops per score in each loop (main loops first, marked *)."""
+    lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':10} {'tile (M,N,warps,stages)':23} "
+             f"{'loop':18} {'instr/score':>11} {'MUFU/score':>10} {'mma':8}"]
+    for r in rows:
+        for lp in r.get("loops", []):
+            dup = "  < 16 rows per warp: warps repeat the elementwise work" if r["duplicated"] else ""
+            lines.append(f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:10} {str(tuple(r['tile'])):23} "
+                         f"{lp['name'] + (' *' if lp['main'] else ''):18} {lp['instr_per_score']:>11.1f} "
+                         f"{lp['mufu_per_score']:>10.2f} {lp['mma']:8}{dup}")
     return "\n".join(lines)
 
 
@@ -164,6 +264,10 @@ def main(argv=None):
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--tiles", nargs="+", type=parse_tile, help="candidate tiles instead of the module's tables")
     ap.add_argument("--p", type=float, default=15.0, help="lssa's power p (an integer selects the P_INT path)")
+    ap.add_argument("--first", action="store_true", help="only the first tile of each list (the one launched "
+                    "with LSSA_TRITON_AUTOTUNE=0)")
+    ap.add_argument("--sass", action="store_true", help="also count instructions and MUFU ops per score in each "
+                    "loop of the SASS")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="compiles in parallel")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
@@ -177,6 +281,9 @@ def main(argv=None):
     else:
         rows = [measure(job) for job in todo]
     print(table(rows))
+    if args.sass:
+        print()
+        print(sass_table(rows))
     if args.json:
         write_json(dict(triton=triton.__version__, target="sm_90a", shared_limit=SM90_SHARED, p=args.p,
                         rows=rows),

@@ -1,10 +1,13 @@
 """The benchmark scripts run end to end (their figures are for a GPU; here only the plumbing)."""
 import json
+import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
@@ -22,6 +25,8 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     softmax, lssar = report["results"]
     assert (softmax["attention"], lssar["attention"]) == ("softmax", "lssar")
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
+    assert lssar["tokens_per_s_min"] <= lssar["tokens_per_s"] <= lssar["tokens_per_s_max"]
+    assert 0 < softmax["first_step_s"] < 300 and 0 < lssar["first_step_s"] < 300   # train.py's start to step 1
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
 
@@ -62,7 +67,98 @@ def test_kernel_resources_uses_an_fp32_table_when_the_module_has_one(monkeypatch
     pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
     import kernel_resources
     from kernels import lssa_triton
-    assert kernel_resources.tile_table("bf16") is lssa_triton._TILES
+    assert kernel_resources.tile_table("bf16") is lssa_triton._TILES_SM90
     fp32 = {key: [(16, 16, 4, 1)] for key in lssa_triton._TILES}
     monkeypatch.setattr(lssa_triton, "_TILES_FP32", fp32, raising=False)
-    assert kernel_resources.tile_table("fp32") is fp32 and kernel_resources.tile_table("fp16") is lssa_triton._TILES
+    assert kernel_resources.tile_table("fp32") is fp32 and kernel_resources.tile_table("fp16") is lssa_triton._TILES_SM90
+
+
+# Targets per score in the main (unmasked) loop of the sm_90a SASS, bf16, head dim 64, the tile
+# launched without autotuning (issue 21; docs/kernels.md): (kernel, mode, loop) -> (instr, MUFU)
+SASS_TARGETS = {("fwd", "lssa", "keys"): (16, 1.5), ("fwd", "lssar", "pass 2"): (24, 1.5),
+                ("dkdv", "lssa", "queries"): (32, 2.5), ("dq", "lssa", "keys"): (26, 2.5),
+                ("dkdv", "lssar", "queries"): (48, 2.5)}
+
+
+def _nvdisasm():
+    triton = pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    if not os.access(path, os.X_OK):
+        pytest.skip("this triton bundles no nvdisasm")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") == "1", reason="the interpreter is on: no compiler")
+def test_sass_work_per_score_holds_its_targets():
+    """Compile the kernels the targets name for sm_90a, disassemble them and count the work per
+    score in their main loops: fewer instructions and special-function ops than the targets, on
+    wgmma, with no warpgroup repeating another's elementwise work (~25 s on 2 cores)."""
+    _nvdisasm()
+    import kernel_resources as R
+    from kernels import lssa_triton as L
+    jobs = [(which, "bf16", 64, mode, L._TILES_SM90[which, 64][0], 15.0, True) for which, mode, _ in SASS_TARGETS]
+    with ProcessPoolExecutor(2) as pool:   # one compile per core
+        rows = list(pool.map(R.measure, jobs))
+    for ((which, mode, loop), (max_instr, max_mufu)), row in zip(SASS_TARGETS.items(), rows):
+        tile = tuple(row["tile"])
+        main = {lp["name"]: lp for lp in row["loops"] if lp["main"]}
+        assert loop in main, (which, mode, row["loops"])
+        lp = main[loop]
+        assert lp["instr_per_score"] <= max_instr and lp["mufu_per_score"] <= max_mufu, (which, mode, tile, lp)
+        assert lp["mma"] == "wgmma" and not row["duplicated"], (which, mode, tile, lp)
+
+
+def test_sass_loops_are_read_from_backward_branches():
+    """The SASS parser on a hand-written listing: one loop of 4 instructions (2 MUFU, a wgmma),
+    a forward branch that is no loop, and the trap after EXIT (a branch to itself) ignored."""
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    import kernel_resources as R
+    sass = """
+        /*0000*/                   MOV R1, R2 ;
+.L_x_0:
+        /*0010*/                   MUFU.EX2 R3, -|R4| ;
+        /*0020*/              @!P0 MUFU.EX2 R5, R6 ;
+        /*0030*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0040*/               @P1 BRA `(.L_x_0) ;
+        /*0050*/                   BRA `(.L_x_1) ;
+        /*0060*/                   NOP ;
+.L_x_1:
+        /*0070*/                   EXIT ;
+.L_x_2:
+        /*0080*/                   BRA `(.L_x_2);
+"""
+    assert R.sass_loops(sass) == [dict(instructions=4, mufu=2, mma="wgmma")]
+    assert R.duplicated_rows("fwd", 64, 64, 8) and not R.duplicated_rows("fwd", 128, 64, 8)
+    assert R.duplicated_rows("dkdv", 32, 64, 8) and not R.duplicated_rows("dkdv", 32, 64, 4)
+
+
+def test_log2_1p_polynomial():
+    """The kernels' log2(1 + u) for 16-bit inputs, u·q(u) with q of degree 5 evaluated in fp32 as
+    the kernels do (Horner), within 1e-5 relative of log1p(u)/ln 2 in float64 on (0, 1]."""
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    from kernels import lssa_triton as L
+    coeffs = [getattr(L, f"_L2P{i}") for i in range(6)]
+    coeffs = [float(getattr(c, "value", c)) for c in coeffs]
+    u = torch.cat([torch.logspace(-30, 0, 2000, dtype=torch.float64), torch.linspace(1e-3, 1, 20001, dtype=torch.float64)])
+    u32 = u.float()
+    q = torch.full_like(u32, coeffs[5])
+    for c in reversed(coeffs[:5]):
+        q = q * u32 + c
+    exact = torch.log1p(u32.double()) / math.log(2)
+    rel = ((u32 * q).double() / exact - 1).abs().max().item()
+    assert rel < 1e-5, rel
+
+
+def test_sm90_tiles_are_short_and_on_warpgroup_mma():
+    """Every Hopper tile: at most three per list (Inductor compiles them all before the first
+    step), blocks the loops can nest, a score tile of at least 64 rows (fewer fall back to
+    mma.sync) and at least 16 rows per warp (else two warpgroups repeat the elementwise work)."""
+    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    import kernel_resources as R
+    from kernels import lssa_triton as L
+    assert all(1 <= len(tiles) <= 3 for table in (L._TILES_SM90, L._TILES) for tiles in table.values())
+    for (which, d), tiles in L._TILES_SM90.items():
+        for bm, bn, warps, stages in tiles:
+            assert R.tile_error(which, bm, bn) is None, (which, d, bm, bn)
+            assert (bn if which == "dkdv" else bm) >= 64, (which, d, bm, bn)
+            assert not R.duplicated_rows(which, bm, bn, warps), (which, d, bm, bn, warps)

@@ -52,18 +52,22 @@ def test_summary_checks_the_targets():
     found = {
         "bench_train": [{"attention": "softmax", "tokens_per_s": 1000.0, "ratio": 1.0, "mfu": 0.4, "peak_mem_gib": 10.0,
                          "mem_ratio": 1.0},
-                        {"attention": "lssa", "tokens_per_s": 900.0, "ratio": 0.9, "mfu": 0.36, "peak_mem_gib": 11.0,
-                         "mem_ratio": 1.1},
+                        {"attention": "lssa", "tokens_per_s": 950.0, "ratio": 0.95, "mfu": 0.36, "peak_mem_gib": 11.0,
+                         "mem_ratio": 1.1, "first_step_s": 50.0},
                         {"attention": "lssar", "error": "RuntimeError: boom"}],
         "bench_attention": [{"T": 16384, "B": 1, "mode": "fwd", "attention": "lssar", "impl": "triton", "ms": 9.0,
-                             "x_sdpa": 3.5, "peak_mib": 20.0}],
+                             "x_sdpa": 3.6, "peak_mib": 20.0},
+                            {"d": 128, "T": 16384, "B": 1, "mode": "fwd", "attention": "lssa", "impl": "triton",
+                             "ms": 9.0, "x_sdpa": 9.0, "peak_mib": 20.0}],
         "repro": [{"run": "small-lssar", "attention": "lssar", "reweight_p": 15.0,
                    "losses": {"1x": 4.0, "2x": 4.0, "4x": 4.02, "8x": 4.04, "16x": 4.1}}],
     }
     rows = {t["target"]: t for t in gpu_check.targets(found)}
     assert rows["lssa tokens/s"]["met"] and rows["lssa peak memory"]["met"]
     assert "lssar tokens/s" not in rows                 # it failed: nothing to compare
-    assert not rows["lssar fwd T=16384"]["met"]         # 3.5x SDPA > 3x
+    assert not rows["lssar fwd T=16384"]["met"]         # 3.6x SDPA > 3.5x
+    assert "lssa fwd T=16384" not in rows               # the targets are head dim 64's
+    assert not rows["lssa first step s"]["met"]          # 50 s > 45 s
     assert rows["lssar 16x/1x"]["value"] == pytest.approx(4.1 / 4.0) and not rows["lssar 16x/1x"]["met"]
     summary = {"gpu": "NVIDIA H200", "torch": "2.11", "triton": "3.6", "code": {"commit": "abcdef0123", "dirty": False},
                "date": "now", "seconds": 1.0, "parts": {"tests": {"status": "ok", "seconds": 1.0}}, "found": found,

@@ -263,7 +263,7 @@ def test_kernels_compile_for_an_h100():
     from kernels import lssa_triton as L
 
     pointers = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
-    fp32_pointers = {"NQ", "NK", "STATS", "U", "DE"}
+    fp32_pointers = {"NQ", "NK", "RHO", "KAPPA", "STATS", "U", "DE"}
     launches = [
         (L._fwd_kernel, "bf16", dict(MODE=1, P_INT=0, STORE_U=True, DOT_PREC="tf32", BLOCK_N=32)),
         (L._bwd_pre_kernel, "bf16", dict(MODE=1)),
@@ -276,7 +276,7 @@ def test_kernels_compile_for_an_h100():
         floats = "fp64" if i % 2 == 0 else "fp32"   # torch.compile's Inductor passes Python floats as fp64
         signature = {name: "constexpr" if name in constexprs else
                      f"*{dtype}" if name in pointers else "*fp32" if name in fp32_pointers else
-                     floats if name in ("LN_D", "p") else "i32" for name in fn.arg_names}
+                     floats if name == "p" else "i32" for name in fn.arg_names}
         try:
             source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
             target = GPUTarget("cuda", 90, 32)
