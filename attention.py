@@ -114,7 +114,14 @@ def positive_weights(q, k, kind, n, visible, head_scale=None):
         s = s.masked_fill(~visible, float("-inf"))
         return torch.exp(s - s.amax(-1, keepdim=True))  # every row sees its diagonal: max is finite
     if RECIPES[kind][0] == "sigmoid":
-        return torch.where(visible, torch.sigmoid(s - torch.log(n)), 0.0)
+        # log σ(x) = −softplus(−x): exact far below the point (about −88 in fp32) where σ itself
+        # underflows to 0. A row that is l1-normalised afterwards may be scaled by any constant:
+        # dividing by its largest weight (subtracting the max log-weight, as softmax does; the
+        # max may be detached) keeps its largest entry at 1, so no input gives 0/0.
+        log_w = (-F.softplus(-(s - torch.log(n)))).masked_fill(~visible, float("-inf"))
+        if RECIPES[kind][1]:
+            log_w = log_w - log_w.amax(-1, keepdim=True).detach()
+        return torch.exp(log_w)
     return torch.where(visible, F.relu(s) / n, 0.0)   # relu
 
 

@@ -175,6 +175,30 @@ def test_finite_at_4096(kind, dtype):
     assert y.dtype == dtype and torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [3.0, 15.0])
+def test_sigmoid_l1_rows_far_below_underflow(dtype, p):
+    """Every score of every row is about −200 to −300: σ underflows to 0 in fp32 (below about
+    −88), and l1-normalising those zeros used to give 0/0 = NaN rows. The rows must equal the
+    float64 formulas (naive_weights: σ(−300) ≈ 5e-131 is still a normal float64)."""
+    g = torch.Generator().manual_seed(7)
+    T, d = 9, 4
+    base = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    k = 15 * base + 0.5 * torch.randn(T, d, generator=g)
+    q = -15 * base + 0.5 * torch.randn(T, d, generator=g)
+    q, k = q.to(dtype).double(), k.to(dtype).double()   # the inputs as the dtype represents them
+    want = as_tensor(naive_weights(q.tolist(), k.tolist(), "sigmoid_l1_reweight", p))
+    scores = (q @ k.T) / math.sqrt(d)
+    assert scores.max() < -180, "the test needs every score far below fp32's sigmoid underflow"
+    got = attention_weights(q[None, None].to(dtype), k[None, None].to(dtype), "sigmoid_l1_reweight", p)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-4), (got.double() - want).abs().max()
+    v = torch.randn(1, 1, T, d, generator=g).to(dtype)
+    y = causal_attention(q[None, None].to(dtype).requires_grad_(), k[None, None].to(dtype), v,
+                         "sigmoid_l1_reweight", p)
+    assert torch.isfinite(y).all()
+
+
 @pytest.mark.parametrize("kind", ["lssa", "lssar"])
 def test_gradients_finite_in_low_precision(kind):
     q, k, v = (8 * torch.randn(1, 2, 512, 16) for _ in range(3))
