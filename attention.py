@@ -13,8 +13,9 @@ n_i = i visible keys and a causal mask j <= i:
   y_i = Σ_j a_ij v_j
 
 and the paper's baselines and ablations (the RECIPES table below): sigmoid, relu, ssmax,
-softmax_reweight, sigmoid_l1_reweight. Every type is three choices: how a score becomes a
-positive weight, whether rows are l1-normalised, whether lssar's re-weighting follows.
+softmax_reweight, sigmoid_l1_reweight, relu_l1, softplus_l1. Every type is three choices: how a
+score becomes a positive weight, whether rows are l1-normalised, whether lssar's re-weighting
+follows.
 
 The exact definitions and their numerical traps are in the README ("The maths"). The
 plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
@@ -41,10 +42,17 @@ RECIPES = {
     "ssmax": ("exp", True, False),                # exp(s_h·ln n·q·k/√d)         Nakanishi 2025
     "softmax_reweight": ("exp", True, True),      # softmax, re-weighted         Gao et al. 2025 (ablation)
     "sigmoid_l1_reweight": ("sigmoid", True, True),  # sigmoid, l1, re-weighted  Gao et al. 2025 (ablation)
+    "relu_l1": ("relu", True, False),             # relu(q·k/√d), l1 ("ReLU as φ")  Gao et al. 2025 (ablation)
+    "softplus_l1": ("softplus_fixed", True, False),  # lssa without its length scale:
+                                                  # softplus(ln d·ln 1024·q̂·k̂)  Gao et al. 2025 (ablation)
 }
 ATTENTION_TYPES = tuple(RECIPES)
 REWEIGHTED_TYPES = tuple(k for k, (_, _, rw) in RECIPES.items() if rw)
 BACKENDS = ("auto", "reference", "kernel")
+# softplus_l1's constant in place of lssa's ln(n): ln(FIXED_LENGTH), the paper's training length,
+# so that at the last row of a 1024-token training sequence both types have the same scale and
+# the ablation changes only how the scale depends on the row (not at all), not its size.
+FIXED_LENGTH = 1024
 
 # Inference-only chunking: keep each (rows x keys) score block under this many elements,
 # so that 16x-context evaluation never holds a T x T matrix (16384^2 x 12 heads x 4 bytes
@@ -101,11 +109,13 @@ def reweight(w, a, n, p):
 def positive_weights(q, k, kind, n, visible, head_scale=None):
     """The un-normalised weights w_ij >= 0 of a type (0 where masked), in q's dtype."""
     d = q.size(-1)
-    if RECIPES[kind][0] == "softplus":
-        # QK-norm, a length scale that grows with the row's key count, softplus, and a
-        # multiplicative 0/1 mask (the re-weighting's threshold needs masked w exactly 0).
+    if RECIPES[kind][0].startswith("softplus"):
+        # QK-norm, a length scale that grows with the row's key count (softplus_fixed: a constant
+        # one), softplus, and a multiplicative 0/1 mask (the re-weighting's threshold needs
+        # masked w exactly 0).
         qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        s = math.log(d) * torch.log(n) * (qn @ kn.transpose(-2, -1))
+        length = torch.log(n) if RECIPES[kind][0] == "softplus" else math.log(FIXED_LENGTH)
+        s = math.log(d) * length * (qn @ kn.transpose(-2, -1))
         return torch.where(visible, F.softplus(s), 0.0)
     s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
     if RECIPES[kind][0] == "exp":
@@ -148,7 +158,11 @@ def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None, visible=No
             return a.masked_fill(empty, 0.0)
     _, normalised, reweighted = RECIPES[kind]
     w = positive_weights(q, k, kind, n, visible, head_scale)
-    a = w / w.sum(-1, keepdim=True) if normalised else w
+    if normalised:   # a relu row may have no positive weight: it gets zeros, not 0/0
+        z = w.sum(-1, keepdim=True)
+        a = w / torch.where(z > 0, z, 1.0)
+    else:
+        a = w
     return reweight(w, a, n, p) if reweighted else a
 
 

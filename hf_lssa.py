@@ -45,7 +45,7 @@ def attention_forward(kind, module, query, key, value, attention_mask, scaling=N
         groups = query.size(1) // key.size(1)
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     d = query.size(-1)
-    if scaling is not None and scaling != d ** -0.5 and RECIPES[kind][0] != "softplus":
+    if scaling is not None and scaling != d ** -0.5 and not RECIPES[kind][0].startswith("softplus"):
         query = query * (scaling * math.sqrt(d))   # the types divide by sqrt(d) themselves; lssa's are QK-normed
     # reweight_p from the model's config (ours has it; set config.reweight_p on any other to change it)
     p = float(getattr(getattr(module, "config", None), "reweight_p", 15.0))
