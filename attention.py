@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from kernels import KERNEL_TYPES  # ("lssa", "lssar"): the types with a fused kernel
+    from kernels import KERNEL_PHIS  # the positive-weight functions the fused kernels implement
 except ImportError:  # this file alone, in an exported Hugging Face model folder (hf_lssa.py): no kernels there
-    KERNEL_TYPES = ()
+    KERNEL_PHIS = ()
 
 # type: (positive weights from scores, l1-normalise rows, re-weight)       source
 RECIPES = {
@@ -48,6 +48,10 @@ RECIPES = {
 }
 ATTENTION_TYPES = tuple(RECIPES)
 REWEIGHTED_TYPES = tuple(k for k, (_, _, rw) in RECIPES.items() if rw)
+# softmax and ssmax (a per-row rescaled softmax) run on SDPA's kernels; every other type on the
+# fused kernel family of kernels/lssa_triton.py, which follows the recipe.
+SDPA_TYPES = ("softmax", "ssmax")
+KERNEL_TYPES = tuple(k for k, (phi, _, _) in RECIPES.items() if phi in KERNEL_PHIS and k not in SDPA_TYPES)
 BACKENDS = ("auto", "reference", "kernel")
 # softplus_l1's constant in place of lssa's ln(n): ln(FIXED_LENGTH), the paper's training length,
 # so that at the last row of a 1024-token training sequence both types have the same scale and
@@ -246,9 +250,9 @@ def check_kernel(kind, p, device, dtype, head_dim):
         lssa_triton = kernel_module()
         with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
             x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
-            reason = lssa_triton.unsupported_reason(*x, kind)
+            reason = lssa_triton.unsupported_reason(*x, RECIPES[kind])
             if reason is None:
-                lssa_triton.lssa_attention(*x, kind, p).float().sum().backward()
+                _fused(lssa_triton, *x, kind, p).float().sum().backward()
     except Exception as e:  # no triton, a compile error, no kernel image for this GPU, out of resources...
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         _fallback_warning(kind, reason)
@@ -262,8 +266,8 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
     q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
     in v's dtype. `p` is the re-weighting power (lssar and the *_reweight ablations);
     `head_scale` is ssmax's learned per-head s_h, shape (n_head,). `backend`: "auto" uses the
-    fused kernel when one applies (lssa/lssar on CUDA tensors, head_dim 16/32/64/128,
-    fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise; where the kernel
+    fused kernel when one applies (every type of KERNEL_TYPES on CUDA tensors, head_dim
+    16/32/64/128, fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise; where the kernel
     should apply but cannot be imported, compiled or launched, it warns once (check_kernel)
     and uses the reference. "reference" forces the reference; "kernel" requires the kernel
     and fails loudly where it cannot run (it also accepts CPU tensors under Triton's
@@ -283,16 +287,16 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
         return reference_attention(q, k, v, kind, p, head_scale=head_scale)
     if backend == "auto":
         if q.is_cuda and _auto_kernel_applies(q, k, v, kind, p):
-            return kernel_module().lssa_attention(q, k, v, kind, p)
+            return _fused(kernel_module(), q, k, v, kind, p)
         return reference_attention(q, k, v, kind, p)
     try:  # backend == "kernel"
         lssa_triton = kernel_module()
     except Exception as e:  # ImportError without triton; anything else is a broken install
         reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
     else:
-        reason = lssa_triton.unsupported_reason(q, k, v, kind)
+        reason = lssa_triton.unsupported_reason(q, k, v, RECIPES[kind])
         if reason is None:
-            return lssa_triton.lssa_attention(q, k, v, kind, p)
+            return _fused(lssa_triton, q, k, v, kind, p)
     raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}; use backend='auto' or 'reference'")
 
 
@@ -302,4 +306,9 @@ def _auto_kernel_applies(q, k, v, kind, p):
     run here but fails to import, compile or launch goes there with a warning (check_kernel)."""
     if check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is not None:
         return False
-    return kernel_module().unsupported_reason(q, k, v, kind) is None
+    return kernel_module().unsupported_reason(q, k, v, RECIPES[kind]) is None
+
+
+def _fused(lssa_triton, q, k, v, kind, p):
+    """The fused kernel of a type: its recipe, and softplus_fixed's constant length."""
+    return lssa_triton.lssa_attention(q, k, v, RECIPES[kind], p, FIXED_LENGTH)
