@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from attention import ATTENTION_TYPES  # noqa: E402
 from configurator import load_config  # noqa: E402
 from runinfo import code_version, hardware, write_json  # noqa: E402
 
@@ -37,7 +38,9 @@ from runinfo import code_version, hardware, write_json  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default="config/paper_124m.py")
-    p.add_argument("--attention", nargs="+", default=["softmax", "lssa", "lssar"])
+    p.add_argument("--attention", nargs="+", default=["softmax", "lssa", "lssar"],
+                   choices=list(ATTENTION_TYPES) + ["all"], help="types, the first the ratios' base; "
+                   "all: every type of attention.RECIPES")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the figures")
@@ -49,6 +52,8 @@ def parse_args(argv):
     if "--" in argv:  # what follows goes to train.py as it is
         argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = p.parse_args(argv)
+    if "all" in args.attention:
+        args.attention = list(ATTENTION_TYPES)
     args.extra = extra
     return args
 
