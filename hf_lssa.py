@@ -53,7 +53,7 @@ def attention_forward(kind, module, query, key, value, attention_mask, scaling=N
     head_scale = torch.ones(query.size(1), device=query.device) if kind == "ssmax" else None
     Tq, Tk = query.size(-2), key.size(-2)
     if attention_mask is None and Tq == Tk:
-        # plain causal: the fused kernel where it applies (lssa/lssar on CUDA), else the reference
+        # plain causal: the fused kernel where it applies (attention.KERNEL_TYPES on CUDA), else the reference
         y = causal_attention(query, key, value, kind, p, "auto", head_scale=head_scale)
     else:
         if attention_mask is None:   # causal, the queries being the last Tq of Tk positions (cached decoding)

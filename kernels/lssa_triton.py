@@ -1,12 +1,27 @@
-"""Fused causal lssa / lssar attention in Triton: forward and backward.
+"""Fused causal attention in Triton, forward and backward, for every recipe of attention.RECIPES.
 
-The maths is the reference's (`attention.py`, README "The maths"): for query row i = 1..T
-(1-indexed) and key j <= i,
+A recipe is (positive weights φ, l1-normalise, re-weight); the kernels take all three as
+compile-time switches (PHI, NORM, RW), so a new type is one line in RECIPES. For query row
+i = 1..T (1-indexed) and key j <= i, in the kernels' units (log2 where a weight is an exponential):
 
-    s_ij = ln(d) ln(i) q̂_i·k̂_j,   w_ij = softplus(s_ij),   Z_i = Σ_j w_ij
-    lssa   y_i = Σ_j w_ij v_j / Z_i
-    lssar  x_ij = relu(w_ij − τ_i)^p,  τ_i = Z_i / i for i > 3 and 0 for i <= 3,
-           y_i = Σ_j x_ij v_j / Σ_j x_ij, or the lssa row when Σ_j x_ij = 0 (fallback).
+    φ = softplus  s2_ij = ln(d) log2(i) q̂_i·k̂_j,   w_ij = log2(1 + 2^s2)  (lssa, lssar; softplus_fixed:
+                  a constant length in place of i, softplus_l1)
+    φ = sigmoid   s2_ij = q_i·k_j log2(e)/√d − log2(i),  w_ij = σ(s) = 2^(−softplus2(−s2))
+    φ = relu      s_ij = q_i·k_j/(√d·i),   w_ij = relu(s)
+    φ = exp       s2_ij = q_i·k_j log2(e)/√d,   w_ij = 2^s2
+    without l1    y_i = Σ_j w_ij v_j                        (sigmoid, relu: one pass, no row sum)
+    l1            y_i = Σ_j w_ij v_j / Z_i,  Z_i = Σ_j w_ij  (a relu row with Z = 0 gives 0)
+    re-weighted   x_ij = relu(w_ij − τ_i)^p,  τ_i = Z_i / i for i > 3 and 0 for i <= 3,
+                  y_i = Σ_j x_ij v_j / Σ_j x_ij, or the l1 row when Σ_j x_ij = 0 (fallback).
+
+Rows that are l1-normalised may be scaled by any constant (the re-weighting too: τ scales with
+the weights). exp rows, and l1-normalised sigmoid rows, use that: they subtract the row's
+largest log2-weight L_i (w = 2^(g − L), g = s2 or log2 σ), found by a first pass over the keys
+that keeps L and Z online, as online softmax does; so no row underflows to 0/0 (σ underflows
+below about −88) and no exp overflows. softmax and ssmax stay on SDPA (attention.py).
+The sections below were written for lssa/lssar and hold for every φ: where they name
+softplus, read the φ above; the per-score derivative dw/ds2 is σ(s) for softplus, ln 2·w·(1 − σ)
+for sigmoid (σ = w·2^L), [s > 0] for relu and ln 2·w for exp.
 
 Design (per head; every statistic kept is per row, so memory is O(T·d), never O(T²)):
 
@@ -58,7 +73,8 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   FlashAttention-2 structure: a preprocessing kernel (D, E), a dK/dV kernel per key block
   iterating over the query blocks at and below the diagonal, and a dQ kernel per query block
   iterating over the key blocks at and left of the diagonal (no atomics, deterministic).
-  Saved per row: lssa 1/Z; lssar τ/M, 1/M, K, F, 1/X̃, R, plus U (T·d fp32); b is computed
+  Saved per row (NSTATS rows): l1 types 1/Z, unnormalised ones nothing; re-weighted types τ/M,
+  1/M, K, F, 1/X̃, R, plus U (T·d fp32); then L for the rows that subtract their maximum. b is computed
   as relu(w'·(1/M) − τ/M), one FFMA and a max (_excess), identically in both directions.
 * Causal structure: the blocks strictly below the diagonal run without any mask or bounds
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.

@@ -231,7 +231,7 @@ def format_row(r):
     ratio, mem = (f"{r[k]:.2f}" if r.get(k) else "-" for k in ("x_sdpa", "x_sdpa_mem"))
     peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
     backend = f"  ({r['backend']})" if r.get("backend") else ""
-    return (f"{r['d']:>3} {r['T']:>6} {r['B']:>3} {r['mode']:<8} {r['attention']:<8} {r['impl']:<10} {r['ms']:>9.3f} "
+    return (f"{r['d']:>3} {r['T']:>6} {r['B']:>3} {r['mode']:<8} {r['attention']:<19} {r['impl']:<10} {r['ms']:>9.3f} "
             f"{spread:>19} {ratio:>7} {r['tflops']:>8.1f} {peak:>9} {mem:>6}{backend}")
 
 
@@ -279,7 +279,7 @@ def main(argv=None):
     print(f"# H={args.H} {args.dtype} p={args.p}; ms per call: median [min, max] of {args.reps} timings of "
           f">= {args.window_ms:g} ms each, after {args.warmup} warm-up calls")
     rows = []
-    header = (f"{'d':>3} {'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'[min, max]':>19} "
+    header = (f"{'d':>3} {'T':>6} {'B':>3} {'mode':<8} {'attention':<19} {'impl':<10} {'ms':>9} {'[min, max]':>19} "
               f"{'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9} {'x mem':>6}")
     print(header)
     print("-" * len(header))
@@ -306,7 +306,7 @@ def main(argv=None):
                         times, peak = measure(torch, timer, fn, q, k, v, mode, args, cuda)
                     except Exception as e:  # OOM, a missing feature, a compile failure: report it
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                        print(f"{d:>3} {T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {'failed: ' + row['error'][:60]}")
+                        print(f"{d:>3} {T:>6} {B:>3} {mode:<8} {kind:<19} {name:<10} {'failed: ' + row['error'][:60]}")
                         if cuda:
                             torch.cuda.empty_cache()
                         rows.append(row)
