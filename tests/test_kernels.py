@@ -454,7 +454,7 @@ def test_gpu_matches_reference(fixed_config, kind, T, d, dtype):
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("T", [1, 4, 1000])
+@pytest.mark.parametrize("T", [1, 1000])   # 1000: rows 1-4 too, and blocks that do not divide T
 @pytest.mark.parametrize("kind", NEW_TYPES)
 def test_gpu_every_type_matches_reference(fixed_config, kind, T, d, dtype):
     errors = _gpu_errors(kind, T, d, dtype)
