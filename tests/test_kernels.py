@@ -195,20 +195,23 @@ sys.path.insert(0, sys.argv[1])
 import torch
 import attention
 
-def f(q, k, v):
-    return attention.causal_attention(q, k, v, "lssar", 15.0, backend="kernel")
-
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 2, 20, 16, generator=g, requires_grad=True) for _ in range(3))
-eager = f(q, k, v)
-eager.sum().backward()
-want = [t.grad.clone() for t in (q, k, v)]
-for t in (q, k, v):
-    t.grad = None
-out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
-out.sum().backward()
-assert torch.equal(out, eager)
-assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+for kind in ("lssar", "sigmoid_l1_reweight"):   # the op's recipe arguments (str, bools, int) trace too
+    def f(q, k, v):
+        return attention.causal_attention(q, k, v, kind, 15.0, backend="kernel")
+
+    eager = f(q, k, v)
+    eager.sum().backward()
+    want = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    out.sum().backward()
+    assert torch.equal(out, eager)
+    assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+    for t in (q, k, v):
+        t.grad = None
 
 # the real model, as train.py compiles it: GPT under bf16 autocast, forward and backward
 from model import GPT, config_from_preset
@@ -542,7 +545,7 @@ def test_gpu_long_forward_in_linear_memory(kind):
 @gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", attention.KERNEL_TYPES)
 def test_gpu_torch_compile(kind):
     def f(q, k, v):
         return attention.causal_attention(q, k, v, kind, backend="kernel")
