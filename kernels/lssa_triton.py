@@ -387,7 +387,7 @@ def _fwd_sum_max(z, wmax, q, rho, beta, K, KAPPA, skt, T, offs_m, offs_d, lo, hi
 @triton.jit
 def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                     K, V, KAPPA, skt, svt, T, offs_m, offs_d, lo, hi,
-                    PHI: tl.constexpr, LOGMAX: tl.constexpr, RW: tl.constexpr,
+                    PHI: tl.constexpr, NORM: tl.constexpr, LOGMAX: tl.constexpr, RW: tl.constexpr,
                     P_INT: tl.constexpr, STORE_U: tl.constexpr,
                     DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
     """The output pass over the key blocks [lo, hi): Σ x v and Σ x (x = w without re-weighting
@@ -412,7 +412,8 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p
             keep = offs_m[:, None] >= offs_n[None, :]
             x = tl.where(keep, x, 0.0)
         acc += _mm(x.to(v.dtype), v, DOT_PREC)
-        xsum += tl.sum(x, 1)
+        if NORM:   # without normalisation no row sum is needed
+            xsum += tl.sum(x, 1)
         if STORE_U:
             if DIAG:
                 pm1 = tl.where(keep, pm1, 0.0)
@@ -489,10 +490,10 @@ def _fwd_kernel(Q, K, V, RHO, KAPPA, BETA, O, STATS, U,
 
     acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                                             K, V, KAPPA, skt, svt, T, offs_m, offs_d, 0, m0,
-                                            PHI, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
+                                            PHI, NORM, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
     acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                                             K, V, KAPPA, skt, svt, T, offs_m, offs_d, m0, hi,
-                                            PHI, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
+                                            PHI, NORM, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
 
     if NORM:   # a row without weight (relu) gets zeros
         inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)
