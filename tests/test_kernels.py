@@ -8,9 +8,14 @@ the variable first; the cases below are parametrised over that child's results. 
 a reason when triton is not installed. The interpreter runs the kernels as Python, so one more
 CPU test runs Triton's real compiler down to an sm_90 binary (no GPU needed).
 
-GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024},
-fp32/bf16/fp16, lssar's fallback and large p, a T = 16384 forward in O(T) memory and a
-torch.compile'd forward/backward.
+Every type of attention.KERNEL_TYPES is checked: lssa and lssar over the full set of cases,
+each other type (NEW_TYPES) over a compact one (T = 1, 5, 17, 40, 67, non-dividing blocks on
+strided views, bf16), plus the re-weighted fallback rows, p = 3 and scores far below σ's
+underflow.
+
+GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024}
+(the other types: T in {1, 1000}), fp32/bf16/fp16, the re-weighted fallback and large p, a
+T = 16384 forward in O(T) memory and a torch.compile'd forward/backward for every type.
 
 Errors are max |kernel − reference| / max |reference| per tensor (fp32 reference, computed
 from the same inputs). fp32 must agree to 1e-4; bf16/fp16 are loose (the output, the weights
