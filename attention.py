@@ -13,8 +13,9 @@ n_i = i visible keys and a causal mask j <= i:
   y_i = Σ_j a_ij v_j
 
 and the paper's baselines and ablations (the RECIPES table below): sigmoid, relu, ssmax,
-softmax_reweight, sigmoid_l1_reweight. Every type is three choices: how a score becomes a
-positive weight, whether rows are l1-normalised, whether lssar's re-weighting follows.
+softmax_reweight, sigmoid_l1_reweight, relu_l1, softplus_l1. Every type is three choices: how a
+score becomes a positive weight, whether rows are l1-normalised, whether lssar's re-weighting
+follows.
 
 The exact definitions and their numerical traps are in the README ("The maths"). The
 plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
@@ -27,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from kernels import KERNEL_TYPES  # ("lssa", "lssar"): the types with a fused kernel
+    from kernels import KERNEL_PHIS  # the positive-weight functions the fused kernels implement
 except ImportError:  # this file alone, in an exported Hugging Face model folder (hf_lssa.py): no kernels there
-    KERNEL_TYPES = ()
+    KERNEL_PHIS = ()
 
 # type: (positive weights from scores, l1-normalise rows, re-weight)       source
 RECIPES = {
@@ -41,10 +42,21 @@ RECIPES = {
     "ssmax": ("exp", True, False),                # exp(s_h·ln n·q·k/√d)         Nakanishi 2025
     "softmax_reweight": ("exp", True, True),      # softmax, re-weighted         Gao et al. 2025 (ablation)
     "sigmoid_l1_reweight": ("sigmoid", True, True),  # sigmoid, l1, re-weighted  Gao et al. 2025 (ablation)
+    "relu_l1": ("relu", True, False),             # relu(q·k/√d), l1 ("ReLU as φ")  Gao et al. 2025 (ablation)
+    "softplus_l1": ("softplus_fixed", True, False),  # lssa without its length scale:
+                                                  # softplus(ln d·ln 1024·q̂·k̂)  Gao et al. 2025 (ablation)
 }
 ATTENTION_TYPES = tuple(RECIPES)
 REWEIGHTED_TYPES = tuple(k for k, (_, _, rw) in RECIPES.items() if rw)
+# softmax and ssmax (a per-row rescaled softmax) run on SDPA's kernels; every other type on the
+# fused kernel family of kernels/lssa_triton.py, which follows the recipe.
+SDPA_TYPES = ("softmax", "ssmax")
+KERNEL_TYPES = tuple(k for k, (phi, _, _) in RECIPES.items() if phi in KERNEL_PHIS and k not in SDPA_TYPES)
 BACKENDS = ("auto", "reference", "kernel")
+# softplus_l1's constant in place of lssa's ln(n): ln(FIXED_LENGTH), the paper's training length,
+# so that at the last row of a 1024-token training sequence both types have the same scale and
+# the ablation changes only how the scale depends on the row (not at all), not its size.
+FIXED_LENGTH = 1024
 
 # Inference-only chunking: keep each (rows x keys) score block under this many elements,
 # so that 16x-context evaluation never holds a T x T matrix (16384^2 x 12 heads x 4 bytes
@@ -101,11 +113,13 @@ def reweight(w, a, n, p):
 def positive_weights(q, k, kind, n, visible, head_scale=None):
     """The un-normalised weights w_ij >= 0 of a type (0 where masked), in q's dtype."""
     d = q.size(-1)
-    if RECIPES[kind][0] == "softplus":
-        # QK-norm, a length scale that grows with the row's key count, softplus, and a
-        # multiplicative 0/1 mask (the re-weighting's threshold needs masked w exactly 0).
+    if RECIPES[kind][0].startswith("softplus"):
+        # QK-norm, a length scale that grows with the row's key count (softplus_fixed: a constant
+        # one), softplus, and a multiplicative 0/1 mask (the re-weighting's threshold needs
+        # masked w exactly 0).
         qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        s = math.log(d) * torch.log(n) * (qn @ kn.transpose(-2, -1))
+        length = torch.log(n) if RECIPES[kind][0] == "softplus" else math.log(FIXED_LENGTH)
+        s = math.log(d) * length * (qn @ kn.transpose(-2, -1))
         return torch.where(visible, F.softplus(s), 0.0)
     s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
     if RECIPES[kind][0] == "exp":
@@ -114,7 +128,14 @@ def positive_weights(q, k, kind, n, visible, head_scale=None):
         s = s.masked_fill(~visible, float("-inf"))
         return torch.exp(s - s.amax(-1, keepdim=True))  # every row sees its diagonal: max is finite
     if RECIPES[kind][0] == "sigmoid":
-        return torch.where(visible, torch.sigmoid(s - torch.log(n)), 0.0)
+        # log σ(x) = −softplus(−x): exact far below the point (about −88 in fp32) where σ itself
+        # underflows to 0. A row that is l1-normalised afterwards may be scaled by any constant:
+        # dividing by its largest weight (subtracting the max log-weight, as softmax does; the
+        # max may be detached) keeps its largest entry at 1, so no input gives 0/0.
+        log_w = (-F.softplus(-(s - torch.log(n)))).masked_fill(~visible, float("-inf"))
+        if RECIPES[kind][1]:
+            log_w = log_w - log_w.amax(-1, keepdim=True).detach()
+        return torch.exp(log_w)
     return torch.where(visible, F.relu(s) / n, 0.0)   # relu
 
 
@@ -141,7 +162,11 @@ def attention_weights(q, k, kind, p=15.0, q_start=0, head_scale=None, visible=No
             return a.masked_fill(empty, 0.0)
     _, normalised, reweighted = RECIPES[kind]
     w = positive_weights(q, k, kind, n, visible, head_scale)
-    a = w / w.sum(-1, keepdim=True) if normalised else w
+    if normalised:   # a relu row may have no positive weight: it gets zeros, not 0/0
+        z = w.sum(-1, keepdim=True)
+        a = w / torch.where(z > 0, z, 1.0)
+    else:
+        a = w
     return reweight(w, a, n, p) if reweighted else a
 
 
@@ -225,9 +250,9 @@ def check_kernel(kind, p, device, dtype, head_dim):
         lssa_triton = kernel_module()
         with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
             x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
-            reason = lssa_triton.unsupported_reason(*x, kind)
+            reason = lssa_triton.unsupported_reason(*x, RECIPES[kind])
             if reason is None:
-                lssa_triton.lssa_attention(*x, kind, p).float().sum().backward()
+                _fused(lssa_triton, *x, kind, p).float().sum().backward()
     except Exception as e:  # no triton, a compile error, no kernel image for this GPU, out of resources...
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         _fallback_warning(kind, reason)
@@ -241,8 +266,8 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
     q, k, v: (B, n_head, T, head_dim), RoPE already applied. Returns (B, n_head, T, head_dim)
     in v's dtype. `p` is the re-weighting power (lssar and the *_reweight ablations);
     `head_scale` is ssmax's learned per-head s_h, shape (n_head,). `backend`: "auto" uses the
-    fused kernel when one applies (lssa/lssar on CUDA tensors, head_dim 16/32/64/128,
-    fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise; where the kernel
+    fused kernel when one applies (every type of KERNEL_TYPES on CUDA tensors, head_dim
+    16/32/64/128, fp16/bf16/fp32: kernels/lssa_triton.py) and the reference otherwise; where the kernel
     should apply but cannot be imported, compiled or launched, it warns once (check_kernel)
     and uses the reference. "reference" forces the reference; "kernel" requires the kernel
     and fails loudly where it cannot run (it also accepts CPU tensors under Triton's
@@ -262,16 +287,16 @@ def causal_attention(q, k, v, kind, p=15.0, backend="auto", head_scale=None):
         return reference_attention(q, k, v, kind, p, head_scale=head_scale)
     if backend == "auto":
         if q.is_cuda and _auto_kernel_applies(q, k, v, kind, p):
-            return kernel_module().lssa_attention(q, k, v, kind, p)
+            return _fused(kernel_module(), q, k, v, kind, p)
         return reference_attention(q, k, v, kind, p)
     try:  # backend == "kernel"
         lssa_triton = kernel_module()
     except Exception as e:  # ImportError without triton; anything else is a broken install
         reason = f"the Triton kernel module cannot be imported ({type(e).__name__}: {e})"
     else:
-        reason = lssa_triton.unsupported_reason(q, k, v, kind)
+        reason = lssa_triton.unsupported_reason(q, k, v, RECIPES[kind])
         if reason is None:
-            return lssa_triton.lssa_attention(q, k, v, kind, p)
+            return _fused(lssa_triton, q, k, v, kind, p)
     raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}; use backend='auto' or 'reference'")
 
 
@@ -281,4 +306,9 @@ def _auto_kernel_applies(q, k, v, kind, p):
     run here but fails to import, compile or launch goes there with a warning (check_kernel)."""
     if check_kernel(kind, p, q.device, q.dtype, q.size(-1)) is not None:
         return False
-    return kernel_module().unsupported_reason(q, k, v, kind) is None
+    return kernel_module().unsupported_reason(q, k, v, RECIPES[kind]) is None
+
+
+def _fused(lssa_triton, q, k, v, kind, p):
+    """The fused kernel of a type: its recipe, and softplus_fixed's constant length."""
+    return lssa_triton.lssa_attention(q, k, v, RECIPES[kind], p, FIXED_LENGTH)

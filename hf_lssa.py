@@ -45,7 +45,7 @@ def attention_forward(kind, module, query, key, value, attention_mask, scaling=N
         groups = query.size(1) // key.size(1)
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     d = query.size(-1)
-    if scaling is not None and scaling != d ** -0.5 and RECIPES[kind][0] != "softplus":
+    if scaling is not None and scaling != d ** -0.5 and not RECIPES[kind][0].startswith("softplus"):
         query = query * (scaling * math.sqrt(d))   # the types divide by sqrt(d) themselves; lssa's are QK-normed
     # reweight_p from the model's config (ours has it; set config.reweight_p on any other to change it)
     p = float(getattr(getattr(module, "config", None), "reweight_p", 15.0))
@@ -53,7 +53,7 @@ def attention_forward(kind, module, query, key, value, attention_mask, scaling=N
     head_scale = torch.ones(query.size(1), device=query.device) if kind == "ssmax" else None
     Tq, Tk = query.size(-2), key.size(-2)
     if attention_mask is None and Tq == Tk:
-        # plain causal: the fused kernel where it applies (lssa/lssar on CUDA), else the reference
+        # plain causal: the fused kernel where it applies (attention.KERNEL_TYPES on CUDA), else the reference
         y = causal_attention(query, key, value, kind, p, "auto", head_scale=head_scale)
     else:
         if attention_mask is None:   # causal, the queries being the last Tq of Tk positions (cached decoding)

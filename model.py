@@ -246,7 +246,7 @@ class GPT(nn.Module):
         # elementwise ops per score (forward; the backward counted as twice that), per layer
         # and head: the positive-weight function, the l1 normalisation, the re-weighting
         positive, normalised, reweighted = RECIPES[cfg.attention]
-        per_score = {"exp": 5, "softplus": 9, "sigmoid": 6, "relu": 3}[positive] + 2 * normalised
+        per_score = {"exp": 5, "softplus": 9, "softplus_fixed": 9, "sigmoid": 6, "relu": 3}[positive] + 2 * normalised
         if reweighted:
             per_score += 8 + math.ceil(math.log2(max(cfg.reweight_p, 2)))
         score_ops = 3 * per_score * cfg.n_layer * cfg.n_head * T

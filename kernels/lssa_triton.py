@@ -1,12 +1,27 @@
-"""Fused causal lssa / lssar attention in Triton: forward and backward.
+"""Fused causal attention in Triton, forward and backward, for every recipe of attention.RECIPES.
 
-The maths is the reference's (`attention.py`, README "The maths"): for query row i = 1..T
-(1-indexed) and key j <= i,
+A recipe is (positive weights φ, l1-normalise, re-weight); the kernels take all three as
+compile-time switches (PHI, NORM, RW), so a new type is one line in RECIPES. For query row
+i = 1..T (1-indexed) and key j <= i, in the kernels' units (log2 where a weight is an exponential):
 
-    s_ij = ln(d) ln(i) q̂_i·k̂_j,   w_ij = softplus(s_ij),   Z_i = Σ_j w_ij
-    lssa   y_i = Σ_j w_ij v_j / Z_i
-    lssar  x_ij = relu(w_ij − τ_i)^p,  τ_i = Z_i / i for i > 3 and 0 for i <= 3,
-           y_i = Σ_j x_ij v_j / Σ_j x_ij, or the lssa row when Σ_j x_ij = 0 (fallback).
+    φ = softplus  s2_ij = ln(d) log2(i) q̂_i·k̂_j,   w_ij = log2(1 + 2^s2)  (lssa, lssar; softplus_fixed:
+                  a constant length in place of i, softplus_l1)
+    φ = sigmoid   s2_ij = q_i·k_j log2(e)/√d − log2(i),  w_ij = σ(s) = 2^(−softplus2(−s2))
+    φ = relu      s_ij = q_i·k_j/(√d·i),   w_ij = relu(s)
+    φ = exp       s2_ij = q_i·k_j log2(e)/√d,   w_ij = 2^s2
+    without l1    y_i = Σ_j w_ij v_j                        (sigmoid, relu: one pass, no row sum)
+    l1            y_i = Σ_j w_ij v_j / Z_i,  Z_i = Σ_j w_ij  (a relu row with Z = 0 gives 0)
+    re-weighted   x_ij = relu(w_ij − τ_i)^p,  τ_i = Z_i / i for i > 3 and 0 for i <= 3,
+                  y_i = Σ_j x_ij v_j / Σ_j x_ij, or the l1 row when Σ_j x_ij = 0 (fallback).
+
+Rows that are l1-normalised may be scaled by any constant (the re-weighting too: τ scales with
+the weights). exp rows, and l1-normalised sigmoid rows, use that: they subtract the row's
+largest log2-weight L_i (w = 2^(g − L), g = s2 or log2 σ), found by a first pass over the keys
+that keeps L and Z online, as online softmax does; so no row underflows to 0/0 (σ underflows
+below about −88) and no exp overflows. softmax and ssmax stay on SDPA (attention.py).
+The sections below were written for lssa/lssar and hold for every φ: where they name
+softplus, read the φ above; the per-score derivative dw/ds2 is σ(s) for softplus, ln 2·w·(1 − σ)
+for sigmoid (σ = w·2^L), [s > 0] for relu and ln 2·w for exp.
 
 Design (per head; every statistic kept is per row, so memory is O(T·d), never O(T²)):
 
@@ -58,7 +73,8 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   FlashAttention-2 structure: a preprocessing kernel (D, E), a dK/dV kernel per key block
   iterating over the query blocks at and below the diagonal, and a dQ kernel per query block
   iterating over the key blocks at and left of the diagonal (no atomics, deterministic).
-  Saved per row: lssa 1/Z; lssar τ/M, 1/M, K, F, 1/X̃, R, plus U (T·d fp32); b is computed
+  Saved per row (NSTATS rows): l1 types 1/Z, unnormalised ones nothing; re-weighted types τ/M,
+  1/M, K, F, 1/X̃, R, plus U (T·d fp32); then L for the rows that subtract their maximum. b is computed
   as relu(w'·(1/M) − τ/M), one FFMA and a max (_excess), identically in both directions.
 * Causal structure: the blocks strictly below the diagonal run without any mask or bounds
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
@@ -86,12 +102,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import KERNEL_TYPES
+from kernels import KERNEL_PHIS
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-KINDS = KERNEL_TYPES   # ("lssa", "lssar"): the order gives the kernels' MODE constant
+# a recipe's positive-weight function -> the kernels' PHI constant (softplus_fixed is softplus
+# with a constant length: only its score scale ρ differs)
+PHI_IDS = {"softplus": 0, "softplus_fixed": 0, "sigmoid": 1, "relu": 2, "exp": 3}
+assert set(PHI_IDS) == set(KERNEL_PHIS)
 NORM_EPS = 1e-12       # F.normalize's default eps, the reference's QK-norm
 MAX_INT_POWER = 64     # integer p up to this uses repeated squaring; larger p uses exp2/log2
 MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x heads here)
@@ -134,6 +153,7 @@ if INTERPRET:
     _fix_interpreter_scalars()
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
 _EPS = tl.constexpr(NORM_EPS)
 _SERIES_MAX = tl.constexpr(1.0 / 64.0)
 _TINY = tl.constexpr(1e-30)
@@ -187,6 +207,61 @@ def _softplus2(s2, DOT_PREC: tl.constexpr):
         series = u * (_LOG2E - u * (_LOG2E / 2 - u * (_LOG2E / 3)))
         lg = tl.where(u < _SERIES_MAX, series, _log2(1.0 + u, DOT_PREC))
     return tl.maximum(s2, 0.0) + lg
+
+
+@triton.jit
+def _score(dot, rho, kappa, beta, PHI: tl.constexpr):
+    """A score tile from q·k (fp32) and the per-row / per-key scales, already broadcast:
+    softplus: (q·k)·ρ_i·κ_j (QK-norm and length scale, log2 units); sigmoid: (q·k)·ρ + β_i
+    (β_i = −log2 n_i, log2 units); relu: (q·k)·ρ_i (ρ_i = 1/(√d·n_i)); exp: (q·k)·ρ (log2 units)."""
+    if PHI == 0:
+        s = dot * rho * kappa
+    elif PHI == 1:
+        s = dot * rho + beta
+    else:
+        s = dot * rho
+    return s
+
+
+@triton.jit
+def _log2_weight(s, DOT_PREC: tl.constexpr, PHI: tl.constexpr):
+    """log2 of the weight of the rows that subtract a row maximum (exp, l1-normalised sigmoid):
+    s itself for exp, log2 σ = −softplus2(−s) for sigmoid (exact where σ underflows)."""
+    if PHI == 1:
+        g = -_softplus2(-s, DOT_PREC)
+    else:
+        g = s
+    return g
+
+
+@triton.jit
+def _weight(s, lrow, DOT_PREC: tl.constexpr, PHI: tl.constexpr, LOGMAX: tl.constexpr):
+    """The positive weight of a score (lrow: the row's largest log2-weight, where LOGMAX)."""
+    if PHI == 0:
+        w = _softplus2(s, DOT_PREC)
+    elif PHI == 2:
+        w = tl.maximum(s, 0.0)
+    else:
+        g = _log2_weight(s, DOT_PREC, PHI)
+        if LOGMAX:
+            g = g - lrow
+        w = tl.exp2(g)
+    return w
+
+
+@triton.jit
+def _dscore(dw, s, w, crow, PHI: tl.constexpr):
+    """dL/ds from dL/dw: softplus dw'/ds2 = σ(s) = 2^(s2 − w'); sigmoid dw/ds2 = ln 2·w·(1 − σ),
+    σ = w·2^lrow (crow); relu 1 where s > 0; exp dw/ds2 = ln 2·w."""
+    if PHI == 0:
+        ds = dw * tl.exp2(s - w)
+    elif PHI == 1:
+        ds = dw * (_LN2 * w * (1.0 - w * crow))
+    elif PHI == 2:
+        ds = tl.where(s > 0.0, dw, 0.0)
+    else:
+        ds = dw * (_LN2 * w)
+    return ds
 
 
 @triton.jit
@@ -279,35 +354,56 @@ def _norm_chain(nrm):
 # ----------------------------------------------------------------------------- forward
 
 @triton.jit
-def _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, lo, hi,
+def _fwd_sum_max(z, wmax, q, rho, beta, K, KAPPA, skt, T, offs_m, offs_d, lo, hi,
+                 PHI: tl.constexpr, LOGMAX: tl.constexpr,
                  DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
-    """lssar pass 1: Z and max_j w' over the key blocks [lo, hi)."""
+    """Pass 1 over the key blocks [lo, hi): Z and max_j w. LOGMAX (exp, l1-normalised sigmoid):
+    wmax holds the running maximum L of the log2-weights g and Z = Σ 2^(g − L), rescaled when L
+    grows (online softmax); every row sees its first key in its first block, so L is finite."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
-        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
-        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
-        if DIAG:
-            w = tl.where(offs_m[:, None] >= offs_n[None, :], w, 0.0)
-        z += tl.sum(w, 1)
-        wmax = tl.maximum(wmax, tl.max(w, 1))
+        if PHI == 0:
+            kappa = _load_vec(KAPPA, offs_n, T, DIAG)[None, :]
+        else:
+            kappa = rho
+        s = _score(_mm(q, tl.trans(k), DOT_PREC), rho[:, None], kappa, beta[:, None], PHI)
+        if LOGMAX:
+            g = _log2_weight(s, DOT_PREC, PHI)
+            if DIAG:
+                g = tl.where(offs_m[:, None] >= offs_n[None, :], g, float("-inf"))
+            new = tl.maximum(wmax, tl.max(g, 1))
+            z = z * tl.exp2(wmax - new) + tl.sum(tl.exp2(g - new[:, None]), 1)
+            wmax = new
+        else:
+            w = _weight(s, wmax, DOT_PREC, PHI, False)
+            if DIAG:
+                w = tl.where(offs_m[:, None] >= offs_n[None, :], w, 0.0)
+            z += tl.sum(w, 1)
+            wmax = tl.maximum(wmax, tl.max(w, 1))
     return z, wmax
 
 
 @triton.jit
-def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                     K, V, KAPPA, skt, svt, T, offs_m, offs_d, lo, hi,
-                    MODE: tl.constexpr, P_INT: tl.constexpr, STORE_U: tl.constexpr,
+                    PHI: tl.constexpr, NORM: tl.constexpr, LOGMAX: tl.constexpr, RW: tl.constexpr,
+                    P_INT: tl.constexpr, STORE_U: tl.constexpr,
                     DOT_PREC: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
-    """The output pass over the key blocks [lo, hi): Σ x v and Σ x (x = w' for lssa and on
-    lssar's fallback rows, x̃ = b^p otherwise), and for training lssar U = Σ b^(p−1) v, R."""
+    """The output pass over the key blocks [lo, hi): Σ x v and Σ x (x = w without re-weighting
+    and on the fallback rows, x̃ = b^p otherwise), and for training re-weighted types
+    U = Σ b^(p−1) v, R."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
-        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
-        w = _softplus2(_mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :], DOT_PREC)
-        if MODE == 0:
+        if PHI == 0:
+            kappa = _load_vec(KAPPA, offs_n, T, DIAG)[None, :]
+        else:
+            kappa = rho[:, None]
+        s = _score(_mm(q, tl.trans(k), DOT_PREC), rho[:, None], kappa, beta[:, None], PHI)
+        w = _weight(s, lrow[:, None], DOT_PREC, PHI, LOGMAX)
+        if not RW:
             x = w
         else:
             pm1, x = _reweight(_excess(w, invm[:, None], taum[:, None]), p, P_INT, DOT_PREC)
@@ -316,7 +412,8 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
             keep = offs_m[:, None] >= offs_n[None, :]
             x = tl.where(keep, x, 0.0)
         acc += _mm(x.to(v.dtype), v, DOT_PREC)
-        xsum += tl.sum(x, 1)
+        if NORM:   # without normalisation no row sum is needed
+            xsum += tl.sum(x, 1)
         if STORE_U:
             if DIAG:
                 pm1 = tl.where(keep, pm1, 0.0)
@@ -326,10 +423,11 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
+def _fwd_kernel(Q, K, V, RHO, KAPPA, BETA, O, STATS, U,
                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                 H, T, p, T_BUCKET,
-                HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                HEAD_DIM: tl.constexpr, PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+                NSTATS: tl.constexpr, P_INT: tl.constexpr,
                 STORE_U: tl.constexpr, DOT_PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     p = _fp32_scalar(p)
@@ -343,6 +441,7 @@ def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
     O += _bh_offset(pid_bh, H, sob, soh)
     RHO += bh * T
     KAPPA += bh * T
+    LOGMAX: tl.constexpr = NORM and (PHI == 1 or PHI == 3)   # rows that subtract their max
 
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -350,6 +449,10 @@ def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
     row_ok = offs_m < T
     q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
     rho = _load_vec(RHO, offs_m, T, True)
+    if PHI == 1:
+        beta = _load_vec(BETA, offs_m, T, True)
+    else:
+        beta = rho
     hi = tl.minimum(m0 + BLOCK_M, T)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -361,38 +464,51 @@ def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
         uacc = tl.zeros([1, 1], tl.float32)
         rsum = tl.zeros([1], tl.float32)
 
-    if MODE == 0:
-        taum = xsum
-        invm = xsum
-        fb = row_ok
-    else:
+    taum = xsum   # placeholders where there is no pass 1
+    invm = xsum
+    fb = row_ok
+    lrow = xsum
+    if RW or LOGMAX:   # pass 1: the row sum and maximum
         z = tl.zeros([BLOCK_M], tl.float32)
-        wmax = tl.zeros([BLOCK_M], tl.float32)
-        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, 0, m0,
-                               DOT_PREC, BLOCK_N, False)
-        z, wmax = _fwd_sum_max(z, wmax, q, rho, K, KAPPA, skt, T, offs_m, offs_d, m0, hi,
-                               DOT_PREC, BLOCK_N, True)
-        tau = tl.where(offs_m >= 3, tl.math.div_rn(z, (offs_m + 1).to(tl.float32)), 0.0)  # IEEE, as the reference
-        mx = tl.maximum(wmax - tau, 0.0)
-        fb = mx == 0.0  # every weight at or below the threshold: the lssa fallback
-        invm = tl.where(fb, 0.0, 1.0 / tl.where(fb, 1.0, mx))
-        taum = tau * invm
+        if LOGMAX:
+            wmax = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        else:
+            wmax = tl.zeros([BLOCK_M], tl.float32)
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, beta, K, KAPPA, skt, T, offs_m, offs_d, 0, m0,
+                               PHI, LOGMAX, DOT_PREC, BLOCK_N, False)
+        z, wmax = _fwd_sum_max(z, wmax, q, rho, beta, K, KAPPA, skt, T, offs_m, offs_d, m0, hi,
+                               PHI, LOGMAX, DOT_PREC, BLOCK_N, True)
+        if LOGMAX:   # the weights are 2^(g − L): the largest is 1
+            lrow = wmax
+            wmax = tl.full([BLOCK_M], 1.0, tl.float32)
+        if RW:
+            tau = tl.where(offs_m >= 3, tl.math.div_rn(z, (offs_m + 1).to(tl.float32)), 0.0)  # IEEE, as the reference
+            mx = tl.maximum(wmax - tau, 0.0)
+            fb = mx == 0.0  # every weight at or below the threshold: the fallback to the l1 row
+            invm = tl.where(fb, 0.0, 1.0 / tl.where(fb, 1.0, mx))
+            taum = tau * invm
 
-    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                                             K, V, KAPPA, skt, svt, T, offs_m, offs_d, 0, m0,
-                                            MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
-    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, taum, invm, fb, p,
+                                            PHI, NORM, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, False)
+    acc, xsum, uacc, rsum = _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p,
                                             K, V, KAPPA, skt, svt, T, offs_m, offs_d, m0, hi,
-                                            MODE, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
+                                            PHI, NORM, LOGMAX, RW, P_INT, STORE_U, DOT_PREC, BLOCK_N, True)
 
-    inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)
-    out = acc * inv_x[:, None]
+    if NORM:   # a row without weight (relu) gets zeros
+        inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)
+        out = acc * inv_x[:, None]
+    else:
+        inv_x = xsum
+        out = acc
     tl.store(O + offs_m[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
-    if MODE == 0:
-        tl.store(STATS + bh * T + offs_m, inv_x, mask=row_ok)                       # 1/Z
-    else:
-        S = STATS + bh * 6 * T + offs_m
+    S = STATS + bh * NSTATS * T + offs_m
+    if LOGMAX:
+        tl.store(S + (NSTATS - 1) * T, lrow, mask=row_ok)                           # L
+    if NORM and not RW:
+        tl.store(S, inv_x, mask=row_ok)                                              # 1/Z
+    if RW:
         tl.store(S, taum, mask=row_ok)                                               # τ/M
         tl.store(S + T, invm, mask=row_ok)                                           # 1/M
         tl.store(S + 2 * T, tl.where(fb, 0.0, p * invm * inv_x), mask=row_ok)       # K
@@ -409,8 +525,10 @@ def _fwd_kernel(Q, K, V, RHO, KAPPA, O, STATS, U,
 @triton.jit
 def _bwd_pre_kernel(O, DO, U, STATS, DE,
                     sob, soh, sot, sdb, sdh, sdt, H, T,
-                    HEAD_DIM: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Per row: D = dO·y and, for lssar, E = (o/i)·K·(dO·U − D·R), the gradient through τ."""
+                    HEAD_DIM: tl.constexpr, RW: tl.constexpr, NSTATS: tl.constexpr,
+                    BLOCK_M: tl.constexpr):
+    """Per row: D = dO·y and, re-weighted, E = (o/i)·K·(dO·U − D·R), the gradient through τ
+    (launched for l1-normalised types only: without normalisation dL/dw = dP)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bh = pid_bh.to(tl.int64)
@@ -421,9 +539,9 @@ def _bwd_pre_kernel(O, DO, U, STATS, DE,
     do = _load_rows(DO + _bh_offset(pid_bh, H, sdb, sdh), offs_m, offs_d, sdt, T, True).to(tl.float32)
     dd = tl.sum(o * do, 1)
     tl.store(DE + bh * 2 * T + offs_m, dd, mask=row_ok)
-    if MODE == 1:
+    if RW:
         u = _load_rows(U + bh * T * HEAD_DIM, offs_m, offs_d, HEAD_DIM, T, True)
-        S = STATS + bh * 6 * T + offs_m
+        S = STATS + bh * NSTATS * T + offs_m
         g = tl.load(S + 2 * T, mask=row_ok, other=0.0) * (
             tl.sum(do * u, 1) - dd * tl.load(S + 5 * T, mask=row_ok, other=0.0))
         e = tl.where(offs_m >= 3, g / (offs_m + 1).to(tl.float32), 0.0)
@@ -431,36 +549,52 @@ def _bwd_pre_kernel(O, DO, U, STATS, DE,
 
 
 @triton.jit
-def _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE, pid_bh, H, T,
-               sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE: tl.constexpr):
+def _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, BETA, STATS, DE, pid_bh, H, T,
+               sqb, sqh, skb, skh, svb, svh, sdb, sdh, NSTATS: tl.constexpr):
     """The backward kernels' inputs moved to head pid_bh."""
     bh = pid_bh.to(tl.int64)
     return (Q + _bh_offset(pid_bh, H, sqb, sqh), K + _bh_offset(pid_bh, H, skb, skh),
             V + _bh_offset(pid_bh, H, svb, svh), DO + _bh_offset(pid_bh, H, sdb, sdh),
-            NQ + bh * T, NK + bh * T, RHO + bh * T, KAPPA + bh * T,
-            STATS + bh * (1 + 5 * MODE) * T, DE + bh * 2 * T)
+            NQ + bh * T, NK + bh * T, RHO + bh * T, KAPPA + bh * T, BETA + bh * T,
+            STATS + bh * NSTATS * T, DE + bh * 2 * T)
 
 
 @triton.jit
-def _store_input_grad(PTR, offs, offs_d, stride, T, g, scale, x, NRM):
-    """Store the gradient of q (or k): scale·g at fixed norm, then the chain rule through
-    x/max(‖x‖, eps): g − x (x·g)/‖x‖² where ‖x‖ > eps (the clamp passes no gradient)."""
+def _store_input_grad(PTR, offs, offs_d, stride, T, g, scale, x, NRM, QKNORM: tl.constexpr):
+    """Store the gradient of q (or k): scale·g at fixed norm, then (QKNORM) the chain rule
+    through x/max(‖x‖, eps): g − x (x·g)/‖x‖² where ‖x‖ > eps (the clamp passes no gradient)."""
     g = g * scale[:, None]
-    xf = x.to(tl.float32)
-    nrm = tl.load(NRM + offs, mask=offs < T, other=1.0)
-    g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]
+    if QKNORM:
+        xf = x.to(tl.float32)
+        nrm = tl.load(NRM + offs, mask=offs < T, other=1.0)
+        g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]
     tl.store(PTR + offs[:, None] * stride + offs_d[None, :], g.to(PTR.dtype.element_ty),
              mask=(offs < T)[:, None])
 
 
 @triton.jit
-def _row_stats(STATS, DE, offs_m, T, MODE: tl.constexpr):
-    """The saved per-row values the gradient needs (rows past T read as 0: no contribution)."""
+def _row_stats(STATS, DE, offs_m, T, PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+               NSTATS: tl.constexpr):
+    """The saved per-row values the gradient needs (rows past T read as 0: no contribution):
+    D, τ/M, 1/M, K, F (1/Z without re-weighting), 1/X̃, E, the row's largest log2-weight L
+    and, for sigmoid, 2^L (σ = w·2^L). Placeholders where a type has no such value."""
     ok = offs_m < T
-    dd = tl.load(DE + offs_m, mask=ok, other=0.0)
-    if MODE == 0:
-        fc = tl.load(STATS + offs_m, mask=ok, other=0.0)   # 1/Z
-        taum = fc  # unused by lssa
+    LOGMAX: tl.constexpr = NORM and (PHI == 1 or PHI == 3)
+    if LOGMAX:
+        lrow = tl.load(STATS + (NSTATS - 1) * T + offs_m, mask=ok, other=0.0)
+    else:
+        lrow = tl.zeros(offs_m.shape, tl.float32)
+    crow = tl.exp2(lrow)
+    if NORM:
+        dd = tl.load(DE + offs_m, mask=ok, other=0.0)
+    else:
+        dd = lrow
+    if not RW:
+        if NORM:
+            fc = tl.load(STATS + offs_m, mask=ok, other=0.0)   # 1/Z
+        else:
+            fc = dd
+        taum = fc  # unused
         invm = fc
         kc = fc
         invx = fc
@@ -472,23 +606,27 @@ def _row_stats(STATS, DE, offs_m, T, MODE: tl.constexpr):
         fc = tl.load(STATS + 3 * T + offs_m, mask=ok, other=0.0)
         invx = tl.load(STATS + 4 * T + offs_m, mask=ok, other=0.0)
         e = tl.load(DE + T + offs_m, mask=ok, other=0.0)
-    return dd, taum, invm, kc, fc, invx, e
+    return dd, taum, invm, kc, fc, invx, e, lrow, crow
 
 
 @triton.jit
-def _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, p,
-                 MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
+def _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
+                 PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+                 P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
     """From a score tile s2 and dP = dO·v (row statistics already broadcast to the tile):
-    the forward's normalised weights a and dL/ds2."""
-    w = _softplus2(s2, DOT_PREC)
-    if MODE == 0:
+    the forward's final weights a and dL/ds2."""
+    w = _weight(s2, lrow, DOT_PREC, PHI, NORM and (PHI == 1 or PHI == 3))
+    if not NORM:
+        a = w
+        dw = dp
+    elif not RW:
         a = w * fc
         dw = (dp - dd) * fc
     else:
         pm1, x = _reweight(_excess(w, invm, taum), p, P_INT, DOT_PREC)
         a = x * invx + w * fc
         dw = (kc * pm1 + fc) * (dp - dd) - e
-    return a, dw * tl.exp2(s2 - w)   # dw'/ds2 = sigmoid(s) = 2^(s2 − w')
+    return a, _dscore(dw, s2, w, crow, PHI)
 
 
 @triton.jit
@@ -503,8 +641,9 @@ def _mm_ds(ds, x, DOT_PREC: tl.constexpr, DS_F32: tl.constexpr):
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
-                 offs_d, lo, hi, MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
+def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, BETA, STATS, DE, sqt, sdt, T, p,
+                 offs_d, lo, hi, PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+                 NSTATS: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
                  DS_F32: tl.constexpr, BLOCK_M: tl.constexpr, DIAG: tl.constexpr):
     """dK, dV of one key block from the query blocks [lo, hi) (tiles transposed: keys x rows)."""
     for start in range(lo, hi, BLOCK_M):
@@ -512,11 +651,16 @@ def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T
         q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
         do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
         rho = _load_vec(RHO, offs_m, T, True)
-        dd, taum, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
-        s2 = _mm(k, tl.trans(q), DOT_PREC) * rho[None, :] * kappa[:, None]
+        if PHI == 1:
+            beta = _load_vec(BETA, offs_m, T, True)
+        else:
+            beta = rho
+        dd, taum, invm, kc, fc, invx, e, lrow, crow = _row_stats(STATS, DE, offs_m, T, PHI, NORM, RW, NSTATS)
+        s2 = _score(_mm(k, tl.trans(q), DOT_PREC), rho[None, :], kappa[:, None], beta[None, :], PHI)
         dp = _mm(v, tl.trans(do), DOT_PREC)
         a, ds = _bwd_weights(s2, dp, dd[None, :], taum[None, :], invm[None, :], kc[None, :],
-                             fc[None, :], invx[None, :], e[None, :], p, MODE, P_INT, DOT_PREC)
+                             fc[None, :], invx[None, :], e[None, :], lrow[None, :], crow[None, :], p,
+                             PHI, NORM, RW, P_INT, DOT_PREC)
         if DIAG:
             keep = offs_m[None, :] >= offs_n[:, None]
             a = tl.where(keep, a, 0.0)
@@ -527,75 +671,88 @@ def _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DK, DV,
+def _bwd_dkdv_kernel(Q, K, V, NQ, NK, RHO, KAPPA, BETA, DO, STATS, DE, DK, DV,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
                      sdkb, sdkh, sdkt, sdvb, sdvh, sdvt,
                      H, T, p, T_BUCKET,
-                     HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+                     NSTATS: tl.constexpr, P_INT: tl.constexpr,
                      DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     p = _fp32_scalar(p)
     pid_n = tl.program_id(0)   # key block 0 sees every query: the heaviest go first
     pid_bh = tl.program_id(1)
-    Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE,
-                                                            pid_bh, H, T,
-                                                sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
+    Q, K, V, DO, NQ, NK, RHO, KAPPA, BETA, STATS, DE = _bwd_bases(
+        Q, K, V, DO, NQ, NK, RHO, KAPPA, BETA, STATS, DE, pid_bh, H, T,
+        sqb, sqh, skb, skh, svb, svh, sdb, sdh, NSTATS)
 
     n0 = pid_n * BLOCK_N
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     k = _load_rows(K, offs_n, offs_d, skt, T, True)
     v = _load_rows(V, offs_n, offs_d, svt, T, True)
-    kappa = _load_vec(KAPPA, offs_n, T, True)
+    if PHI == 0:
+        kappa = _load_vec(KAPPA, offs_n, T, True)
+    else:
+        kappa = tl.full([BLOCK_N], 1.0, tl.float32)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     # the diagonal query blocks (masked), then every later query block (no mask)
-    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, BETA, STATS, DE, sqt, sdt, T, p,
                           offs_d, n0, tl.minimum(n0 + BLOCK_N, T),
-                          MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, True)
-    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, STATS, DE, sqt, sdt, T, p,
+                          PHI, NORM, RW, NSTATS, P_INT, DOT_PREC, DS_F32, BLOCK_M, True)
+    dk, dv = _dkdv_blocks(dk, dv, k, v, kappa, offs_n, Q, DO, RHO, BETA, STATS, DE, sqt, sdt, T, p,
                           offs_d, n0 + BLOCK_N, T,
-                          MODE, P_INT, DOT_PREC, DS_F32, BLOCK_M, False)
+                          PHI, NORM, RW, NSTATS, P_INT, DOT_PREC, DS_F32, BLOCK_M, False)
 
-    # dk_j = κ_j Σ_i dS2_ij ρ_i q_i
-    _store_input_grad(DK + _bh_offset(pid_bh, H, sdkb, sdkh), offs_n, offs_d, sdkt, T, dk, kappa, k, NK)
+    # dk_j = κ_j Σ_i dS2_ij ρ_i q_i (κ = 1 without QK-norm)
+    _store_input_grad(DK + _bh_offset(pid_bh, H, sdkb, sdkh), offs_n, offs_d, sdkt, T, dk, kappa, k, NK,
+                      PHI == 0)
     tl.store(DV + _bh_offset(pid_bh, H, sdvb, sdvh) + offs_n[:, None] * sdvt + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=(offs_n < T)[:, None])
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p,
+def _dq_blocks(dq, q, do, rho, beta, offs_m, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
                K, V, KAPPA, skt, svt, T, offs_d, lo, hi,
-               MODE: tl.constexpr, P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
+               PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+               P_INT: tl.constexpr, DOT_PREC: tl.constexpr,
                DS_F32: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr):
     """dQ of one query block from the key blocks [lo, hi) (row stats already broadcast)."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         k = _load_rows(K, offs_n, offs_d, skt, T, DIAG)
         v = _load_rows(V, offs_n, offs_d, svt, T, DIAG)
-        kappa = _load_vec(KAPPA, offs_n, T, DIAG)
-        s2 = _mm(q, tl.trans(k), DOT_PREC) * rho[:, None] * kappa[None, :]
+        if PHI == 0:
+            kappa = _load_vec(KAPPA, offs_n, T, DIAG)[None, :]
+        else:
+            kappa = rho
+        s2 = _score(_mm(q, tl.trans(k), DOT_PREC), rho, kappa, beta, PHI)
         dp = _mm(do, tl.trans(v), DOT_PREC)
-        a, ds = _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, p, MODE, P_INT, DOT_PREC)
+        a, ds = _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
+                             PHI, NORM, RW, P_INT, DOT_PREC)
         if DIAG:
             ds = tl.where(offs_m[:, None] >= offs_n[None, :], ds, 0.0)
-        dq += _mm_ds(ds * kappa[None, :], k, DOT_PREC, DS_F32)
+        if PHI == 0:
+            ds = ds * kappa
+        dq += _mm_ds(ds, k, DOT_PREC, DS_F32)
     return dq
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DQ,
+def _bwd_dq_kernel(Q, K, V, NQ, NK, RHO, KAPPA, BETA, DO, STATS, DE, DQ,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, sdqb, sdqh, sdqt,
                    H, T, p, T_BUCKET,
-                   HEAD_DIM: tl.constexpr, MODE: tl.constexpr, P_INT: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, PHI: tl.constexpr, NORM: tl.constexpr, RW: tl.constexpr,
+                   NSTATS: tl.constexpr, P_INT: tl.constexpr,
                    DOT_PREC: tl.constexpr, DS_F32: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     p = _fp32_scalar(p)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
-    Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE = _bwd_bases(Q, K, V, DO, NQ, NK, RHO, KAPPA, STATS, DE,
-                                                            pid_bh, H, T,
-                                                sqb, sqh, skb, skh, svb, svh, sdb, sdh, MODE)
+    Q, K, V, DO, NQ, NK, RHO, KAPPA, BETA, STATS, DE = _bwd_bases(
+        Q, K, V, DO, NQ, NK, RHO, KAPPA, BETA, STATS, DE, pid_bh, H, T,
+        sqb, sqh, skb, skh, svb, svh, sdb, sdh, NSTATS)
 
     m0 = pid_m * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -603,7 +760,11 @@ def _bwd_dq_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DQ,
     q = _load_rows(Q, offs_m, offs_d, sqt, T, True)
     do = _load_rows(DO, offs_m, offs_d, sdt, T, True)
     rho = _load_vec(RHO, offs_m, T, True)
-    dd, taum, invm, kc, fc, invx, e = _row_stats(STATS, DE, offs_m, T, MODE)
+    if PHI == 1:
+        beta = _load_vec(BETA, offs_m, T, True)[:, None]
+    else:
+        beta = rho[:, None]
+    dd, taum, invm, kc, fc, invx, e, lrow, crow = _row_stats(STATS, DE, offs_m, T, PHI, NORM, RW, NSTATS)
     dd = dd[:, None]
     taum = taum[:, None]
     invm = invm[:, None]
@@ -611,14 +772,19 @@ def _bwd_dq_kernel(Q, K, V, NQ, NK, RHO, KAPPA, DO, STATS, DE, DQ,
     fc = fc[:, None]
     invx = invx[:, None]
     e = e[:, None]
+    lrow = lrow[:, None]
+    crow = crow[:, None]
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p, K, V, KAPPA, skt, svt, T,
-                    offs_d, 0, m0, MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, False)
-    dq = _dq_blocks(dq, q, do, rho, offs_m, dd, taum, invm, kc, fc, invx, e, p, K, V, KAPPA, skt, svt, T,
-                    offs_d, m0, tl.minimum(m0 + BLOCK_M, T), MODE, P_INT, DOT_PREC, DS_F32, BLOCK_N, True)
+    dq = _dq_blocks(dq, q, do, rho[:, None], beta, offs_m, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
+                    K, V, KAPPA, skt, svt, T, offs_d, 0, m0,
+                    PHI, NORM, RW, P_INT, DOT_PREC, DS_F32, BLOCK_N, False)
+    dq = _dq_blocks(dq, q, do, rho[:, None], beta, offs_m, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
+                    K, V, KAPPA, skt, svt, T, offs_d, m0, tl.minimum(m0 + BLOCK_M, T),
+                    PHI, NORM, RW, P_INT, DOT_PREC, DS_F32, BLOCK_N, True)
 
     # dq_i = ρ_i Σ_j dS2_ij κ_j k_j
-    _store_input_grad(DQ + _bh_offset(pid_bh, H, sdqb, sdqh), offs_m, offs_d, sdqt, T, dq, rho, q, NQ)
+    _store_input_grad(DQ + _bh_offset(pid_bh, H, sdqb, sdqh), offs_m, offs_d, sdqt, T, dq, rho, q, NQ,
+                      PHI == 0)
 
 
 # ----------------------------------------------------------------------------- launching
@@ -672,7 +838,7 @@ _TILES_FP32 = {
     ("dq", 128): [(16, 16, 4, 2), (16, 16, 4, 3), (16, 16, 8, 2)],
 }
 _KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
-_TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "MODE", "P_INT", "DOT_PREC"]
+_TUNE_KEY = ["HEAD_DIM", "T_BUCKET", "PHI", "NORM", "RW", "P_INT", "DOT_PREC"]
 
 
 def _autotuned(which, tiles):
@@ -729,31 +895,54 @@ def _dot_precision(dtype):
     return FP32_DOT_PRECISION if dtype == torch.float32 else "tf32"
 
 
-def _scales(q, k):
-    """‖q_i‖, ‖k_j‖ and the score scales ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε), κ_j = 1/max(‖k_j‖, ε)
-    (i 1-indexed), fp32, once per head: the kernels only load them (computed per score tile,
-    the log2 and divisions were a fifth of the backward's instructions)."""
-    T, D = q.shape[-2:]
-    nq = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).contiguous()
-    nk = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).contiguous()
-    log2_i = torch.log2(torch.arange(1, T + 1, device=q.device, dtype=torch.float32))
-    rho = (math.log(D) * log2_i) / nq.clamp_min(NORM_EPS)
-    kappa = 1.0 / nk.clamp_min(NORM_EPS)
-    return nq, nk, rho, kappa
+def _logmax(phi, normalised):
+    """Whether the rows subtract their largest log-weight: exp, and l1-normalised sigmoid."""
+    return normalised and phi in ("sigmoid", "exp")
+
+
+def _n_stats(phi, normalised, reweighted):
+    """Per-row fp32 statistics the forward saves for the backward (see the module docstring)."""
+    return (6 if reweighted else int(normalised)) + int(_logmax(phi, normalised))
+
+
+def _scales(q, k, phi, fixed_length):
+    """‖q_i‖, ‖k_j‖ and the per-row / per-key score scales, fp32, (B, H, T) each, once per head
+    (the kernels only load them; computed per score tile, the log2 and divisions were a fifth of
+    the backward's instructions). With i 1-indexed:
+      softplus: ρ_i = ln(d)·log2(i)/max(‖q_i‖, ε), κ_j = 1/max(‖k_j‖, ε) (softplus_fixed: log2 of
+                the fixed length in place of log2(i))
+      sigmoid:  ρ = log2(e)/√d, β_i = −log2(i)      relu: ρ_i = 1/(√d·i)      exp: ρ = log2(e)/√d
+    Unused ones are ρ itself (never loaded)."""
+    B, H, T, D = q.shape
+    i = torch.arange(1, T + 1, device=q.device, dtype=torch.float32)
+    if phi in ("softplus", "softplus_fixed"):
+        nq = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).contiguous()
+        nk = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).contiguous()
+        log2_i = torch.log2(i) if phi == "softplus" else torch.full_like(i, math.log2(fixed_length))
+        rho = (math.log(D) * log2_i) / nq.clamp_min(NORM_EPS)
+        kappa = 1.0 / nk.clamp_min(NORM_EPS)
+        return nq, nk, rho, kappa, rho
+    if phi == "relu":
+        rho = 1.0 / (math.sqrt(D) * i)
+    else:
+        rho = torch.full_like(i, math.log2(math.e) / math.sqrt(D))
+    rho = rho.expand(B, H, T).contiguous()
+    beta = (-torch.log2(i)).expand(B, H, T).contiguous() if phi == "sigmoid" else rho
+    return rho, rho, rho, rho, beta
 
 
 def _identity(kernel):
     return kernel
 
 
-def _forward(q, k, v, kind, p, need_grad, wrap=_identity):
+def _forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad, wrap=_identity):
     """Launch the forward. Returns (out, stats, u); stats/u are what the backward needs."""
     B, H, T, D = q.shape
-    mode = KINDS.index(kind)
-    store_u = mode == 1 and need_grad
-    _, _, rho, kappa = _scales(q, k)
+    store_u = reweighted and need_grad
+    _, _, rho, kappa, beta = _scales(q, k, phi, fixed_length)
+    n_stats = _n_stats(phi, normalised, reweighted)
     out = torch.empty_like(q, dtype=v.dtype)   # q's memory layout, v's dtype
-    stats = torch.empty((B, H, 1 + 5 * mode, T), device=q.device, dtype=torch.float32)
+    stats = torch.empty((B, H, max(n_stats, 1), T), device=q.device, dtype=torch.float32)
     u = torch.empty((B, H, T, D) if store_u else (1,), device=q.device, dtype=torch.float32)
     kernel, meta = _pick("fwd", q.dtype, D, q.device)
 
@@ -761,32 +950,33 @@ def _forward(q, k, v, kind, p, need_grad, wrap=_identity):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)
 
     wrap(kernel)[grid](
-        q, k, v, rho, kappa, out, stats, u,
+        q, k, v, rho, kappa, beta, out, stats, u,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, float(p), _t_bucket(T),
-        HEAD_DIM=D, MODE=mode, P_INT=_p_int(p), STORE_U=store_u, DOT_PREC=_dot_precision(q.dtype),
-        **meta)
+        HEAD_DIM=D, PHI=PHI_IDS[phi], NORM=normalised, RW=reweighted, NSTATS=n_stats, P_INT=_p_int(p),
+        STORE_U=store_u, DOT_PREC=_dot_precision(q.dtype), **meta)
     return out, stats, u
 
 
-def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
+def _backward(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length, wrap=_identity):
     """Launch the backward kernels. Returns (dq, dk, dv) in the inputs' dtypes and layouts."""
     B, H, T, D = q.shape
-    mode = KINDS.index(kind)
+    n_stats = _n_stats(phi, normalised, reweighted)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    nq, nk, rho, kappa = _scales(q, k)
+    nq, nk, rho, kappa, beta = _scales(q, k, phi, fixed_length)
     de = torch.empty((B, H, 2, T), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    pre_block = 16 if INTERPRET else 64
-    wrap(_bwd_pre_kernel)[(triton.cdiv(T, pre_block), B * H)](
-        out, dout, u, stats, de,
-        out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
-        H, T, HEAD_DIM=D, MODE=mode, BLOCK_M=pre_block)
+    if normalised:   # D = dO·y (and E): without normalisation dL/dw is dP alone
+        pre_block = 16 if INTERPRET else 64
+        wrap(_bwd_pre_kernel)[(triton.cdiv(T, pre_block), B * H)](
+            out, dout, u, stats, de,
+            out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1), dout.stride(2),
+            H, T, HEAD_DIM=D, RW=reweighted, NSTATS=n_stats, BLOCK_M=pre_block)
 
-    common = dict(HEAD_DIM=D, MODE=mode, P_INT=_p_int(p), DOT_PREC=_dot_precision(q.dtype),
-                  DS_F32=q.dtype == torch.float16)
+    common = dict(HEAD_DIM=D, PHI=PHI_IDS[phi], NORM=normalised, RW=reweighted, NSTATS=n_stats,
+                  P_INT=_p_int(p), DOT_PREC=_dot_precision(q.dtype), DS_F32=q.dtype == torch.float16)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2), dout.stride(0), dout.stride(1), dout.stride(2))
     kernel, meta = _pick("dkdv", q.dtype, D, q.device)
@@ -795,7 +985,7 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
         return (triton.cdiv(T, META["BLOCK_N"]), B * H)
 
     wrap(kernel)[grid_n](
-        q, k, v, nq, nk, rho, kappa, dout, stats, de, dk, dv, *strides,
+        q, k, v, nq, nk, rho, kappa, beta, dout, stats, de, dk, dv, *strides,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         H, T, float(p), _t_bucket(T), **common, **meta)
 
@@ -805,7 +995,7 @@ def _backward(q, k, v, out, stats, u, dout, kind, p, wrap=_identity):
         return (triton.cdiv(T, META["BLOCK_M"]), B * H)
 
     wrap(kernel)[grid_m](
-        q, k, v, nq, nk, rho, kappa, dout, stats, de, dq, *strides,
+        q, k, v, nq, nk, rho, kappa, beta, dout, stats, de, dq, *strides,
         dq.stride(0), dq.stride(1), dq.stride(2),
         H, T, float(p), _t_bucket(T), **common, **meta)
     return dq, dk, dv
@@ -830,38 +1020,38 @@ OP_KIND = _op_kind()
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, kind, p, _ = inputs
+    q, k, v, phi, normalised, reweighted, p, fixed_length, _ = inputs
     out, stats, u = output
     ctx.save_for_backward(q, k, v, out, stats, u)
-    ctx.kind, ctx.p = kind, p
+    ctx.recipe = (phi, normalised, reweighted, p, fixed_length)
     # stats and u are internal: nothing downstream uses them, so their gradients are None.
     # Left on, autograd would first fill an fp32 zero tensor of u's full (B, H, T, D) shape
-    # for every lssar layer's backward (~100 MB a layer for the 124M model at B = 32).
+    # for every re-weighted layer's backward (~100 MB a layer for the 124M model at B = 32).
     ctx.set_materialize_grads(False)
 
 
 def _grad(ctx, dout, *_unused):
     if dout is None:  # the output itself was not used: no gradient to propagate
-        return None, None, None, None, None, None
+        return (None,) * 9
     q, k, v, out, stats, u = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(q, k, v, out, stats, u, dout, ctx.kind, ctx.p)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = _bwd_op(q, k, v, out, stats, u, dout, *ctx.recipe)
+    return (dq, dk, dv) + (None,) * 6
 
 
 if OP_KIND == "function":
-    def _bwd_op(q, k, v, out, stats, u, dout, kind, p):
-        return _backward(q, k, v, out, stats, u, dout, kind, p)
+    def _bwd_op(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length):
+        return _backward(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length)
 
     class _Attention(torch.autograd.Function):
         @staticmethod
-        def forward(q, k, v, kind, p, need_grad):
-            return _forward(q, k, v, kind, p, need_grad)
+        def forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad):
+            return _forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad)
 
         setup_context = staticmethod(_setup_context)
         backward = staticmethod(_grad)
 
-    def _fwd_op(q, k, v, kind, p, need_grad):
-        return _Attention.apply(q, k, v, kind, p, need_grad)
+    def _fwd_op(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad):
+        return _Attention.apply(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad)
 else:
     if OP_KIND == "triton_op":
         _define, _wrap = torch.library.triton_op, torch.library.wrap_triton
@@ -869,28 +1059,28 @@ else:
         _define, _wrap = torch.library.custom_op, _identity
 
     @_define("lssa_kernels::attention_fwd", mutates_args=())
-    def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str, p: float,
+    def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, phi: str, normalised: bool,
+                reweighted: bool, p: float, fixed_length: int,
                 need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _forward(q, k, v, kind, p, need_grad, _wrap)
+        return _forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad, _wrap)
 
     @_define("lssa_kernels::attention_bwd", mutates_args=())
     def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                stats: torch.Tensor, u: torch.Tensor, dout: torch.Tensor, kind: str,
-                p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _backward(q, k, v, out, stats, u, dout, kind, p, _wrap)
+                stats: torch.Tensor, u: torch.Tensor, dout: torch.Tensor, phi: str, normalised: bool,
+                reweighted: bool, p: float, fixed_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _backward(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length, _wrap)
 
     if OP_KIND == "custom_op":  # triton_op derives its fake (meta) implementation by itself
         @_fwd_op.register_fake
-        def _(q, k, v, kind, p, need_grad):
+        def _(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad):
             B, H, T, D = q.shape
-            mode = KINDS.index(kind)
-            u_shape = (B, H, T, D) if mode == 1 and need_grad else (1,)
+            u_shape = (B, H, T, D) if reweighted and need_grad else (1,)
             return (torch.empty_like(q, dtype=v.dtype),
-                    q.new_empty((B, H, 1 + 5 * mode, T), dtype=torch.float32),
+                    q.new_empty((B, H, max(_n_stats(phi, normalised, reweighted), 1), T), dtype=torch.float32),
                     q.new_empty(u_shape, dtype=torch.float32))
 
         @_bwd_op.register_fake
-        def _(q, k, v, out, stats, u, dout, kind, p):
+        def _(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length):
             return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     _fwd_op.register_autograd(_grad, setup_context=_setup_context)
@@ -898,10 +1088,14 @@ else:
 
 # ----------------------------------------------------------------------------- public API
 
-def unsupported_reason(q, k, v, kind):
-    """Why the fused kernel cannot run on these inputs, or None when it can."""
-    if kind not in KINDS:
-        return f"no fused kernel for attention type {kind!r} (only {', '.join(KINDS)})"
+def unsupported_reason(q, k, v, recipe):
+    """Why the fused kernel cannot run this recipe (attention.RECIPES: positive weights,
+    l1-normalise, re-weight) on these inputs, or None when it can."""
+    phi, normalised, reweighted = recipe
+    if phi not in PHI_IDS:
+        return f"no fused kernel for positive weights {phi!r} (only {', '.join(PHI_IDS)})"
+    if reweighted and not normalised:
+        return "the re-weighting needs l1-normalised rows (its fallback is the normalised row)"
     if not all(t.is_cuda for t in (q, k, v)):
         if not (INTERPRET and all(t.device.type == "cpu" for t in (q, k, v))):
             return ("q, k, v are not all CUDA tensors (CPU tensors need Triton's interpreter, "
@@ -923,18 +1117,24 @@ def unsupported_reason(q, k, v, kind):
     return None
 
 
-def lssa_attention(q, k, v, kind="lssa", p=15.0):
-    """Fused causal lssa/lssar attention. q, k, v: (B, n_head, T, head_dim) after RoPE
-    (q, k raw: the QK-norm is part of the op). Returns (B, n_head, T, head_dim) in v's dtype.
-    Differentiable in q, k, v. See `unsupported_reason` for what is supported."""
-    reason = unsupported_reason(q, k, v, kind)
+def lssa_attention(q, k, v, recipe, p=15.0, fixed_length=0):
+    """Fused causal attention of one recipe of attention.RECIPES, (positive weights,
+    l1-normalise, re-weight), e.g. ("softplus", True, True) for lssar. q, k, v: (B, n_head, T,
+    head_dim) after RoPE (q, k raw: lssa's QK-norm is part of the op). fixed_length: the
+    constant length of "softplus_fixed" (attention.FIXED_LENGTH). Returns (B, n_head, T,
+    head_dim) in v's dtype. Differentiable in q, k, v. See `unsupported_reason` for what is
+    supported."""
+    phi, normalised, reweighted = recipe
+    reason = unsupported_reason(q, k, v, recipe)
     if reason is not None:
-        raise RuntimeError(f"the fused {kind} kernel cannot run: {reason}")
+        raise RuntimeError(f"the fused {phi} kernel cannot run: {reason}")
+    if phi == "softplus_fixed" and not fixed_length >= 2:
+        raise ValueError(f"softplus_fixed needs its constant length, an integer >= 2; got {fixed_length!r}")
     out_dtype = v.dtype
     if not (q.dtype == k.dtype == v.dtype):
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    out, _, _ = _fwd_op(q, k, v, kind, float(p), need_grad)
+    out, _, _ = _fwd_op(q, k, v, phi, bool(normalised), bool(reweighted), float(p), int(fixed_length), need_grad)
     return out.to(out_dtype)

@@ -1,11 +1,11 @@
 """Kernel-level attention benchmark: forward and forward+backward time and peak memory of
-softmax (SDPA) and of each lssa / lssar implementation.
+softmax (SDPA) and of each implementation of the fused types (--kinds; default lssa, lssar).
 
     python scripts/bench_attention.py --out results/bench_attention.json
     python scripts/bench_attention.py --T 1024 4096 16384 --H 12 --d 64 128 --tokens 16384
     python scripts/bench_attention.py --cpu-smoke          # no GPU: check this script itself
 
-Implementations (each for lssa and lssar, softmax once):
+Implementations (each for every --kinds type, softmax once):
   sdpa        softmax, F.scaled_dot_product_attention(is_causal=True) as torch dispatches it
               (the backend it picks is recorded), then forced to each fused backend:
   sdpa-flash  FlashAttention-2 (SDPBackend.FLASH_ATTENTION)
@@ -44,6 +44,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from attention import KERNEL_TYPES  # noqa: E402  (imports torch; triton only later)
 
 
 def parse_args(argv=None):
@@ -56,7 +58,8 @@ def parse_args(argv=None):
     ap.add_argument("--d", type=int, nargs="+", default=[64], help="head dims")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--p", type=float, default=15.0, help="lssar's power")
-    ap.add_argument("--kinds", nargs="+", default=["lssa", "lssar"], choices=["lssa", "lssar"])
+    ap.add_argument("--kinds", nargs="+", default=["lssa", "lssar"], choices=list(KERNEL_TYPES) + ["all"],
+                    help="types with a fused kernel (attention.KERNEL_TYPES; all: every one)")
     ap.add_argument("--impls", nargs="+", default=["reference", "compiled", "triton", "flex"],
                     choices=["reference", "compiled", "triton", "flex"],
                     help="lssa/lssar implementations (softmax SDPA always runs)")
@@ -74,6 +77,8 @@ def parse_args(argv=None):
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU through Triton's interpreter (checks the script only)")
     args = ap.parse_args(argv)
+    if "all" in args.kinds:
+        args.kinds = list(KERNEL_TYPES)
     if args.cpu_smoke:  # tiny everything; the numbers mean nothing
         args.T, args.B, args.H, args.d, args.dtype = [40], 1, 2, [16], "float32"
         args.warmup, args.reps = 0, 1
@@ -130,8 +135,8 @@ def make_impls(torch, attention, args):
         impls["compiled"] = {kind: (lambda q, k, v, kind=kind: compiled(q, k, v, kind, p)) for kind in args.kinds}
     if "triton" in args.impls:
         from kernels import lssa_triton
-        impls["triton"] = {kind: (lambda q, k, v, kind=kind: lssa_triton.lssa_attention(q, k, v, kind, p))
-                           for kind in args.kinds}
+        impls["triton"] = {kind: (lambda q, k, v, kind=kind: lssa_triton.lssa_attention(
+                           q, k, v, attention.RECIPES[kind], p, attention.FIXED_LENGTH)) for kind in args.kinds}
     if "flex" in args.impls:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -140,7 +145,7 @@ def make_impls(torch, attention, args):
         else:
             impls["flex"] = {kind: flex_impl(torch, F, kind, p, create_block_mask,
                                              torch.compile(flex_attention, dynamic=False))
-                             for kind in args.kinds}
+                             for kind in args.kinds if kind in ("lssa", "lssar")}   # written for these two
     return impls
 
 
@@ -226,7 +231,7 @@ def format_row(r):
     ratio, mem = (f"{r[k]:.2f}" if r.get(k) else "-" for k in ("x_sdpa", "x_sdpa_mem"))
     peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
     backend = f"  ({r['backend']})" if r.get("backend") else ""
-    return (f"{r['d']:>3} {r['T']:>6} {r['B']:>3} {r['mode']:<8} {r['attention']:<8} {r['impl']:<10} {r['ms']:>9.3f} "
+    return (f"{r['d']:>3} {r['T']:>6} {r['B']:>3} {r['mode']:<8} {r['attention']:<19} {r['impl']:<10} {r['ms']:>9.3f} "
             f"{spread:>19} {ratio:>7} {r['tflops']:>8.1f} {peak:>9} {mem:>6}{backend}")
 
 
@@ -274,7 +279,7 @@ def main(argv=None):
     print(f"# H={args.H} {args.dtype} p={args.p}; ms per call: median [min, max] of {args.reps} timings of "
           f">= {args.window_ms:g} ms each, after {args.warmup} warm-up calls")
     rows = []
-    header = (f"{'d':>3} {'T':>6} {'B':>3} {'mode':<8} {'attention':<8} {'impl':<10} {'ms':>9} {'[min, max]':>19} "
+    header = (f"{'d':>3} {'T':>6} {'B':>3} {'mode':<8} {'attention':<19} {'impl':<10} {'ms':>9} {'[min, max]':>19} "
               f"{'x sdpa':>7} {'TFLOP/s':>8} {'peak MiB':>9} {'x mem':>6}")
     print(header)
     print("-" * len(header))
@@ -301,7 +306,7 @@ def main(argv=None):
                         times, peak = measure(torch, timer, fn, q, k, v, mode, args, cuda)
                     except Exception as e:  # OOM, a missing feature, a compile failure: report it
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                        print(f"{d:>3} {T:>6} {B:>3} {mode:<8} {kind:<8} {name:<10} {'failed: ' + row['error'][:60]}")
+                        print(f"{d:>3} {T:>6} {B:>3} {mode:<8} {kind:<19} {name:<10} {'failed: ' + row['error'][:60]}")
                         if cuda:
                             torch.cuda.empty_cache()
                         rows.append(row)

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import train  # noqa: E402
+from attention import ATTENTION_TYPES  # noqa: E402
 from configurator import load_config  # noqa: E402
 from runinfo import code_version, hardware, write_json  # noqa: E402
 
@@ -37,7 +38,9 @@ from runinfo import code_version, hardware, write_json  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default="config/paper_124m.py")
-    p.add_argument("--attention", nargs="+", default=["softmax", "lssa", "lssar"])
+    p.add_argument("--attention", nargs="+", default=["softmax", "lssa", "lssar"],
+                   choices=list(ATTENTION_TYPES) + ["all"], help="types, the first the ratios' base; "
+                   "all: every type of attention.RECIPES")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=20, help="steps excluded from the figures")
@@ -49,6 +52,8 @@ def parse_args(argv):
     if "--" in argv:  # what follows goes to train.py as it is
         argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = p.parse_args(argv)
+    if "all" in args.attention:
+        args.attention = list(ATTENTION_TYPES)
     args.extra = extra
     return args
 
@@ -93,9 +98,23 @@ def bench_one(args, attention, out_dir):
     return result
 
 
+def with_ratios(results):
+    """The rows with tokens/s and peak memory as ratios to the first type's."""
+    base = results[0]
+    for r in results:
+        if "error" not in r and "error" not in base:
+            r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
+            if "peak_mem_gib" in r:
+                r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"]
+    return results
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    results = []
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {"command": " ".join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),
+              "code": code_version(), "hardware": hardware(device), "results": []}
+    results = report["results"]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         for attention in args.attention:
             try:
@@ -103,29 +122,23 @@ def main(argv=None):
             except Exception as e:  # a compile failure, out of memory: report it, go on with the next type
                 traceback.print_exc()
                 results.append({"attention": attention, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"})
+            if args.out:   # after every type: a run cut short (gpu_check's time limits) keeps what it measured
+                write_json(dict(report, results=with_ratios(results)), args.out)
             # the next type starts clean: no compiled graphs, no cached GPU memory from this one
             torch._dynamo.reset()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = results[0]
+    with_ratios(results)
     print(f"\n{'attention':<22}{'first step s':>13}{'tokens/s':>12}{'ratio':>8}{'MFU':>8}{'peak GiB':>10}{'mem ratio':>10}")
     for r in results:
-        if "error" in r or "error" in base:
+        if "ratio" not in r:
             print(f"{r['attention']:<22}{'failed: ' + r['error'][:70] if 'error' in r else 'no ratio: the first type failed'}")
             continue
-        r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
-        if "peak_mem_gib" in r:
-            r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"]
         first = f"{r['first_step_s']:.1f}" if r.get("first_step_s") is not None else "-"
         print(f"{r['attention']:<22}{first:>13}{r['tokens_per_s']:>12,.0f}{r['ratio']:>8.2f}"
               f"{r.get('mfu', float('nan')):>8.1%}{r.get('peak_mem_gib', float('nan')):>10.2f}"
               f"{r.get('mem_ratio', float('nan')):>10.2f}")
-    report = {"command": " ".join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),
-              "code": code_version(), "hardware": hardware(device), "results": results}
-    if args.out:
-        write_json(report, args.out)
     return report
 
 

@@ -16,11 +16,14 @@ the figures the kernels' targets need come first):
   tests            pytest -m gpu (fixed kernel tiles where a test asks for them; parallel
                    workers with pytest-xdist when it is installed)
   errors           scripts/kernel_errors.py: kernel vs float64 reference, forward and gradients
+  bench_types      bench_train for softmax and every other type (the baselines and ablations),
+                   fewer steps; its JSON is written after each type, so a run the --budget cuts
+                   short keeps what it measured (`gpu_check.sh bench_types` runs it alone)
   repro            scripts/reproduce_small.sh gpu for softmax, lssa, lssar: train, sweep 1x-16x, plot
 The whole run stops starting parts after --budget seconds. Files written (the lent GPU
 machines of this project bring back at most 8, at most 2 folders deep): summary.md,
-summary.json, log.txt, errors.json, bench_train.json, bench_attention.json, small.tar.gz
-(results/small/ of the repro part). The summary table is printed last.
+summary.json, log.txt, errors.json, bench_train.json, bench_types.json, bench_attention.json,
+small.tar.gz (results/small/ of the repro part). The summary table is printed last.
 --smoke runs every part at toy sizes on the CPU, the repro as a dry run (the test suite checks
 the plumbing with it).
 """
@@ -34,11 +37,12 @@ import tarfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("bench_train", "bench_attention", "tests", "errors", "repro")
-ALIASES = {"correctness": ("tests", "errors"), "bench": ("bench_train", "bench_attention"), "all": PARTS}
+PARTS = ("bench_train", "bench_attention", "tests", "errors", "bench_types", "repro")
+ALIASES = {"correctness": ("tests", "errors"), "bench": ("bench_train", "bench_types", "bench_attention"),
+           "all": PARTS}
 # seconds; on one H200 (results/gpu/NVIDIA-H200/) tests took 135 s with 16 workers, errors 30,
 # bench_attention 33, repro ~140; bench_train over 185 (compiling lssar's graph is the slow part)
-LIMITS = {"tests": 150, "errors": 45, "bench_train": 240, "bench_attention": 120, "repro": 150}
+LIMITS = {"tests": 200, "errors": 45, "bench_train": 240, "bench_types": 330, "bench_attention": 120, "repro": 150}
 # The targets (issue 21), checked in the summary: ratios to softmax's training / to the fastest
 # SDPA backend at head dim 64, seconds to the first training step, 16x over 1x loss
 TARGETS = {"lssa tokens/s": (0.94, ">="), "lssar tokens/s": (0.85, ">="), "lssa peak memory": (1.10, "<="),
@@ -46,6 +50,8 @@ TARGETS = {"lssa tokens/s": (0.94, ">="), "lssar tokens/s": (0.85, ">="), "lssa 
            "lssa fwd T=16384": (1.6, "<="), "lssar fwd T=16384": (3.5, "<="),
            "lssa fwd+bwd T=16384": (2.0, "<="), "lssar fwd+bwd T=16384": (3.2, "<="),
            "lssar 16x/1x": (1.02, "<=")}
+# issue 22, for every type bench_types measures (softmax's ratio is 1 by definition)
+TYPE_TARGETS = {"tokens/s": (0.7, ">="), "peak memory": (1.25, "<=")}
 
 
 def parse_args(argv=None):
@@ -87,17 +93,24 @@ def commands(args, out):
             "bench_train": ([py, "scripts/bench_train.py", "config/demo_cpu.py", "--attention", "softmax", "lssar",
                              "--steps", "4", "--warmup", "2", "--log_interval", "2", "--batch_size", "2",
                              "--out", f"{out}/bench_train.json", "--"] + data, {}),
+            "bench_types": ([py, "scripts/bench_train.py", "config/demo_cpu.py", "--attention", "softmax", "relu_l1",
+                             "--steps", "4", "--warmup", "2", "--log_interval", "2", "--batch_size", "2",
+                             "--out", f"{out}/bench_types.json", "--"] + data, {}),
             "bench_attention": ([py, "scripts/bench_attention.py", "--cpu-smoke", "--out",
                                  f"{out}/bench_attention.json"], {}),
             "repro": (["bash", "scripts/reproduce_small.sh", "gpu"],   # the commands only
                       {"MAIN": "softmax lssa lssar", "PASSKEY": "0", "BASELINES": "0", "DRY_RUN": "1"}),
         }
     xdist = ["-n", str(min(16, os.cpu_count() or 1))] if _has("xdist") else []
+    from attention import ATTENTION_TYPES   # bench_types: softmax, then all but the three bench_train has
+    others = [t for t in ATTENTION_TYPES if t not in ("softmax", "lssa", "lssar")]
     return {
         "tests": ([py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + xdist, {}),
         "errors": ([py, "scripts/kernel_errors.py", "--workers", "8", "--out", f"{out}/errors.json"], {}),
         "bench_train": ([py, "scripts/bench_train.py", "--attention", "softmax", "lssar", "lssa", "--steps", "40",
                          "--warmup", "15", "--log_interval", "5", "--out", f"{out}/bench_train.json"], {}),
+        "bench_types": ([py, "scripts/bench_train.py", "--attention", "softmax", *others, "--steps", "30",
+                         "--warmup", "10", "--log_interval", "5", "--out", f"{out}/bench_types.json"], {}),
         "bench_attention": ([py, "scripts/bench_attention.py", "--T", "1024", "4096", "16384", "--d", "64", "128",
                              "--no-compile", "--no-flex", "--reference-max-T", "4096", "--reps", "5", "--warmup", "3",
                              "--window-ms", "20", "--out", f"{out}/bench_attention.json"], {}),
@@ -153,11 +166,12 @@ def collect(out, log_path, small_dir=None):
         found["errors"] = {"cases": len(rows), "within_tolerance": sum(r["ok"] for r in rows),
                            "worst": {dt: max(max(r["err"].values()) for r in rows if r["dtype"] == dt)
                                      for dt in sorted({r["dtype"] for r in rows})}}
-    bench = _load(f"{out}/bench_train.json")
-    if bench:
-        found["bench_train"] = [{k: r.get(k) for k in ("attention", "first_step_s", "tokens_per_s", "tokens_per_s_min",
-                                                       "tokens_per_s_max", "ratio", "mfu", "peak_mem_gib",
-                                                       "mem_ratio", "error")} for r in bench["results"]]
+    for part in ("bench_train", "bench_types"):
+        bench = _load(f"{out}/{part}.json")
+        if bench:
+            found[part] = [{k: r.get(k) for k in ("attention", "first_step_s", "tokens_per_s", "tokens_per_s_min",
+                                                  "tokens_per_s_max", "ratio", "mfu", "peak_mem_gib",
+                                                  "mem_ratio", "error")} for r in bench["results"]]
     attn = _load(f"{out}/bench_attention.json")
     if attn:
         found["bench_attention"] = [{k: r.get(k) for k in ("d", "T", "B", "mode", "attention", "impl", "backend", "ms",
@@ -187,8 +201,14 @@ def targets(found):
     for r in found.get("repro", []):
         if r["attention"] == "lssar" and "16x" in r["losses"]:
             values["lssar 16x/1x"] = r["losses"]["16x"] / r["losses"]["1x"]
+    bounds = dict(TARGETS)
+    for r in found.get("bench_types", []):
+        if r["attention"] != "softmax" and r.get("ratio") is not None:
+            values[f"{r['attention']} tokens/s"] = r["ratio"]
+            values[f"{r['attention']} peak memory"] = r.get("mem_ratio")
+            bounds.update({f"{r['attention']} {what}": bound for what, bound in TYPE_TARGETS.items()})
     rows = []
-    for name, (bound, op) in TARGETS.items():
+    for name, (bound, op) in bounds.items():
         if values.get(name) is not None:
             v = values[name]
             rows.append({"target": name, "value": v, "bound": f"{op} {bound}",
@@ -214,10 +234,12 @@ def markdown(summary):
         lines += ["", f"kernel vs float64 reference: {e['within_tolerance']} of {e['cases']} cases within tolerance; "
                       "worst relative error (Frobenius) per dtype: "
                       + ", ".join(f"{k} {v:.1e}" for k, v in e["worst"].items())]
-    if "bench_train" in found:
+    for part in ("bench_train", "bench_types"):
+        if part not in found:
+            continue
         lines += ["", "| attention | first step s | tokens/s [min, max] | x softmax | MFU | peak GiB | x softmax |",
                   "|---|---|---|---|---|---|---|"]
-        for r in found["bench_train"]:
+        for r in found[part]:
             if r.get("tokens_per_s") is None or r.get("ratio") is None:
                 lines.append(f"| {r['attention']} | {r.get('error') or 'no ratio'} | | | | | |")
                 continue

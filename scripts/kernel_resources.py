@@ -15,9 +15,10 @@ shared memory from the compiled metadata, against sm_90's 227 KiB per block (a l
 configuration fails to launch, and the autotuner skips it after compiling it).
 
 Tiles: the kernel module's sm_90 table _TILES_SM90, or for fp32 its _TILES_FP32; --tiles
-replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes:
-lssa (MODE 0), lssar (MODE 1) and, for the forward only, lssar+grad: lssar keeping the
-gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
+replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes: the
+attention types with a fused kernel (attention.KERNEL_TYPES; default lssa and lssar, --modes
+all for every one) and, for the forward only, <type>+grad for the re-weighted types: keeping
+the gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
 
 --sass disassembles each kernel (Triton's bundled nvdisasm) and, for each loop of the SASS (a
 backward branch: its target up to the branch), counts the instructions and the MUFU
@@ -46,14 +47,18 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # Triton 3.9's default,
 import torch   # noqa: E402
 import triton   # noqa: E402
 
+from attention import KERNEL_TYPES, RECIPES   # noqa: E402
 from kernels import lssa_triton as L   # noqa: E402
 from runinfo import write_json   # noqa: E402
 
 SM90_SHARED = 227 * 1024   # bytes per block (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-MODES = {"lssa": (0, False), "lssar": (1, False), "lssar+grad": (1, True)}   # (MODE, STORE_U)
+# mode -> (recipe, STORE_U): every fused type, and the re-weighted ones keeping U and R (training)
+MODES = {**{kind: (RECIPES[kind], False) for kind in KERNEL_TYPES},
+         **{kind + "+grad": (RECIPES[kind], True) for kind in KERNEL_TYPES if RECIPES[kind][2]}}
+DEFAULT_MODES = ["lssa", "lssar", "lssar+grad"]
 INPUT_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}   # in the inputs' dtype
-FP32_POINTERS = {"NQ", "NK", "RHO", "KAPPA", "STATS", "U", "DE"}
+FP32_POINTERS = {"NQ", "NK", "RHO", "KAPPA", "BETA", "STATS", "U", "DE"}
 
 
 def tile_table(dtype):
@@ -76,10 +81,11 @@ def source(which, dtype, head_dim, mode, bm, bn, p):
     """The ASTSource a launch with these parameters compiles."""
     from triton.compiler import ASTSource
     fn = L._KERNELS[which]
-    mode_id, store_u = MODES[mode]
+    (phi, normalised, reweighted), store_u = MODES[mode]
     torch_dtype = DTYPES[dtype]
-    constexprs = dict(HEAD_DIM=head_dim, MODE=mode_id, P_INT=L._p_int(p), DOT_PREC=L._dot_precision(torch_dtype),
-                      BLOCK_M=bm, BLOCK_N=bn)
+    constexprs = dict(HEAD_DIM=head_dim, PHI=L.PHI_IDS[phi], NORM=normalised, RW=reweighted,
+                      NSTATS=L._n_stats(phi, normalised, reweighted), P_INT=L._p_int(p),
+                      DOT_PREC=L._dot_precision(torch_dtype), BLOCK_M=bm, BLOCK_N=bn)
     constexprs.update(STORE_U=store_u) if which == "fwd" else constexprs.update(DS_F32=torch_dtype == torch.float16)
     signature = {}
     for name in fn.arg_names:
@@ -109,10 +115,18 @@ def ptxas_log(ptx):
 
 
 # The loops of each kernel in source (= SASS) order; the main one (no mask) is the target's.
-LOOP_NAMES = {("fwd", "lssa"): ["keys", "keys, diagonal"],
-              ("fwd", "lssar"): ["pass 1", "pass 1, diagonal", "pass 2", "pass 2, diagonal"],
-              ("dkdv", "lssa"): ["queries, diagonal", "queries"], ("dkdv", "lssar"): ["queries, diagonal", "queries"],
-              ("dq", "lssa"): ["keys", "keys, diagonal"], ("dq", "lssar"): ["keys", "keys, diagonal"]}
+# The forward of a re-weighted type, or of one that subtracts its row maximum (exp, l1 sigmoid),
+# has two passes over the keys.
+LOOP_NAMES = {("fwd", "one pass"): ["keys", "keys, diagonal"],
+              ("fwd", "two passes"): ["pass 1", "pass 1, diagonal", "pass 2", "pass 2, diagonal"],
+              ("dkdv",): ["queries, diagonal", "queries"], ("dq",): ["keys", "keys, diagonal"]}
+
+
+def loop_names(which, mode):
+    if which != "fwd":
+        return LOOP_NAMES[which,]
+    (phi, normalised, reweighted), _ = MODES[mode]
+    return LOOP_NAMES[which, "two passes" if reweighted or L._logmax(phi, normalised) else "one pass"]
 MAIN_LOOPS = {"keys", "pass 1", "pass 2", "queries"}
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
@@ -168,7 +182,7 @@ def sass_row(which, mode, tile, cubin):
     """Per-score work of each loop of one compiled kernel."""
     bm, bn, warps, _ = tile
     loops = sass_loops(sass_text(cubin))
-    names = LOOP_NAMES[which, "lssa" if mode == "lssa" else "lssar"]
+    names = loop_names(which, mode)
     if len(names) != len(loops):   # a diagonal loop of one iteration compiles to straight code
         names = [n for n in names if n in MAIN_LOOPS]
     if len(names) != len(loops):
@@ -212,7 +226,7 @@ def jobs(args):
         for dtype in args.dtypes:
             for head_dim in args.head_dims:
                 for mode in args.modes:
-                    if mode == "lssar+grad" and which != "fwd":
+                    if mode.endswith("+grad") and which != "fwd":
                         continue   # the backward kernels read the statistics, they have no such variant
                     tiles = args.tiles or tile_table(dtype)[which, L._tile_class(head_dim)]
                     for tile in tiles[:1] if args.first else tiles:
@@ -220,10 +234,10 @@ def jobs(args):
 
 
 def table(rows):
-    lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':10} {'tile (M,N,warps,stages)':23} "
+    lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':24} {'tile (M,N,warps,stages)':23} "
              f"{'regs':>4} {'spill st/ld B':>13} {'shared KiB':>10}"]
     for r in rows:
-        head = f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:10} {str(tuple(r['tile'])):23} "
+        head = f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:24} {str(tuple(r['tile'])):23} "
         if "error" in r:
             lines.append(head + r["error"])
             continue
@@ -235,12 +249,12 @@ def table(rows):
 
 def sass_table(rows):
     """Instructions and MUFU ops per score in each loop (main loops first, marked *)."""
-    lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':10} {'tile (M,N,warps,stages)':23} "
+    lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':24} {'tile (M,N,warps,stages)':23} "
              f"{'loop':18} {'instr/score':>11} {'MUFU/score':>10} {'mma':8}"]
     for r in rows:
         for lp in r.get("loops", []):
             dup = "  < 16 rows per warp: warps repeat the elementwise work" if r["duplicated"] else ""
-            lines.append(f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:10} {str(tuple(r['tile'])):23} "
+            lines.append(f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:24} {str(tuple(r['tile'])):23} "
                          f"{lp['name'] + (' *' if lp['main'] else ''):18} {lp['instr_per_score']:>11.1f} "
                          f"{lp['mufu_per_score']:>10.2f} {lp['mma']:8}{dup}")
     return "\n".join(lines)
@@ -261,7 +275,8 @@ def main(argv=None):
     ap.add_argument("--kernels", nargs="+", choices=list(L._KERNELS), default=list(L._KERNELS))
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     ap.add_argument("--head-dims", nargs="+", type=int, choices=(64, 128), default=[64, 128])
-    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    ap.add_argument("--modes", nargs="+", choices=list(MODES) + ["all"], default=DEFAULT_MODES,
+                    help="attention types (default: lssa, lssar, lssar+grad; all: every fused type)")
     ap.add_argument("--tiles", nargs="+", type=parse_tile, help="candidate tiles instead of the module's tables")
     ap.add_argument("--p", type=float, default=15.0, help="lssa's power p (an integer selects the P_INT path)")
     ap.add_argument("--first", action="store_true", help="only the first tile of each list (the one launched "
@@ -271,6 +286,8 @@ def main(argv=None):
     ap.add_argument("-j", "--jobs", type=int, default=1, help="compiles in parallel")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
+    if "all" in args.modes:
+        args.modes = list(MODES)
     if L.INTERPRET:
         sys.exit("TRITON_INTERPRET=1 is set: unset it, this script compiles the kernels for a real GPU")
     todo = list(jobs(args))

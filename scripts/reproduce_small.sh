@@ -3,7 +3,7 @@
 # embedded corpus; the 1x-16x sweep, the lssa model re-weighted at inference (the paper's early,
 # training-free claim; from v3 on lssar is trained from scratch), plots; on GPT-2
 # tokens also passkey retrieval at 1x-8x. Then the paper's baselines and ablations (sigmoid,
-# relu, ssmax, softmax_reweight, sigmoid_l1_reweight) trained and swept the same way
+# relu, ssmax, softmax_reweight, sigmoid_l1_reweight, relu_l1, softplus_l1) trained and swept the same way
 # (BASELINES=0 skips them). Last, results/<name>/report.md (scripts/report.py) beside the paper's numbers.
 #   bash scripts/reproduce_small.sh            # one GPU: config/small_gpu.py (GPT-2 tokens, context 256)
 #                                              # -> results/small/
@@ -56,7 +56,7 @@ if [ "$trials" -gt 0 ] && [ "${PASSKEY:-1}" = 1 ]; then
 fi
 
 if [ "${BASELINES:-1}" = 1 ]; then
-    baselines=(sigmoid relu ssmax softmax_reweight sigmoid_l1_reweight)
+    baselines=(sigmoid relu ssmax softmax_reweight sigmoid_l1_reweight relu_l1 softplus_l1)
     for attention in "${baselines[@]}"; do
         train $attention $attention
     done

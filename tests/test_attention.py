@@ -36,8 +36,12 @@ def naive_weights(q, k, kind, p=15.0, s_h=0.5):
                 row = [x / sum(row) for x in row]
         elif kind == "relu":
             row = [max(x, 0.0) / i for x in s]
+        elif kind == "relu_l1":   # a row without a positive score has no weights
+            w = [max(x, 0.0) for x in s]
+            row = [x / sum(w) if sum(w) > 0 else 0.0 for x in w]
         else:
-            s = [math.log(d) * math.log(i) * dot(unit(q[i - 1]), unit(k[j])) for j in range(i)]
+            length = math.log(1024) if kind == "softplus_l1" else math.log(i)
+            s = [math.log(d) * length * dot(unit(q[i - 1]), unit(k[j])) for j in range(i)]
             w = [softplus(x) for x in s]
             row = [x / sum(w) for x in w]
         if kind.endswith("reweight") or kind == "lssar":
@@ -96,6 +100,11 @@ def test_baselines_two_tokens_written_out():
     assert row2("sigmoid") == pytest.approx([0.5761169, 1 / 3], abs=1e-7)
     # relu: relu(1)/2, relu(0)/2
     assert row2("relu") == pytest.approx([0.5, 0.0], abs=1e-12)
+    # relu_l1: relu(1), relu(0) normalised; its row 1 (score 0.3·1/2 = 0.15 > 0) is [1]
+    assert row2("relu_l1") == pytest.approx([1.0, 0.0], abs=1e-12)
+    # softplus_l1: q̂·k̂ = (1, 0), scale ln 4·ln 1024 = 9.609060 -> softplus = (9.609127, ln 2)
+    w = [math.log1p(math.exp(math.log(4) * math.log(1024))), math.log(2)]
+    assert row2("softplus_l1") == pytest.approx([w[0] / sum(w), w[1] / sum(w)], abs=1e-12)
     # ssmax with s_h = 2: scores scaled by 2·ln 2 = 1.386294 -> softmax(1.386294, 0) = (0.8, 0.2)
     assert row2("ssmax", head_scale=torch.tensor([2.0])) == pytest.approx([0.8, 0.2], abs=1e-7)
     # sigmoid_l1_reweight, rows <= 3 use o = 0: (0.5761169, 1/3)^2 renormalised with p = 2
@@ -109,8 +118,10 @@ def test_rows_sum_to_one_and_are_causal(kind):
     q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
     scale = torch.full((3,), 0.3)
     a = attention_weights(q, k, kind, head_scale=scale)
-    if RECIPES[kind][1]:  # l1-normalised types
-        torch.testing.assert_close(a.sum(-1), torch.ones(2, 3, 40))
+    if RECIPES[kind][1]:  # l1-normalised types; relu_l1's rows without a positive score are 0
+        empty = (q @ k.transpose(-2, -1)).tril().clamp_min(0).sum(-1) == 0
+        empty &= RECIPES[kind][0] == "relu"
+        torch.testing.assert_close(a.sum(-1), torch.where(empty, 0.0, 1.0))
     assert (a.triu(diagonal=1) == 0).all() and (a >= 0).all()
     y = causal_attention(q, k, v, kind, head_scale=scale)
     k2, v2 = k.clone(), v.clone()
@@ -173,6 +184,30 @@ def test_finite_at_4096(kind, dtype):
     with torch.no_grad():
         y = causal_attention(q, k, v, kind, head_scale=torch.full((2,), 0.2))
     assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [3.0, 15.0])
+def test_sigmoid_l1_rows_far_below_underflow(dtype, p):
+    """Every score of every row is about −200 to −300: σ underflows to 0 in fp32 (below about
+    −88), and l1-normalising those zeros used to give 0/0 = NaN rows. The rows must equal the
+    float64 formulas (naive_weights: σ(−300) ≈ 5e-131 is still a normal float64)."""
+    g = torch.Generator().manual_seed(7)
+    T, d = 9, 4
+    base = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    k = 15 * base + 0.5 * torch.randn(T, d, generator=g)
+    q = -15 * base + 0.5 * torch.randn(T, d, generator=g)
+    q, k = q.to(dtype).double(), k.to(dtype).double()   # the inputs as the dtype represents them
+    want = as_tensor(naive_weights(q.tolist(), k.tolist(), "sigmoid_l1_reweight", p))
+    scores = (q @ k.T) / math.sqrt(d)
+    assert scores.max() < -180, "the test needs every score far below fp32's sigmoid underflow"
+    got = attention_weights(q[None, None].to(dtype), k[None, None].to(dtype), "sigmoid_l1_reweight", p)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-4), (got.double() - want).abs().max()
+    v = torch.randn(1, 1, T, d, generator=g).to(dtype)
+    y = causal_attention(q[None, None].to(dtype).requires_grad_(), k[None, None].to(dtype), v,
+                         "sigmoid_l1_reweight", p)
+    assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("kind", ["lssa", "lssar"])

@@ -31,6 +31,25 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
 
 
+def test_bench_train_keeps_each_type_as_it_is_measured(tmp_path, monkeypatch):
+    """gpu_check kills a part at its time limit: the types measured before that stay in the JSON."""
+    out = tmp_path / "bench.json"
+
+    def bench_one(args, attention, out_dir):
+        if attention == "relu":
+            raise KeyboardInterrupt   # stands for the kill: not caught as a type's failure
+        return {"attention": attention, "tokens_per_s": {"softmax": 1000.0, "sigmoid": 800.0}[attention],
+                "peak_mem_gib": 10.0}
+
+    monkeypatch.setattr(bench_train, "bench_one", bench_one)
+    with pytest.raises(KeyboardInterrupt):
+        bench_train.main(["--attention", "softmax", "sigmoid", "relu", "--out", str(out)])
+    rows = json.load(open(out))["results"]
+    assert [(r["attention"], r["ratio"], r["mem_ratio"]) for r in rows] == [("softmax", 1.0, 1.0), ("sigmoid", 0.8, 1.0)]
+    with pytest.raises(SystemExit):   # a type that does not exist is refused before anything runs
+        bench_train.main(["--attention", "softmax", "cosine"])
+
+
 def test_bench_memory_measures_the_command_alone(tmp_path):
     """From its own small process (a child's peak RSS starts at its parent's: not pytest's)."""
     out = tmp_path / "memory.json"

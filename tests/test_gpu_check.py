@@ -27,7 +27,8 @@ def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     assert list(summary["parts"]) == list(gpu_check.PARTS)
     assert summary["command"].startswith("bash scripts/gpu_check.sh --smoke --limit tests=1")
     status = {part: r["status"] for part, r in summary["parts"].items()}
-    assert status == {"tests": "timeout", "errors": "ok", "bench_train": "ok", "bench_attention": "ok", "repro": "ok"}
+    assert status == {"tests": "timeout", "errors": "ok", "bench_train": "ok", "bench_types": "ok",
+                      "bench_attention": "ok", "repro": "ok"}
     # what the lent machines bring back: at most 8 files, at most 2 folders deep
     files = [os.path.join(d, f) for d, _, names in os.walk(out) for f in names]
     assert len(files) <= 8 and all(os.path.relpath(f, out).count(os.sep) <= 2 for f in files)
@@ -40,6 +41,7 @@ def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     assert [r["ok"] for r in errors["results"]] == [True]
     assert summary["found"]["errors"]["within_tolerance"] == 1
     assert [r["attention"] for r in summary["found"]["bench_train"]] == ["softmax", "lssar"]
+    assert [r["attention"] for r in summary["found"]["bench_types"]] == ["softmax", "relu_l1"]
     attention = json.load(open(out / "bench_attention.json"))
     timed = {(r["attention"], r["impl"], r["mode"]) for r in attention["results"] if "error" not in r and r["ms"] > 0}
     for mode in ("fwd", "fwd+bwd"):  # every implementation ran (an error row would be missing here)
@@ -55,6 +57,10 @@ def test_summary_checks_the_targets():
                         {"attention": "lssa", "tokens_per_s": 950.0, "ratio": 0.95, "mfu": 0.36, "peak_mem_gib": 11.0,
                          "mem_ratio": 1.1, "first_step_s": 50.0},
                         {"attention": "lssar", "error": "RuntimeError: boom"}],
+        "bench_types": [{"attention": "softmax", "tokens_per_s": 1000.0, "ratio": 1.0, "mfu": 0.4, "peak_mem_gib": 10.0,
+                         "mem_ratio": 1.0},
+                        {"attention": "relu_l1", "tokens_per_s": 650.0, "ratio": 0.65, "mfu": 0.26, "peak_mem_gib": 12.0,
+                         "mem_ratio": 1.2}],
         "bench_attention": [{"T": 16384, "B": 1, "mode": "fwd", "attention": "lssar", "impl": "triton", "ms": 9.0,
                              "x_sdpa": 3.6, "peak_mib": 20.0},
                             {"d": 128, "T": 16384, "B": 1, "mode": "fwd", "attention": "lssa", "impl": "triton",
@@ -65,6 +71,8 @@ def test_summary_checks_the_targets():
     rows = {t["target"]: t for t in gpu_check.targets(found)}
     assert rows["lssa tokens/s"]["met"] and rows["lssa peak memory"]["met"]
     assert "lssar tokens/s" not in rows                 # it failed: nothing to compare
+    assert not rows["relu_l1 tokens/s"]["met"] and rows["relu_l1 peak memory"]["met"]   # 0.65 < 0.7; 1.2 <= 1.25
+    assert "softmax tokens/s" not in rows
     assert not rows["lssar fwd T=16384"]["met"]         # 3.6x SDPA > 3.5x
     assert "lssa fwd T=16384" not in rows               # the targets are head dim 64's
     assert not rows["lssa first step s"]["met"]          # 50 s > 45 s

@@ -8,9 +8,14 @@ the variable first; the cases below are parametrised over that child's results. 
 a reason when triton is not installed. The interpreter runs the kernels as Python, so one more
 CPU test runs Triton's real compiler down to an sm_90 binary (no GPU needed).
 
-GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024},
-fp32/bf16/fp16, lssar's fallback and large p, a T = 16384 forward in O(T) memory and a
-torch.compile'd forward/backward.
+Every type of attention.KERNEL_TYPES is checked: lssa and lssar over the full set of cases,
+each other type (NEW_TYPES) over a compact one (T = 1, 5, 17, 40, 67, non-dividing blocks on
+strided views, bf16), plus the re-weighted fallback rows, p = 3 and scores far below σ's
+underflow.
+
+GPU (marker `gpu`, skipped without CUDA): head dims 64/128, T in {1, 2, 3, 4, 127, 1000, 1024}
+(the other types: T in {1, 1000}), fp32/bf16/fp16, the re-weighted fallback and large p, a
+T = 16384 forward in O(T) memory and a torch.compile'd forward/backward for every type.
 
 Errors are max |kernel − reference| / max |reference| per tensor (fp32 reference, computed
 from the same inputs). fp32 must agree to 1e-4; bf16/fp16 are loose (the output, the weights
@@ -35,6 +40,7 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TOL = {"float32": 1e-4, "bfloat16": 6e-2, "float16": 2e-2}
+NEW_TYPES = [k for k in attention.KERNEL_TYPES if k not in ("lssa", "lssar")]   # issue 22's
 MIXED_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}  # BLOCK_M != BLOCK_N
 
 
@@ -68,6 +74,34 @@ INTERPRETER_CASES = (
         _case("lssar-T67-bf16", "lssar", 67, d=32, dtype="bfloat16", B=2),
         _case("lssar-T40-fp16", "lssar", 40, d=32, dtype="float16"),
     ]
+    # every other fused type (attention.KERNEL_TYPES): a compact set each (one key block, several
+    # blocks with two batches, blocks that do not divide T on strided views, bf16)
+    + [c for kind in NEW_TYPES for c in (
+        _case(f"{kind}-T1", kind, 1),
+        _case(f"{kind}-T5", kind, 5),
+        _case(f"{kind}-T17-d32", kind, 17, d=32, B=2),
+        _case(f"{kind}-T67-mixedblocks-strided", kind, 67, blocks=MIXED_BLOCKS, strided=True),
+        _case(f"{kind}-T40-bf16", kind, 40, d=32, dtype="bfloat16"),
+    )]
+    + [
+        # the first rows of an exp row maximum kept online. p = 3: with p = 15 these rows are
+        # nearly one-hot, their true gradients ~1e-5, and the comparison would be against the
+        # fp32 rounding of dP − D (~1e-6 of |dO||v|) in row 1, whose true gradient is 0
+        *[_case(f"softmax_reweight-T{T}-p3", "softmax_reweight", T, p=3.0) for T in (2, 3, 4)],
+        _case("softmax_reweight-T40-p3", "softmax_reweight", 40, p=3.0),
+        _case("sigmoid_l1_reweight-T40-p3", "sigmoid_l1_reweight", 40, p=3.0),
+        # the fallback rows: equal scores leave nothing above the mean
+        _case("softmax_reweight-T11-zero-queries-p3", "softmax_reweight", 11, p=3.0, zero_rows=list(range(4, 11))),
+        _case("sigmoid_l1_reweight-T11-zero-queries", "sigmoid_l1_reweight", 11, zero_rows=list(range(4, 11))),
+        # relu rows without a positive score (every query 0): zero output, zero gradient
+        _case("relu_l1-T11-zero-queries", "relu_l1", 11, zero_rows=list(range(4, 11))),
+        # scores of about -200: σ underflows to 0 in fp32, the l1 row must still be exact. A score
+        # of that size carries an fp32 rounding of ~1e-5 (kernel and reference sum the dot
+        # product in different orders), which exp turns into relative weight errors of that
+        # order: hence 1e-3, not fp32's usual 1e-4
+        _case("sigmoid_l1_reweight-T40-far-below-underflow", "sigmoid_l1_reweight", 40, d=32, aligned=-15.0, tol=1e-3),
+        _case("sigmoid-T40-far-below-underflow", "sigmoid", 40, d=32, aligned=-15.0, tol=1e-3),
+    ]
 )
 
 # Run in the child process: TRITON_INTERPRET is set before anything imports triton.
@@ -98,6 +132,11 @@ def inputs(c, dtype):
     if c.get("zero_rows"):
         q = q.clone()
         q[:, :, c["zero_rows"]] = 0
+    if c.get("aligned"):   # every q opposite every k: q·k/√d of about aligned²·√d/2 (negative)
+        base = torch.zeros(d)
+        base[:2] = 1.0
+        q = (c["aligned"] * base + 0.5 * q.float()).to(dtype)
+        k = (-c["aligned"] * base + 0.5 * k.float()).to(dtype)
     return q, k, v, torch.randn(B, H, T, d, generator=g).to(dtype)
 
 def run(c, backend, q, k, v, dout):
@@ -148,7 +187,7 @@ def interpreter_results():
 def test_interpreter_matches_reference(interpreter_results, case):
     res = interpreter_results[case["name"]]
     assert not res["nan"], "NaN in the kernel's output or gradients"
-    tol = TOL[case["dtype"]]
+    tol = case.get("tol", TOL[case["dtype"]])
     bad = {name: e for name, e in res["err"].items() if not e <= tol}
     assert not bad, f"errors above {tol:g}: {bad} (all: {res['err']})"
 
@@ -161,20 +200,23 @@ sys.path.insert(0, sys.argv[1])
 import torch
 import attention
 
-def f(q, k, v):
-    return attention.causal_attention(q, k, v, "lssar", 15.0, backend="kernel")
-
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(1, 2, 20, 16, generator=g, requires_grad=True) for _ in range(3))
-eager = f(q, k, v)
-eager.sum().backward()
-want = [t.grad.clone() for t in (q, k, v)]
-for t in (q, k, v):
-    t.grad = None
-out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
-out.sum().backward()
-assert torch.equal(out, eager)
-assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+for kind in ("lssar", "sigmoid_l1_reweight"):   # the op's recipe arguments (str, bools, int) trace too
+    def f(q, k, v):
+        return attention.causal_attention(q, k, v, kind, 15.0, backend="kernel")
+
+    eager = f(q, k, v)
+    eager.sum().backward()
+    want = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    out.sum().backward()
+    assert torch.equal(out, eager)
+    assert all(torch.equal(t.grad, w) for t, w in zip((q, k, v), want))
+    for t in (q, k, v):
+        t.grad = None
 
 # the real model, as train.py compiles it: GPT under bf16 autocast, forward and backward
 from model import GPT, config_from_preset
@@ -252,8 +294,9 @@ def test_backward_materialises_no_zero_gradients():
 def test_kernels_compile_for_an_h100():
     """The interpreter runs the kernels as Python; this runs Triton's real compiler down to an
     sm_90 cubin (no GPU needed), so code that only the GPU compiler rejects fails in CI too.
-    Small tiles; between them the four launches cover every code path (float and integer p,
-    fp16's tf32 score-gradient matmuls, fp32's DOT_PREC, lssar's gradient statistics)."""
+    Small tiles; between them the launches cover every code path (float and integer p, fp16's
+    tf32 score-gradient matmuls, fp32's DOT_PREC, lssar's gradient statistics, the sigmoid,
+    exp and relu weights, the online row maximum, rows without normalisation)."""
     try:
         import triton
         from triton.backends.compiler import GPUTarget
@@ -263,13 +306,23 @@ def test_kernels_compile_for_an_h100():
     from kernels import lssa_triton as L
 
     pointers = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}
-    fp32_pointers = {"NQ", "NK", "RHO", "KAPPA", "STATS", "U", "DE"}
+    fp32_pointers = {"NQ", "NK", "RHO", "KAPPA", "BETA", "STATS", "U", "DE"}
+
+    def recipe(kind):
+        phi, norm, rw = attention.RECIPES[kind]
+        return dict(PHI=L.PHI_IDS[phi], NORM=norm, RW=rw, NSTATS=L._n_stats(phi, norm, rw))
+
     launches = [
-        (L._fwd_kernel, "bf16", dict(MODE=1, P_INT=0, STORE_U=True, DOT_PREC="tf32", BLOCK_N=32)),
-        (L._bwd_pre_kernel, "bf16", dict(MODE=1)),
-        (L._bwd_dkdv_kernel, "fp16", dict(MODE=1, P_INT=15, DOT_PREC="tf32", DS_F32=True, BLOCK_N=32)),
-        (L._bwd_dq_kernel, "fp32", dict(MODE=1, P_INT=15, DOT_PREC=L.FP32_DOT_PRECISION, DS_F32=False,
+        (L._fwd_kernel, "bf16", dict(**recipe("lssar"), P_INT=0, STORE_U=True, DOT_PREC="tf32", BLOCK_N=32)),
+        (L._bwd_pre_kernel, "bf16", dict(RW=True, NSTATS=6)),
+        (L._bwd_dkdv_kernel, "fp16", dict(**recipe("lssar"), P_INT=15, DOT_PREC="tf32", DS_F32=True, BLOCK_N=32)),
+        (L._bwd_dq_kernel, "fp32", dict(**recipe("lssar"), P_INT=15, DOT_PREC=L.FP32_DOT_PRECISION, DS_F32=False,
                                         BLOCK_N=32)),
+        (L._fwd_kernel, "bf16", dict(**recipe("sigmoid_l1_reweight"), P_INT=15, STORE_U=True, DOT_PREC="tf32",
+                                     BLOCK_N=32)),
+        (L._bwd_dkdv_kernel, "bf16", dict(**recipe("softmax_reweight"), P_INT=15, DOT_PREC="tf32", DS_F32=False,
+                                          BLOCK_N=32)),
+        (L._bwd_dq_kernel, "bf16", dict(**recipe("relu"), P_INT=15, DOT_PREC="tf32", DS_F32=False, BLOCK_N=32)),
     ]
     for i, (fn, dtype, constexprs) in enumerate(launches):
         constexprs = dict(constexprs, HEAD_DIM=32, BLOCK_M=32)
@@ -353,9 +406,14 @@ def test_softmax_ignores_the_backend():
 def test_unsupported_inputs_are_named():
     from kernels import lssa_triton
     q = torch.randn(1, 2, 9, 48)
-    reason = lssa_triton.unsupported_reason(q, q, q, "lssa")
+    reason = lssa_triton.unsupported_reason(q, q, q, attention.RECIPES["lssa"])
     assert reason is not None and ("CUDA" in reason or "head_dim 48" in reason)
-    assert "softmax" in lssa_triton.unsupported_reason(q, q, q, "softmax")
+    assert "'cosine'" in lssa_triton.unsupported_reason(q, q, q, ("cosine", True, False))
+    assert "l1-normalised" in lssa_triton.unsupported_reason(q, q, q, ("relu", False, True))
+
+
+def test_every_type_but_the_sdpa_ones_is_fused():
+    assert set(attention.KERNEL_TYPES) == set(attention.ATTENTION_TYPES) - {"softmax", "ssmax"}
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -402,6 +460,19 @@ def test_gpu_matches_reference(fixed_config, kind, T, d, dtype):
 @gpu
 @needs_cuda
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("T", [1, 1000])   # 1000: rows 1-4 too, and blocks that do not divide T
+@pytest.mark.parametrize("kind", NEW_TYPES)
+def test_gpu_every_type_matches_reference(fixed_config, kind, T, d, dtype):
+    errors = _gpu_errors(kind, T, d, dtype)
+    tol = TOL[str(dtype).split(".")[-1]]
+    assert all(e <= tol for e in errors.values()), errors
+
+
+@gpu
+@needs_cuda
+@needs_triton
 @pytest.mark.parametrize("p", [1.0, 2.5, 40.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_lssar_powers(fixed_config, p, dtype):
@@ -412,7 +483,7 @@ def test_gpu_lssar_powers(fixed_config, p, dtype):
 @gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", ["lssa", "lssar", "softmax_reweight", "sigmoid_l1_reweight"])
 def test_gpu_fallback_rows(fixed_config, kind):
     errors = _gpu_errors(kind, 11, 64, torch.float32, zero_rows=list(range(4, 11)))
     errors.pop("dq")  # ~1/eps on the zero rows, checked on the CPU
@@ -422,7 +493,7 @@ def test_gpu_fallback_rows(fixed_config, kind):
 @gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", attention.KERNEL_TYPES)
 def test_gpu_auto_backend_is_the_kernel(kind, monkeypatch):
     """The default (backend="auto", as a GPT model calls it) runs the fused kernel on CUDA."""
     from kernels import lssa_triton
@@ -454,7 +525,7 @@ def test_gpu_autotuned(kind, monkeypatch):
 @gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", attention.KERNEL_TYPES)
 def test_gpu_long_forward_in_linear_memory(kind):
     """T = 16384, 12 heads: the score matrix alone would be 16384² x 12 x 4 bytes = 12.9 GB."""
     B, H, T, d = 1, 12, 16384, 64
@@ -479,7 +550,7 @@ def test_gpu_long_forward_in_linear_memory(kind):
 @gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("kind", ["lssa", "lssar"])
+@pytest.mark.parametrize("kind", attention.KERNEL_TYPES)
 def test_gpu_torch_compile(kind):
     def f(q, k, v):
         return attention.causal_attention(q, k, v, kind, backend="kernel")

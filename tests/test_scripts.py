@@ -164,7 +164,7 @@ def test_reproduce_paper_on_openwebtext(tmp_path):
 @pytest.mark.parametrize("mode, config", [("gpu", "config/small_gpu.py"), ("cpu", "config/demo_cpu.py")])
 def test_reproduce_small_commands_resolve(mode, config):
     commands = dry_run("scripts/reproduce_small.sh", mode)
-    trains, evals = check_pipeline(commands, expected_runs=9)
+    trains, evals = check_pipeline(commands, expected_runs=11)
     assert all(config in c for c in trains)
     assert {load_config(c[2:]).attention for c in trains} == set(ATTENTION_TYPES)  # every type, baselines too
     # passkey prompts are GPT-2 text; the CPU runs are byte-level
