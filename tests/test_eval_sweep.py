@@ -1,0 +1,119 @@
+"""eval_length.py's sweep against losses worked out here, token by token, from the validation
+stream itself: every length scores the same tokens (tokens[1 : budget + 1]), every batch counts,
+and each position bucket holds the positions it names. A small untrained model saved as a
+checkpoint, so it runs in seconds (tests/test_eval.py covers the sweep on trained runs)."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import eval_length
+from checkpoint import save_checkpoint
+from data.catalog import shards_tokenizer
+from data.shards import load_tokens
+from model import GPT, GPTConfig
+
+from helpers import VOCAB
+
+CONTEXT = 8
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_dir, tmp_path_factory):
+    """A one-layer model (context 8) saved as step 3 of a run, with a metrics.jsonl."""
+    torch.manual_seed(0)
+    config = dict(n_layer=1, n_head=2, n_embd=16, block_size=CONTEXT, vocab_size=VOCAB, attention="lssar")
+    model = GPT(GPTConfig(**config))
+    with torch.no_grad():  # sharper than N(0, 0.02), so the losses vary by position and token
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20)
+    run = tmp_path_factory.mktemp("sweep") / "tiny-lssar"
+    run.mkdir()
+    cfg = {"data_dir": synth_dir, "dataset": "synth", "tokenizer": shards_tokenizer(synth_dir)[0], "seed": 1}
+    save_checkpoint({"model": model.state_dict(), "model_config": config, "config": cfg, "step": 3}, str(run), 3)
+    with open(run / "metrics.jsonl", "w") as f:
+        for r in ({"step": 0, "val_loss": 9.0}, {"step": 2, "loss": 8.0}, {"step": 3, "loss": 7.0},
+                  {"step": 3, "val_loss": 7.5}, {"step": 4, "loss": 6.0}):
+            f.write(json.dumps(r) + "\n")
+    return str(run), model.eval()
+
+
+def losses_by_hand(model, tokens, length, budget):
+    """Per-position losses (windows, length) of the budget's tokens cut into windows of `length`,
+    each scored with full forward passes (not token_losses)."""
+    rows = [np.asarray(tokens[s:s + length + 1], dtype=np.int64) for s in range(0, budget, length)]
+    x = torch.from_numpy(np.stack(rows))
+    with torch.no_grad():
+        logits, _ = model(x[:, :-1], x[:, 1:])
+        return -logits.double().log_softmax(-1).gather(2, x[:, 1:, None]).squeeze(2)
+
+
+@pytest.mark.parametrize("batch_tokens", [40, 4096])  # several batches per length, and one
+def test_every_length_scores_the_same_tokens_and_every_batch_counts(run_dir, synth_dir, tmp_path, batch_tokens):
+    path, model = run_dir
+    out = tmp_path / "sweep.json"
+    report = eval_length.main([path, "--multipliers", "1", "2", "16", "--tokens", "1000", "--bucket", "4",
+                               "--batch_tokens", str(batch_tokens), "--out", str(out)])
+    tokens = load_tokens(synth_dir, "val")
+    budget = 896  # the largest multiple of lcm(8, 16, 128) in 1000
+    run = report["runs"][0]
+    assert run["tokens_per_length"] == budget
+    for r, length in zip(run["results"], (8, 16, 128)):
+        by_hand = losses_by_hand(model, tokens, length, budget)
+        assert r["length"] == length and r["tokens"] == budget and r["windows"] == budget // length
+        assert r["loss"] == pytest.approx(by_hand.mean().item(), rel=1e-5)
+        # bucket b: positions [4b, 4b + 4) of every window
+        assert [(b["start"], b["end"]) for b in r["buckets"]] == [(s, s + 4) for s in range(0, length, 4)]
+        assert [b["loss"] for b in r["buckets"]] == pytest.approx(
+            [by_hand[:, s:s + 4].mean().item() for s in range(0, length, 4)], rel=1e-5)
+    # the 1x and 16x means differ only by the context each token sees; the tokens are the same
+    assert run["results"][0]["loss"] != run["results"][2]["loss"]
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(int(r["length"]), float(r["multiplier"])) for r in rows] == [(8, 1.0), (16, 2.0), (128, 16.0)]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([r["loss"] for r in run["results"]], abs=1e-6)
+    assert json.load(open(out))["runs"][0]["results"] == run["results"]
+
+
+def test_last_bucket_may_be_partial(run_dir, synth_dir):
+    path, model = run_dir
+    report = eval_length.main([path, "--lengths", "10", "--tokens", "100", "--bucket", "4"])
+    r = report["runs"][0]["results"][0]
+    by_hand = losses_by_hand(model, load_tokens(synth_dir, "val"), 10, 100)
+    assert [(b["start"], b["end"]) for b in r["buckets"]] == [(0, 4), (4, 8), (8, 10)]
+    assert r["buckets"][2]["loss"] == pytest.approx(by_hand[:, 8:].mean().item(), rel=1e-5)
+    assert r["loss"] == pytest.approx(by_hand.mean().item(), rel=1e-5)
+
+
+def test_record_names_the_run_and_its_last_losses(run_dir):
+    path, _ = run_dir
+    report = eval_length.main([path, "--multipliers", "1", "--tokens", "64"])
+    run = report["runs"][0]
+    assert run["run"] == "tiny-lssar" and run["step"] == 3 and run["train_context"] == CONTEXT
+    assert run["label"] == "tiny-lssar [lssar p=15]"
+    assert run["training"] == {"train_loss": 7.0, "val_loss": 7.5}  # up to the checkpoint's step, not after
+    assert run["attention"] == run["trained_attention"] == "lssar" and run["overrides"] == {}
+    assert run["data_dir"] == run["config"]["data_dir"]
+    assert report["command"].startswith("python eval_length.py " + path)
+    assert eval_length.final_losses(os.path.dirname(path), 3) == {}  # no metrics.jsonl: nothing to show
+
+
+def test_token_budget_rounds_down_to_a_multiple_of_every_length():
+    assert eval_length.token_budget(None, [8, 16, 128], 20_000) == 19_968
+    assert eval_length.token_budget(None, [3, 4], 10 ** 9) == eval_length.DEFAULT_TOKENS // 12 * 12
+    assert eval_length.token_budget(1000, [8, 12], 2000) == 984  # lcm 24
+    assert eval_length.token_budget(128, [128], 129) == 128  # the last window's target is the 129th token
+    with pytest.raises(Exception, match="a window of 128 needs 129"):
+        eval_length.token_budget(None, [128], 128)
+
+
+def test_print_table(run_dir, capsys):
+    path, _ = run_dir
+    report = eval_length.main([path, "--multipliers", "1", "4", "--tokens", "64"])
+    lines = capsys.readouterr().out.splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("run [attention]")))
+    assert lines[head].split()[-2:] == ["1x", "4x"]
+    assert lines[head + 2].split()[-2:] == [f"{r['loss']:.4f}" for r in report["runs"][0]["results"]]
