@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 WORK=${MUTATION_DIR:-/tmp/lssa-mutation}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+source scripts/env.sh
+python -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install -r requirements-mutation.txt" >&2; exit 1; }
 
 declare -A TESTS=(
   [attention.py]="tests/test_attention.py"
@@ -53,8 +55,8 @@ if [[ ${1:-} != --report ]]; then
     sed -i '/^\[tool.pytest.ini_options\]/,$!d' "$dir/pyproject.toml"  # only pytest's section
     echo "== $module: tests ${TESTS[$module]}"
     start=$(date +%s)
-    (cd "$dir" && mutmut run --max-children "${MAX_CHILDREN:-2}" ${MUTANTS:-} > run.log 2>&1) || true
-    (cd "$dir" && mutmut export-cicd-stats > /dev/null 2>&1; mutmut results --all true > results.txt 2>&1) || true
+    (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" ${MUTANTS:-} > run.log 2>&1) || true
+    (cd "$dir" && python -m mutmut export-cicd-stats > /dev/null 2>&1; python -m mutmut results --all true > results.txt 2>&1) || true
     echo $(( $(date +%s) - start )) > "$dir/seconds"
     echo "${MUTANTS:-}" > "$dir/selection"
     tail -c 120 "$dir/run.log"; echo

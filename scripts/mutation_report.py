@@ -49,7 +49,7 @@ def module_result(run_dir):
 
 
 def diff(run_dir, name):
-    out = subprocess.run(["mutmut", "show", name], cwd=run_dir, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=run_dir, capture_output=True, text=True).stdout
     return "\n".join(line for line in out.splitlines() if line[:1] in "-+" and line[:3] not in ("---", "+++"))
 
 
