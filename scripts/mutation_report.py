@@ -3,10 +3,12 @@ results/mutation.md from the per-module mutmut runs of scripts/mutation.sh:
 
     python scripts/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
 
-Score = killed / (mutants tested - equivalent). A mutant is judged equivalent in
-tests/mutation_equivalent.txt (one line per mutant: its name, then why no test can tell it
-from the original); every other survivor is listed with its diff, to be killed by a test.
+Score = killed / (mutants tested - excluded). A mutant is excluded in tests/mutation_equivalent.txt
+(one line per mutant, or a glob of mutant names: then why no test can tell it from the original,
+or "GPU-only:" and why the CPU suite cannot reach it); every other survivor is listed with its
+diff, to be killed by a test. Mutants a run did not reach (it was stopped) count as not run.
 """
+import fnmatch
 import json
 import os
 import re
@@ -19,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def equivalents():
-    """{mutant name: reason} from tests/mutation_equivalent.txt."""
+    """{mutant name or glob: reason} from tests/mutation_equivalent.txt."""
     found = {}
     with open(os.path.join(HERE, "..", "tests", "mutation_equivalent.txt")) as f:
         for line in f:
@@ -65,18 +67,21 @@ def main(work, modules):
         stats, status, seconds, selection = result
         tested = [n for n, s in status.items() if s not in ("skipped", "not checked")]
         killed = [n for n in tested if status[n] in ("killed", "timeout")]
-        eq = [n for n in tested if n not in killed and n in equiv]
-        alive = [n for n in tested if n not in killed and n not in equiv]
+        reason = {n: next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None) for n in tested}
+        eq = [n for n in tested if n not in killed and reason[n]]
+        alive = [n for n in tested if n not in killed and not reason[n]]
         score = 100 * len(killed) / max(1, len(killed) + len(alive))
         what = f"only `{selection}`" if selection else "all"
+        if len(tested) < len(status):
+            what += f", **partial: {len(status) - len(tested)} of {len(status)} not run**"
         rows.append(f"| {module} | {what} | {len(tested)} | {len(killed)} | {len(eq)} | {len(alive)} | "
                     f"**{score:.1f} %** | {TARGETS[module]} % | {seconds} s |")
         survivors += [(module, n, status[n]) for n in alive]
-        judged += [(module, n) for n in eq]
+        judged += [(n, reason[n]) for n in eq]
     print("# Mutation testing: does the suite fail when the code is wrong?\n")
     print("Written by `bash scripts/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
           "in the script); see docs/testing.md. Score = killed / (tested - equivalent).\n")
-    print("| module | mutants | tested | killed | equivalent | surviving | score | target | time |")
+    print("| module | mutants | tested | killed | excluded | surviving | score | target | time |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## Surviving mutants (not yet killed by a test)\n")
@@ -84,9 +89,9 @@ def main(work, modules):
         print("None.")
     for module, name, st in survivors:
         print(f"### {name} ({st})\n```diff\n{diff(os.path.join(work, module.replace('/', '_')), name)}\n```")
-    print("\n## Mutants judged equivalent (tests/mutation_equivalent.txt)\n")
-    for module, name in judged:
-        print(f"- `{name}`: {equiv[name]}")
+    print("\n## Mutants excluded: equivalent, or GPU-only (tests/mutation_equivalent.txt)\n")
+    for name, why in judged:
+        print(f"- `{name}`: {why}")
 
 
 if __name__ == "__main__":
