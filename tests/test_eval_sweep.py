@@ -117,3 +117,31 @@ def test_print_table(run_dir, capsys):
     head = lines.index(next(line for line in lines if line.startswith("run [attention]")))
     assert lines[head].split()[-2:] == ["1x", "4x"]
     assert lines[head + 2].split()[-2:] == [f"{r['loss']:.4f}" for r in report["runs"][0]["results"]]
+
+
+def test_command_line_defaults_and_checks(capsys):
+    args = eval_length.parse_args(["out/run"])
+    assert args.multipliers == [1, 2, 4, 8, 16] and args.lengths is None and args.bucket is None
+    assert args.tokens is None and args.batch_tokens is None and args.device == "auto"
+    args = eval_length.parse_args(["a", "b", "--p", "3", "--attention", "lssar", "--lengths", "64", "128"])
+    assert args.checkpoints == ["a", "b"] and args.p == 3.0 and isinstance(args.p, float)
+    assert args.lengths == [64, 128] and args.attention == "lssar"
+    for bad, message in ((["--multipliers", "0"], "--multipliers: must be a positive integer, got 0"),
+                         (["--attention", "flash"], "--attention: invalid choice: 'flash'"),
+                         (["--tokens", "-5"], "--tokens: must be a positive integer, got -5")):
+        with pytest.raises(SystemExit):
+            eval_length.parse_args(["out/run", *bad])
+        assert message in capsys.readouterr().err
+
+
+def test_csv_header_and_where_it_says_it_wrote(run_dir, tmp_path, capsys):
+    path, _ = run_dir
+    eval_length.main([path, "--multipliers", "1", "--tokens", "64", "--out", str(tmp_path / "r.json")])
+    assert f"wrote {tmp_path / 'r'}.csv" in capsys.readouterr().out
+    header = open(tmp_path / "r.csv").readline().strip().split(",")
+    assert header == ["run", "trained_attention", "attention", "reweight_p", "step", "train_context", "length",
+                      "multiplier", "loss", "tokens", "windows", "time_s"]
+    row = next(csv.DictReader(open(tmp_path / "r.csv")))
+    assert row["run"] == "tiny-lssar" and row["step"] == "3" and row["train_context"] == str(CONTEXT)
+    assert row["trained_attention"] == row["attention"] == "lssar" and float(row["reweight_p"]) == 15.0
+    assert int(row["tokens"]) == 64 and int(row["windows"]) == 8 and float(row["time_s"]) >= 0
