@@ -38,7 +38,7 @@ if [[ ${1:-} != --report ]]; then
     [[ -n ${TESTS[$module]:-} ]] || { echo "no test files chosen for $module; add it to TESTS in $0" >&2; exit 1; }
     dir="$WORK/${module//\//_}"
     rm -rf "$dir" && mkdir -p "$dir"
-    git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$dir"
+    git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$dir"
     # the config mutmut reads (pytest's own settings stay in pyproject.toml)
     {
       echo "[mutmut]"

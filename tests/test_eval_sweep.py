@@ -145,3 +145,77 @@ def test_csv_header_and_where_it_says_it_wrote(run_dir, tmp_path, capsys):
     assert row["run"] == "tiny-lssar" and row["step"] == "3" and row["train_context"] == str(CONTEXT)
     assert row["trained_attention"] == row["attention"] == "lssar" and float(row["reweight_p"]) == 15.0
     assert int(row["tokens"]) == 64 and int(row["windows"]) == 8 and float(row["time_s"]) >= 0
+
+
+def test_report_header_and_overrides(run_dir, capsys):
+    path, _ = run_dir
+    report = eval_length.main([path, "--multipliers", "1", "--tokens", "64", "--attention", "lssar", "--p", "3",
+                               "--attention_backend", "reference"])
+    assert report["created"].endswith("+00:00")  # UTC
+    assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
+    run = report["runs"][0]
+    assert run["overrides"] == {"attention": "lssar", "reweight_p": 3.0, "attention_backend": "reference"}
+    assert run["label"] == "tiny-lssar [lssar p=3]" and run["reweight_p"] == 3.0
+    assert run["checkpoint"] == os.path.join(path, "ckpt_000003.pt") and run["model_config"]["block_size"] == CONTEXT
+    out = capsys.readouterr().out
+    assert f"evaluating lssar p=3 on 64 validation tokens per length from {run['data_dir']}" in out
+
+
+def test_checkpoints_share_one_load_of_the_validation_tokens(run_dir, monkeypatch):
+    path, _ = run_dir
+    loads, batch_tokens, real_load, real_sweep = [], [], eval_length.load_tokens, eval_length.sweep_one
+    monkeypatch.setattr(eval_length, "load_tokens", lambda *a: loads.append(a) or real_load(*a))
+    monkeypatch.setattr(eval_length, "sweep_one", lambda *a: batch_tokens.append(a[5]) or real_sweep(*a))
+    eval_length.main([path, path, "--multipliers", "1", "--tokens", "64"])
+    assert len(loads) == 1 and loads[0][1:] == ("val", VOCAB)  # checked against the model's vocabulary
+    assert batch_tokens == [8192, 8192]  # the CPU default
+
+
+def test_validation_tokens_default_and_errors(synth_dir, tmp_path):
+    from configurator import REPO_ROOT
+    from data.shards import ShardError
+    ckpt = {"config": {"dataset": "no-such-dataset", "tokenizer": "gpt2"}, "model_config": {"vocab_size": VOCAB},
+            "path": "x/ckpt_000001.pt"}
+    with pytest.raises(ShardError, match=os.path.join(REPO_ROOT, "data", "no-such-dataset")):
+        eval_length.validation_tokens(ckpt)
+    ckpt["config"]["tokenizer"] = "bytes"
+    with pytest.raises(ShardError, match=f"^x/ckpt_000001.pt was trained on bytes tokens but {synth_dir} holds gpt2 "
+                                         f"tokens; pass --data_dir with bytes shards"):
+        eval_length.validation_tokens(ckpt, synth_dir)
+    ckpt["config"]["tokenizer"] = "gpt2"
+    ckpt["model_config"]["vocab_size"] = 50  # the synthetic tokens go up to 96
+    with pytest.raises(ShardError, match="is not below vocab_size 50"):
+        eval_length.validation_tokens(ckpt, synth_dir)
+    cache = {}
+    ckpt["model_config"]["vocab_size"] = VOCAB
+    data_dir, tokens = eval_length.validation_tokens(ckpt, synth_dir, cache)
+    assert data_dir == synth_dir and cache == {(synth_dir, VOCAB): tokens}
+
+
+def test_token_budget_errors_say_what_to_do():
+    from data.shards import ShardError
+    with pytest.raises(ShardError, match=r"^--tokens 10 is too few: lengths 64, 128 need a token budget that is a "
+                                         r"multiple of 128 \(every length sees the same tokens\), and the validation "
+                                         r"split holds 20,000 tokens; ask for --tokens 128 or more$"):
+        eval_length.token_budget(10, [64, 128], 20_000)
+    with pytest.raises(ShardError, match=r"^lengths 96, 128 need .* multiple of 384 .* holds 300 tokens; use lengths "
+                                         r"that divide each other \(e.g. --multipliers 1 2 4 8 16\)$"):
+        eval_length.token_budget(None, [96, 128], 300)
+    with pytest.raises(ShardError, match=r"^--tokens 200 is too few: .* multiple of 384 .* holds 300 tokens; use "
+                                         r"lengths that divide"):
+        eval_length.token_budget(200, [96, 128], 300)  # 384 > the 299 usable: asking for more cannot help
+    with pytest.raises(ShardError, match=r"holds 129 tokens; ask for --tokens 128 or more$"):
+        eval_length.token_budget(10, [64, 128], 129)  # 128 usable: exactly one multiple fits
+    assert eval_length.token_budget(384, [96, 128], 385) == 384  # exactly enough
+    with pytest.raises(ShardError, match=r"^validation set has 128 tokens; a window of 128 needs 129; use shorter"):
+        eval_length.token_budget(None, [128], 128)
+
+
+def test_print_table_leaves_missing_lengths_blank(capsys):
+    runs = [{"label": "a", "train_context": 8, "results": [{"length": 8, "loss": 1.0}, {"length": 16, "loss": 2.0}]},
+            {"label": "b", "train_context": 8, "results": [{"length": 8, "loss": 3.0}]}]
+    eval_length.print_table({"runs": runs})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{'run [attention]':<36}{'1x':>9}{'2x':>9}" and lines[1] == "-" * len(lines[0])
+    assert lines[2] == f"{'a':<36}{'1.0000':>9}{'2.0000':>9}"
+    assert lines[3] == f"{'b':<36}{'3.0000':>9}{'':>9}"
