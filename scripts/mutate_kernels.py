@@ -56,7 +56,7 @@ MUTANTS = [
      "g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]", "g = g"),
     ("row-scale", "the length scale ln(i) one row off",
      "tl.log2((offs_m + 1).to(tl.float32)) * _inv_norm", "tl.log2((offs_m + 2).to(tl.float32)) * _inv_norm"),
-    ("softplus-series", "softplus' series for small 2^-|s| with a wrong third term",
+    ("softplus-series", "softplus' series for small u = 2^-abs(s2) with a wrong third term",
      "u * (_LOG2E / 2 - u * (_LOG2E / 3))", "u * (_LOG2E / 2 - u * (_LOG2E / 4))"),
     ("softplus-branch", "softplus' series used where it is inaccurate (u above 1/64) and not below",
      "tl.where(u < _SERIES_MAX, series,", "tl.where(u > _SERIES_MAX, series,"),
@@ -155,8 +155,9 @@ def main(argv=None):
                 f"Killed: {killed} of {len(rows)}; equivalent: {sum(1 for n, _, r in rows if not r['failing'] and n in EQUIVALENT)}."
                 "\n\n| mutant | the bug | cases failing | 16-bit cases failing |\n|---|---|---|---|\n")
         for name, what, r in rows:
-            verdict = len(r["failing"]) or ("equivalent (below)" if name in EQUIVALENT else "**none: survived**")
-            f.write(f"| {name} | {what} | {verdict} of {len(r['cases'])} | {', '.join(r['failing_16bit']) or '-'} |\n")
+            verdict = (f"{len(r['failing'])} of {len(r['cases'])}" if r["failing"] else
+                       "none: equivalent (below)" if name in EQUIVALENT else "**none: survived**")
+            f.write(f"| {name} | {what} | {verdict} | {', '.join(r['failing_16bit']) or '-'} |\n")
         f.write("\n## Equivalent\n\n" + "".join(f"- {n}: {why}\n" for n, why in EQUIVALENT.items()))
     print(f"wrote {args.out}")
 
