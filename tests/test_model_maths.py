@@ -2,6 +2,7 @@
 RoPE's angles and rotation, GPT-2's init, the loss, the FLOP count, the optimizer's settings and
 sampling. Fast: no training."""
 import math
+import os
 
 import pytest
 import torch
@@ -159,3 +160,47 @@ def test_generate_greedy_top_k_and_context():
     allowed = set(logits.topk(3).indices.tolist())
     samples = {model.generate(idx, 1, temperature=100.0, top_k=3)[0, -1].item() for _ in range(60)}
     assert samples <= allowed and len(samples) > 1
+
+
+def test_blocks_are_pre_layernorm_residual_by_hand():
+    """x + attn(ln_1(x)), then + mlp(ln_2(.)), block after block, then ln_f (nanoGPT's GPT-2)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=13, attention="lssar")).eval()
+    idx = torch.randint(0, 13, (2, 8))
+    cos, sin = rope_tables(8, 8, 10000.0, "cpu")
+    with torch.no_grad():
+        x = model.transformer.wte(idx)
+        for block in model.transformer.h:
+            x = x + block.attn(block.ln_1(x), cos, sin)
+            x = x + block.mlp(block.ln_2(x))
+        torch.testing.assert_close(model.hidden_states(idx), model.transformer.ln_f(x), rtol=0, atol=1e-6)
+        y = block.mlp.c_fc(block.ln_2(x))
+        torch.testing.assert_close(block.mlp(block.ln_2(x)),
+                                   block.mlp.c_proj(0.5 * y * (1 + torch.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))),
+                                   rtol=0, atol=1e-6)  # GPT-2's tanh GELU
+
+
+def test_attention_backend_reaches_the_attention():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 13, (1, 8))
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=13, attention="lssa",
+                          attention_backend="kernel"))
+    if os.environ.get("TRITON_INTERPRET") != "1":  # on a CPU only the interpreter runs the kernel
+        with pytest.raises(RuntimeError, match="the fused lssa kernel cannot run"):
+            model(idx)
+
+
+def test_check_attention_kernel_checks_cuda_only(monkeypatch):
+    import model as model_module
+    calls = []
+    monkeypatch.setattr(model_module, "check_kernel", lambda *a: calls.append(a))
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=13, attention="lssar"))
+    m.check_attention_kernel("cpu", torch.float32)
+    assert calls == []  # nothing to check on a CPU
+
+
+def test_sigmoid_flops():
+    with torch.device("meta"):
+        model = GPT(config_from_preset("tiny", vocab_size=64, block_size=16, attention="sigmoid"))
+    assert model.flops_per_token(8)["score_ops"] == 3 * 6 * 2 * 2 * 8  # sigmoid, not normalised
