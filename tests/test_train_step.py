@@ -124,3 +124,52 @@ def test_resume_continues_exactly_in_process(synth_dir, tmp_path):
     losses = lambda d: [(r["step"], r["loss"]) for r in metrics(d) if "loss" in r]
     assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")
     assert [r["step"] for r in metrics(tmp_path / "resumed") if "val_loss" in r] == [0, 4]
+
+
+def test_fit_vocabulary_follows_the_shards(tmp_path):
+    from configurator import ConfigError
+    d = tmp_path / "bytes"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"tokenizer": "bytes"}))
+    cfg = load_config([])
+    train.fit_vocabulary(cfg, str(d))
+    assert (cfg.tokenizer, cfg.vocab_size) == ("bytes", 256)  # 256 is a multiple of 64 already
+    cfg = load_config(["--vocab_size=256", "--tokenizer=bytes"])
+    train.fit_vocabulary(cfg, str(d))  # exactly the shards' vocabulary fits
+    assert (cfg.tokenizer, cfg.vocab_size) == ("bytes", 256)
+    with pytest.raises(ConfigError, match=r"^vocab_size=255 does not fit .*bytes shards have 256 symbols; use "
+                                          r"vocab_size=0 \(the data's\) or at least 256$"):
+        train.fit_vocabulary(load_config(["--vocab_size=255"]), str(d))
+    with pytest.raises(ConfigError, match=r"^tokenizer='gpt2' does not fit .*whose shards hold bytes tokens; drop "
+                                          r"the tokenizer setting"):
+        train.fit_vocabulary(load_config(["--tokenizer=gpt2"]), str(d))
+    plain = tmp_path / "plain"  # no meta.json: GPT-2 tokens, the vocabulary unknown
+    plain.mkdir()
+    cfg = load_config([])
+    train.fit_vocabulary(cfg, str(plain))
+    assert (cfg.tokenizer, cfg.vocab_size) == ("gpt2", 50304)  # 50257 padded to a multiple of 64
+    cfg = load_config(["--vocab_size=97"])
+    train.fit_vocabulary(cfg, str(plain))
+    assert cfg.vocab_size == 97  # a vocabulary the shards cannot contradict is kept
+
+
+def test_setup_distributed_reads_torchrun_and_picks_the_backend(monkeypatch):
+    from configurator import ConfigError
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    cfg = load_config(["--device=cpu"])
+    assert train.setup_distributed(cfg) == (0, 0, 1, "cpu")  # one process, no process group
+    inits = []
+    monkeypatch.setattr(train.dist, "init_process_group", lambda **kw: inits.append(kw))
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert train.setup_distributed(cfg) == (3, 1, 4, "cpu")
+    assert inits == [{"backend": "gloo"}]  # auto on a CPU
+    cfg = load_config(["--device=cpu", "--backend=nccl"])
+    train.setup_distributed(cfg)
+    assert inits[-1] == {"backend": "nccl"}
+    monkeypatch.delenv("WORLD_SIZE")  # torchrun sets both; RANK alone is not a distributed run
+    assert train.setup_distributed(load_config(["--device=cpu"])) == (3, 1, 1, "cpu") and len(inits) == 2
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        train.setup_distributed(load_config(["--device=tpu"]))
