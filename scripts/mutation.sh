@@ -7,6 +7,8 @@
 #   bash scripts/mutation.sh                         # every module below, then results/mutation.md
 #   bash scripts/mutation.sh checkpoint.py model.py  # only these
 #   MUTANTS='train.x_lr_at*' bash scripts/mutation.sh train.py   # only the mutants of some functions
+#   RUN_TAG=again MUTANTS='train.x_fit_vocabulary*' bash scripts/mutation.sh train.py   # a rerun of some
+#                                                    # mutants beside the last run; the report merges them
 #   bash scripts/mutation.sh --report                # rebuild results/mutation.md from the last runs
 # Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
 # with the test files chosen for it below: the ones that exercise it, and fast.
@@ -20,7 +22,7 @@ source scripts/env.sh
 python -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install -r requirements-mutation.txt" >&2; exit 1; }
 
 declare -A TESTS=(
-  [attention.py]="tests/test_attention.py"
+  [attention.py]="tests/test_attention.py tests/test_attention_api.py"
   [model.py]="tests/test_model_maths.py tests/test_model.py --deselect tests/test_model.py::test_compiled_model_does_not_recompile --deselect tests/test_model.py::test_trained_at_32_runs_at_512"
   [checkpoint.py]="tests/test_checkpoint.py"
   [eval_length.py]="tests/test_eval_sweep.py tests/test_eval.py::test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds"
@@ -36,7 +38,7 @@ if [[ ${1:-} != --report ]]; then
   [[ ${#modules[@]} -gt 0 ]] || modules=("${ORDER[@]}")
   for module in "${modules[@]}"; do
     [[ -n ${TESTS[$module]:-} ]] || { echo "no test files chosen for $module; add it to TESTS in $0" >&2; exit 1; }
-    dir="$WORK/${module//\//_}"
+    dir="$WORK/${module//\//_}${RUN_TAG:+.$RUN_TAG}"
     rm -rf "$dir" && mkdir -p "$dir"
     git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$dir"
     # the config mutmut reads (pytest's own settings stay in pyproject.toml)

@@ -9,7 +9,7 @@ or "GPU-only:" and why the CPU suite cannot reach it); every other survivor is l
 diff, to be killed by a test. Mutants a run did not reach (it was stopped) count as not run.
 """
 import fnmatch
-import json
+import glob
 import os
 import re
 import subprocess
@@ -32,22 +32,23 @@ def equivalents():
 
 
 def module_result(run_dir):
-    """(stats, {mutant: status}, seconds, mutant selection) of one module's run, or None if it was not run."""
-    stats_path = os.path.join(run_dir, "mutants", "mutmut-cicd-stats.json")
-    if not os.path.exists(stats_path):
+    """({mutant: status}, seconds, mutant selection, where) of one module's runs, or None if it was not
+    run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning."""
+    dirs = sorted(glob.glob(run_dir) + glob.glob(run_dir + ".*"), key=os.path.getmtime)
+    dirs = [d for d in dirs if os.path.exists(os.path.join(d, "results.txt"))]
+    if not dirs:
         return None
-    with open(stats_path) as f:
-        stats = json.load(f)
-    status = {}
-    with open(os.path.join(run_dir, "results.txt")) as f:
-        for line in f:
-            m = re.match(r"\s*(\S+): (.+)$", line)
-            if m:
-                status[m.group(1)] = m.group(2).strip()
-    seconds = open(os.path.join(run_dir, "seconds")).read().strip()
-    selection = open(os.path.join(run_dir, "selection")).read().strip() if os.path.exists(
-        os.path.join(run_dir, "selection")) else ""
-    return stats, status, seconds, selection
+    status, seconds, selection = {}, 0, []
+    for d in dirs:
+        with open(os.path.join(d, "results.txt")) as f:
+            for line in f:
+                m = re.match(r"\s*(\S+): (.+)$", line)
+                if m and (m.group(2).strip() != "not checked" or m.group(1) not in status):
+                    status[m.group(1)] = m.group(2).strip()
+        seconds += int(open(os.path.join(d, "seconds")).read().strip())
+        if os.path.exists(os.path.join(d, "selection")):
+            selection.append(open(os.path.join(d, "selection")).read().strip() or "all")
+    return status, seconds, " + ".join(selection), dirs[-1]
 
 
 def diff(run_dir, name):
@@ -64,31 +65,31 @@ def main(work, modules):
         if result is None:
             rows.append(f"| {module} | not run | | | | | | {TARGETS[module]} % | |")
             continue
-        stats, status, seconds, selection = result
+        status, seconds, selection, where = result
         tested = [n for n, s in status.items() if s not in ("skipped", "not checked")]
         killed = [n for n in tested if status[n] in ("killed", "timeout")]
         reason = {n: next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None) for n in tested}
         eq = [n for n in tested if n not in killed and reason[n]]
         alive = [n for n in tested if n not in killed and not reason[n]]
         score = 100 * len(killed) / max(1, len(killed) + len(alive))
-        what = f"only `{selection}`" if selection else "all"
+        what = " + ".join(s if s == "all" else f"`{s}`" for s in selection.split(" + ")) if selection else "all"
         if len(tested) < len(status):
             what += f", **partial: {len(status) - len(tested)} of {len(status)} not run**"
         rows.append(f"| {module} | {what} | {len(tested)} | {len(killed)} | {len(eq)} | {len(alive)} | "
                     f"**{score:.1f} %** | {TARGETS[module]} % | {seconds} s |")
-        survivors += [(module, n, status[n]) for n in alive]
+        survivors += [(where, n, status[n]) for n in alive]
         judged += [(n, reason[n]) for n in eq]
     print("# Mutation testing: does the suite fail when the code is wrong?\n")
     print("Written by `bash scripts/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
-          "in the script); see docs/testing.md. Score = killed / (tested - equivalent).\n")
+          "in the script); see docs/testing.md. Score = killed / (tested - excluded).\n")
     print("| module | mutants | tested | killed | excluded | surviving | score | target | time |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## Surviving mutants (not yet killed by a test)\n")
     if not survivors:
         print("None.")
-    for module, name, st in survivors:
-        print(f"### {name} ({st})\n```diff\n{diff(os.path.join(work, module.replace('/', '_')), name)}\n```")
+    for where, name, st in survivors:
+        print(f"### {name} ({st})\n```diff\n{diff(where, name)}\n```")
     print("\n## Mutants excluded: equivalent, or GPU-only (tests/mutation_equivalent.txt)\n")
     for name, why in judged:
         print(f"- `{name}`: {why}")

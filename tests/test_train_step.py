@@ -56,6 +56,8 @@ def test_one_step_is_adamw_on_the_mean_gradient(synth_dir, tmp_path, accum):
     assert record["loss"] == pytest.approx(loss, rel=1e-5)
     lr = 1e-2 * 1 / 10  # warm-up step 0 of 10
     assert record["lr"] == pytest.approx(lr)
+    run = json.load(open(out / "run.json"))
+    assert run["tokens_per_step"] == accum * 8 * 32 and run["grad_accum_steps"] == accum
     named = dict(GPT(GPTConfig(**ckpt["model_config"])).named_parameters())
     for name in named:
         g = grads[name]
@@ -173,3 +175,28 @@ def test_setup_distributed_reads_torchrun_and_picks_the_backend(monkeypatch):
     assert train.setup_distributed(load_config(["--device=cpu"])) == (3, 1, 1, "cpu") and len(inits) == 2
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         train.setup_distributed(load_config(["--device=tpu"]))
+
+
+def test_low_precision_runs_under_autocast_and_fp16_scales_the_loss(synth_dir, tmp_path):
+    """On a CPU too: bf16 and fp16 autocast change the loss a little (not at all would mean no
+    autocast), and only fp16 has a loss scaler (its state is saved for resume)."""
+    losses, scalers = {}, {}
+    for dtype in ("float32", "bfloat16", "float16"):
+        out = tmp_path / dtype
+        train.main(tiny_args(synth_dir, out, *STEP, f"--dtype={dtype}", "--total_batch_size=0"))
+        losses[dtype] = [r for r in metrics(out) if "loss" in r][0]["loss"]
+        scalers[dtype] = load_checkpoint(str(out))["scaler"]
+    for dtype in ("bfloat16", "float16"):
+        assert losses[dtype] != losses["float32"] and losses[dtype] == pytest.approx(losses["float32"], rel=2e-2)
+    assert scalers["float32"] == scalers["bfloat16"] == {} and scalers["float16"]["scale"] == 2.0 ** 16
+
+
+def test_default_data_dir_and_init_from_auto(synth_dir, tmp_path):
+    from configurator import REPO_ROOT
+    from data.shards import ShardError
+    with pytest.raises(ShardError, match=os.path.join(REPO_ROOT, "data", "no-such-dataset")):
+        train.main(["config/demo_cpu.py", "--dataset=no-such-dataset", f"--out_dir={tmp_path / 'x'}", "--model=tiny"])
+    out = tmp_path / "auto"
+    train.main(tiny_args(synth_dir, out, *STEP, "--init_from=auto"))  # nothing there: from scratch
+    train.main(tiny_args(synth_dir, out, *STEP[1:], "--max_iters=2", "--init_from=auto"))  # resumes at step 1
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
