@@ -200,3 +200,4 @@ def test_default_data_dir_and_init_from_auto(synth_dir, tmp_path):
     train.main(tiny_args(synth_dir, out, *STEP, "--init_from=auto"))  # nothing there: from scratch
     train.main(tiny_args(synth_dir, out, *STEP[1:], "--max_iters=2", "--init_from=auto"))  # resumes at step 1
     assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
+    assert json.load(open(out / "run.json"))["start_step"] == 1
