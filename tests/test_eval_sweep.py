@@ -161,6 +161,18 @@ def test_report_header_and_overrides(run_dir, capsys):
     assert f"evaluating lssar p=3 on 64 validation tokens per length from {run['data_dir']}" in out
 
 
+def test_data_dir_option_is_used(run_dir, synth_dir, tmp_path):
+    from data.shards import write_shard
+    path, model = run_dir
+    other = tmp_path / "other"
+    other.mkdir()
+    tokens = np.asarray(load_tokens(synth_dir, "val")[::-1][:200])  # other tokens, same vocabulary
+    write_shard(other / "other_val_000000.bin", tokens)
+    run = eval_length.main([path, "--lengths", "8", "--tokens", "64", "--data_dir", str(other)])["runs"][0]
+    assert run["data_dir"] == str(other)
+    assert run["results"][0]["loss"] == pytest.approx(losses_by_hand(model, tokens, 8, 64).mean().item(), rel=1e-5)
+
+
 def test_checkpoints_share_one_load_of_the_validation_tokens(run_dir, monkeypatch):
     path, _ = run_dir
     loads, batch_tokens, real_load, real_sweep = [], [], eval_length.load_tokens, eval_length.sweep_one
@@ -207,6 +219,9 @@ def test_token_budget_errors_say_what_to_do():
     with pytest.raises(ShardError, match=r"holds 129 tokens; ask for --tokens 128 or more$"):
         eval_length.token_budget(10, [64, 128], 129)  # 128 usable: exactly one multiple fits
     assert eval_length.token_budget(384, [96, 128], 385) == 384  # exactly enough
+    with pytest.raises(ShardError, match=r"^--tokens 385 is more than the validation set holds \(385 tokens\); ask "
+                                         r"for 384 or fewer$"):
+        eval_length.token_budget(385, [96, 128], 385)
     with pytest.raises(ShardError, match=r"^validation set has 128 tokens; a window of 128 needs 129; use shorter"):
         eval_length.token_budget(None, [128], 128)
 
