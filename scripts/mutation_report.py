@@ -34,8 +34,8 @@ def equivalents():
 def module_result(run_dir):
     """({mutant: status}, seconds, mutant selection, where) of one module's runs, or None if it was not
     run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning."""
-    dirs = sorted(glob.glob(run_dir) + glob.glob(run_dir + ".*"), key=os.path.getmtime)
-    dirs = [d for d in dirs if os.path.exists(os.path.join(d, "results.txt"))]
+    dirs = [d for d in glob.glob(run_dir) + glob.glob(run_dir + ".*") if os.path.exists(os.path.join(d, "results.txt"))]
+    dirs.sort(key=lambda d: os.path.getmtime(os.path.join(d, "setup.cfg")))  # by when each run started
     if not dirs:
         return None
     status, seconds, selection = {}, 0, []
@@ -46,8 +46,9 @@ def module_result(run_dir):
                 if m and (m.group(2).strip() != "not checked" or m.group(1) not in status):
                     status[m.group(1)] = m.group(2).strip()
         seconds += int(open(os.path.join(d, "seconds")).read().strip())
-        if os.path.exists(os.path.join(d, "selection")):
-            selection.append(open(os.path.join(d, "selection")).read().strip() or "all")
+        chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
+        selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 or any("*" in c for c in chosen)
+                         else f"rerun of {len(chosen)} survivors")
     return status, seconds, " + ".join(selection), dirs[-1]
 
 
@@ -72,7 +73,7 @@ def main(work, modules):
         eq = [n for n in tested if n not in killed and reason[n]]
         alive = [n for n in tested if n not in killed and not reason[n]]
         score = 100 * len(killed) / max(1, len(killed) + len(alive))
-        what = " + ".join(s if s == "all" else f"`{s}`" for s in selection.split(" + ")) if selection else "all"
+        what = " + ".join(s if s == "all" or s.startswith("rerun") else f"`{s}`" for s in selection.split(" + "))
         if len(tested) < len(status):
             what += f", **partial: {len(status) - len(tested)} of {len(status)} not run**"
         rows.append(f"| {module} | {what} | {len(tested)} | {len(killed)} | {len(eq)} | {len(alive)} | "
