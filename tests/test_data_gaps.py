@@ -130,3 +130,20 @@ def test_bad_arguments_are_clear(tmp_path):
         prepare.main(["embedded", "--source", str(tmp_path), "--workers", "1"])
     with pytest.raises(SystemExit, match="--with-wikipedia only applies to the embedded dataset"):
         prepare.main(["openwebtext", "--with-wikipedia", "--workers", "1"])
+
+
+def test_boundaries_of_the_shard_checks(tmp_path):
+    from data.shards import ShardError, _short, load_tokens, val_windows
+    write_shard(tmp_path / "b_val_000000.bin", [0, 65535])  # the largest uint16 is a valid token
+    assert read_shard(tmp_path / "b_val_000000.bin").tolist() == [0, 65535]
+    with pytest.raises(ShardError):
+        write_shard(tmp_path / "c_val_000000.bin", [0, 65536])
+    assert val_windows(np.arange(4), 1).tolist() == [[0, 1], [1, 2], [2, 3]]  # length 1 is allowed
+    d = tmp_path / "v"
+    d.mkdir()
+    write_shard(d / "v_train_000001.bin", np.arange(33) % 10)
+    loader = TrainLoader(d, batch_size=2, block_size=16, shuffle=False, vocab_size=9)  # token 9 == vocab_size
+    with pytest.raises(ShardError, match="token id 9 is not below vocab_size 9"):
+        loader.next_batch()
+    assert load_tokens(d, "train", vocab_size=10).tolist() == (np.arange(33) % 10).tolist()
+    assert _short("x" * 78) == repr("x" * 78) and _short("x" * 79) == repr("x" * 79)[:80] + "..."
