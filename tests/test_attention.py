@@ -148,13 +148,19 @@ def test_lssar_first_three_rows_use_offset_zero():
 
 
 def test_lssar_row_at_uniform_falls_back_to_lssa():
-    # identical keys: every weight of a row equals its mean, relu(w - tau) = 0 everywhere
-    q = torch.randn(1, 2, 9, 8)
-    k = torch.ones(1, 2, 9, 8)
-    v = torch.randn(1, 2, 9, 8, requires_grad=True)
+    # zero queries (rows 4-6): every weight of the row is softplus(0), equal to its mean, so
+    # relu(w - tau) = 0 everywhere and the row falls back to lssa. The other rows (random
+    # queries) are re-weighted in the same call: a fallback taken everywhere would fail them.
+    g = torch.Generator().manual_seed(7)
+    q, k = torch.randn(1, 2, 9, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g)
+    q[:, :, 4:7] = 0
+    v = torch.randn(1, 2, 9, 8, generator=g, requires_grad=True)
     y = causal_attention(q, k, v, "lssar")
+    lssa = causal_attention(q, k, v, "lssa")
     assert torch.isfinite(y).all()
-    torch.testing.assert_close(y, causal_attention(q, k, v, "lssa"))
+    torch.testing.assert_close(y[:, :, 4:7], lssa[:, :, 4:7])
+    torch.testing.assert_close(y[:, :, 4:7], v.cumsum(2)[:, :, 4:7] / torch.arange(5, 8)[:, None])  # uniform rows
+    assert (y[:, :, 7:] - lssa[:, :, 7:]).norm(dim=-1).amin() > 0.1  # every re-weighted row differs
     y.sum().backward()
     assert torch.isfinite(v.grad).all()
 

@@ -27,6 +27,7 @@ def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
     assert softmax["ratio"] == 1.0 and lssar["tokens_per_s"] > 0 and lssar["intervals"] == 2
     assert lssar["tokens_per_s_min"] <= lssar["tokens_per_s"] <= lssar["tokens_per_s_max"]
     assert 0 < softmax["first_step_s"] < 300 and 0 < lssar["first_step_s"] < 300   # train.py's start to step 1
+    assert lssar["ratio"] == pytest.approx(lssar["tokens_per_s"] / softmax["tokens_per_s"])  # to the first type
     assert lssar["config"]["batch_size"] == 4 and lssar["config"]["block_size"] == 32
     assert {"commit", "dirty"} <= set(report["code"]) and report["hardware"]["device"] == "cpu"
 
@@ -82,14 +83,13 @@ def test_kernel_resources_compiles_for_an_h100(tmp_path):
     assert "(16, 32, 4, 1)" in proc.stdout and "BLOCK_N % BLOCK_M" in proc.stdout
 
 
-def test_kernel_resources_uses_an_fp32_table_when_the_module_has_one(monkeypatch):
+def test_kernel_resources_reports_the_tiles_the_kernels_launch():
     pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
     import kernel_resources
     from kernels import lssa_triton
-    assert kernel_resources.tile_table("bf16") is lssa_triton._TILES_SM90
-    fp32 = {key: [(16, 16, 4, 1)] for key in lssa_triton._TILES}
-    monkeypatch.setattr(lssa_triton, "_TILES_FP32", fp32, raising=False)
-    assert kernel_resources.tile_table("fp32") is fp32 and kernel_resources.tile_table("fp16") is lssa_triton._TILES_SM90
+    assert kernel_resources.tile_table("fp32") is lssa_triton._TILES_FP32
+    assert kernel_resources.tile_table("bf16") is kernel_resources.tile_table("fp16") is lssa_triton._TILES_SM90
+    assert lssa_triton._TILES_FP32 != lssa_triton._TILES_SM90  # else the test above could not tell them apart
 
 
 # Targets per score in the main (unmasked) loop of the sm_90a SASS, bf16, head dim 64, the tile

@@ -250,7 +250,8 @@ def decode_docs(paths):
 
 
 def test_prepare_fineweb_from_parquet(tmp_path, capsys):
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa  # datasets (requirements.txt) needs it: a broken install fails rather than skips
+    import pyarrow.parquet as pq
     src = tmp_path / "src"
     src.mkdir()  # two files, as a downloaded dataset folder would have, with FineWeb's extra columns
     pq.write_table(pa.table({"text": DOCS[:4], "id": ["a", "b", "c", "d"], "score": [1.0] * 4}), src / "000.parquet")

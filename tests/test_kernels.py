@@ -39,7 +39,7 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installe
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TOL = {"float32": 1e-4, "bfloat16": 6e-2, "float16": 2e-2}
+TOL = {"float32": 1e-4, "bfloat16": 6e-2, "float16": 2e-2}  # GPU cases (head dims 64/128, T up to 16384)
 NEW_TYPES = [k for k in attention.KERNEL_TYPES if k not in ("lssa", "lssar")]   # issue 22's
 MIXED_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}  # BLOCK_M != BLOCK_N
 
@@ -170,6 +170,22 @@ print("RESULTS" + json.dumps(results))
 """
 
 
+# ----------------------------------------------------------------------------- interpreter tolerances
+# The interpreter's 16-bit cases are fixed inputs, so their tolerance is set from the errors the
+# correct kernels reach on them (python scripts/mutate_kernels.py --measure, this CPU machine)
+# with a margin of 2x: loose enough for rounding, tight enough that a wrong backward fails
+# here too (scripts/mutate_kernels.py). If the kernels change their rounding, re-measure.
+INTERPRETER_TOL_16 = {
+    "bfloat16": 2e-2,  # measured max 9.9e-3 (lssar-T67-bf16 out; lssa-T67-bf16 dk 9.7e-3)
+    "float16": 1.2e-3,  # measured max 5.5e-4 (lssar-T40-fp16 dk)
+}
+
+
+def interpreter_tol(case, tensor):
+    """The largest error an interpreter case may show on a tensor (out, dq, dk, dv)."""
+    return INTERPRETER_TOL_16.get(case["dtype"], TOL[case["dtype"]])
+
+
 @pytest.fixture(scope="module")
 def interpreter_results():
     if not HAS_TRITON:
@@ -187,9 +203,8 @@ def interpreter_results():
 def test_interpreter_matches_reference(interpreter_results, case):
     res = interpreter_results[case["name"]]
     assert not res["nan"], "NaN in the kernel's output or gradients"
-    tol = case.get("tol", TOL[case["dtype"]])
-    bad = {name: e for name, e in res["err"].items() if not e <= tol}
-    assert not bad, f"errors above {tol:g}: {bad} (all: {res['err']})"
+    bad = {name: e for name, e in res["err"].items() if not e <= case.get("tol", interpreter_tol(case, name))}
+    assert not bad, f"errors above the tolerance: {bad} (all: {res['err']})"
 
 
 _COMPILE_CHILD = r"""

@@ -1,0 +1,166 @@
+"""
+Curated mutants of the fused Triton kernels, each run under Triton's CPU interpreter against the
+reference: does tests/test_kernels.py fail when the kernel maths is wrong? mutmut cannot mutate
+these (Triton parses the kernels' source), so each mutant here is a small text patch of
+kernels/lssa_triton.py, applied to a scratch copy of the repo.
+
+    python scripts/mutate_kernels.py                     # every mutant, the test's interpreter cases
+    python scripts/mutate_kernels.py --only tau-grad     # some of them
+    python scripts/mutate_kernels.py --measure           # the unmutated kernels' errors per case
+    python scripts/mutate_kernels.py --measure --only tau-grad   # a mutant's errors per case
+
+A mutant is killed when an interpreter case of tests/test_kernels.py fails on it (NaN, a crash, or
+an error above the case's tolerance, tests/test_kernels.py's interpreter_tol). The report says
+which cases kill it, fp32 and 16-bit apart: the 16-bit tolerances must be tight enough that a
+wrong backward fails there too. Writes results/mutation_kernels.md. About 2 minutes of CPU per
+mutant on 2 loaded cores; not part of CI (see docs/testing.md).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+import test_kernels  # noqa: E402  (the interpreter cases, their child program and tolerances)
+
+# (name, what the bug is, text in kernels/lssa_triton.py, its replacement)
+MUTANTS = [
+    ("tau-grad", "lssar's backward without the gradient through the threshold tau",
+     "dw = (kc * pm1 + fc) * (dp - dd) - e", "dw = (kc * pm1 + fc) * (dp - dd)"),
+    ("tau-grad-R", "the threshold gradient without its D·R term",
+     "tl.sum(do * u, 1) - dd * tl.load(S + 5 * T, mask=row_ok, other=0.0))", "tl.sum(do * u, 1))"),
+    ("offset-fwd", "the forward's threshold from the third row instead of the fourth",
+     "tau = tl.where(offs_m >= 3, tl.math.div_rn", "tau = tl.where(offs_m >= 2, tl.math.div_rn"),
+    ("offset-bwd", "the threshold gradient from the third row instead of the fourth",
+     "e = tl.where(offs_m >= 3, g / (offs_m + 1)", "e = tl.where(offs_m >= 2, g / (offs_m + 1)"),
+    ("no-fallback", "rows at or below uniform not falling back to lssa",
+     "x = tl.where(fb[:, None], w, x)", "x = x"),
+    ("causal-fwd", "the forward's diagonal block sees the key on its own row excluded",
+     "keep = offs_m[:, None] >= offs_n[None, :]\n            x = tl.where(keep, x, 0.0)",
+     "keep = offs_m[:, None] > offs_n[None, :]\n            x = tl.where(keep, x, 0.0)"),
+    ("causal-dq", "dQ's diagonal block sees future keys",
+     "ds = tl.where(offs_m[:, None] >= offs_n[None, :], ds, 0.0)", "ds = ds"),
+    ("power-int", "the integer power's derivative b^p instead of b^(p-1)",
+     "pm1 = _ipow(b, P_INT - 1)", "pm1 = _ipow(b, P_INT)"),
+    ("power-float", "the non-integer power's derivative b^p instead of b^(p-1)",
+     "tl.exp2((p - 1.0) * lb)", "tl.exp2(p * lb)"),
+    ("sigmoid", "the score gradient without softplus' derivative",
+     "return a, dw * tl.exp2(s2 - w)", "return a, dw"),
+    ("norm-chain", "q/k gradients without the chain rule through the QK-norm",
+     "g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]", "g = g"),
+    ("row-scale", "the length scale ln(i) one row off",
+     "tl.log2((offs_m + 1).to(tl.float32)) * _inv_norm", "tl.log2((offs_m + 2).to(tl.float32)) * _inv_norm"),
+    ("softplus-series", "softplus' series for small u = 2^-abs(s2) with a wrong third term",
+     "u * (_LOG2E / 2 - u * (_LOG2E / 3))", "u * (_LOG2E / 2 - u * (_LOG2E / 4))"),
+    ("softplus-branch", "softplus' series used where it is inaccurate (u above 1/64) and not below",
+     "tl.where(u < _SERIES_MAX, series,", "tl.where(u > _SERIES_MAX, series,"),
+    ("dv-weights", "dV from the unnormalised re-weighted weights",
+     "a = x * invx + w * fc", "a = x + w * fc"),
+]
+
+
+# Mutants no test can tell from the original at the tests' precision, and why.
+EQUIVALENT = {
+    "softplus-series": "the series is used only for u = 2^-|s2| < 1/64, where the third term changes w by at most "
+                       "log2(e)(1/3 - 1/4)u^3 < 5e-7 (relative < 2e-5 of w): 200x below the fp32 tolerance 1e-4",
+}
+
+
+def run_cases(repo, cases):
+    """{case name: {"nan", "err"}} from tests/test_kernels.py's child program on repo's code, or
+    {"crash": message}."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", test_kernels._CHILD, repo], input=json.dumps(cases),
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=1800)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS")]
+    if proc.returncode or not lines:
+        return {"crash": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return json.loads(lines[-1][len("RESULTS"):])
+
+
+def failures(results, cases):
+    """Names of the cases the test fails on these results."""
+    if "crash" in results:
+        return [c["name"] for c in cases]
+    bad = []
+    for c in cases:
+        res = results[c["name"]]
+        if res["nan"] or any(not e <= test_kernels.interpreter_tol(c, name) for name, e in res["err"].items()):
+            bad.append(c["name"])
+    return bad
+
+
+def scratch_copy(patch=None):
+    d = tempfile.mkdtemp(prefix="lssa-kernel-mutant-")
+    for name in ("attention.py", "kernels"):
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, name))
+    if patch:
+        path = os.path.join(d, "kernels", "lssa_triton.py")
+        text = open(path).read()
+        old, new = patch
+        if text.count(old) != 1:
+            raise SystemExit(f"the patch's text occurs {text.count(old)} times in kernels/lssa_triton.py "
+                             f"(the kernels changed): {old!r}; update MUTANTS in {__file__}")
+        open(path, "w").write(text.replace(old, new))
+    return d
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", help="mutant names (default: all)")
+    ap.add_argument("--measure", action="store_true",
+                    help="print the errors per case of the kernels (or of the one mutant --only names) and exit")
+    ap.add_argument("--cases", nargs="+", help="only the interpreter cases whose names contain one of these")
+    ap.add_argument("--out", default=os.path.join(ROOT, "results", "mutation_kernels.md"))
+    args = ap.parse_args(argv)
+    cases = [c for c in test_kernels.INTERPRETER_CASES if not args.cases or any(s in c["name"] for s in args.cases)]
+    if args.measure:
+        patch = [(old, new) for name, _, old, new in MUTANTS if args.only and name in args.only]
+        d = scratch_copy(patch[0] if patch else None)
+        results = run_cases(d, cases)
+        shutil.rmtree(d)
+        for c in cases:
+            print(c["name"], c["dtype"], {n: f"{e:.2e}" for n, e in results[c["name"]]["err"].items()})
+        print("failing:", failures(results, cases) or "none")
+        return
+    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
+    # results accumulate in a JSON beside the report, so that --only reruns some and keeps the rest
+    store = os.path.splitext(args.out)[0] + ".json"
+    done = json.load(open(store)) if os.path.exists(store) else {}
+    for name, what, old, new in chosen:
+        d = scratch_copy((old, new))
+        t = time.time()
+        bad = failures(run_cases(d, cases), cases)
+        shutil.rmtree(d)
+        low = [c for c in bad if next(x for x in cases if x["name"] == c)["dtype"] != "float32"]
+        done[name] = {"cases": [c["name"] for c in cases], "failing": bad, "failing_16bit": low,
+                      "seconds": round(time.time() - t)}
+        print(f"{name:<16} {'killed' if bad else 'SURVIVED'} by {len(bad)} case(s), {len(low)} of them 16-bit "
+              f"({time.time() - t:.0f} s)", flush=True)
+    json.dump(done, open(store, "w"), indent=1)
+    rows = [(name, what, done[name]) for name, what, _, _ in MUTANTS if name in done]
+    killed = sum(1 for _, _, r in rows if r["failing"])
+    with open(args.out, "w") as f:
+        f.write("# Kernel mutants (scripts/mutate_kernels.py)\n\n"
+                "`python scripts/mutate_kernels.py [--cases ...]` on this CPU machine: each mutant run on the interpreter "
+                "cases of tests/test_kernels.py named in results/mutation_kernels.json (TRITON_INTERPRET=1). A mutant "
+                "is killed when a case fails; the last column names the bf16/fp16 cases that fail on it.\n\n"
+                f"Killed: {killed} of {len(rows)}; equivalent: {sum(1 for n, _, r in rows if not r['failing'] and n in EQUIVALENT)}."
+                "\n\n| mutant | the bug | cases failing | 16-bit cases failing |\n|---|---|---|---|\n")
+        for name, what, r in rows:
+            verdict = (f"{len(r['failing'])} of {len(r['cases'])}" if r["failing"] else
+                       "none: equivalent (below)" if name in EQUIVALENT else "**none: survived**")
+            f.write(f"| {name} | {what} | {verdict} | {', '.join(r['failing_16bit']) or '-'} |\n")
+        f.write("\n## Equivalent\n\n" + "".join(f"- {n}: {why}\n" for n, why in EQUIVALENT.items()))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

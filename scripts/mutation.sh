@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Mutation testing of the core: does the suite FAIL when the code is wrong? mutmut 3 plants small
+# bugs (a changed constant or operator, a dropped argument) one at a time and runs the tests that
+# reach the mutated function; a mutant no test fails on "survived". Not part of CI (about an hour
+# on 2 cores for everything). See docs/testing.md for how to read the result.
+#   pip install -r requirements-mutation.txt
+#   bash scripts/mutation.sh                         # every module below, then results/mutation.md
+#   bash scripts/mutation.sh checkpoint.py model.py  # only these
+#   MUTANTS='train.x_lr_at*' bash scripts/mutation.sh train.py   # only the mutants of some functions
+#   RUN_TAG=again MUTANTS='train.x_fit_vocabulary*' bash scripts/mutation.sh train.py   # a rerun of some
+#                                                    # mutants beside the last run; the report merges them
+#   bash scripts/mutation.sh --report                # rebuild results/mutation.md from the last runs
+# Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
+# with the test files chosen for it below: the ones that exercise it, and fast.
+# The Triton kernels are mutated separately (Triton parses their source): scripts/mutate_kernels.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+WORK=${MUTATION_DIR:-/tmp/lssa-mutation}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
+source scripts/env.sh
+python -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install -r requirements-mutation.txt" >&2; exit 1; }
+
+declare -A TESTS=(
+  [attention.py]="tests/test_attention.py tests/test_attention_api.py"
+  [model.py]="tests/test_model_maths.py tests/test_model.py --deselect tests/test_model.py::test_compiled_model_does_not_recompile --deselect tests/test_model.py::test_trained_at_32_runs_at_512"
+  [checkpoint.py]="tests/test_checkpoint.py"
+  [eval_length.py]="tests/test_eval_sweep.py tests/test_eval.py::test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds"
+  [eval_passkey.py]="tests/test_passkey.py"
+  [data/shards.py]="tests/test_data.py tests/test_data_gaps.py"
+  [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py"
+  [train.py]="tests/test_train_step.py"
+)
+ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py)
+
+if [[ ${1:-} != --report ]]; then
+  modules=("$@")
+  [[ ${#modules[@]} -gt 0 ]] || modules=("${ORDER[@]}")
+  for module in "${modules[@]}"; do
+    [[ -n ${TESTS[$module]:-} ]] || { echo "no test files chosen for $module; add it to TESTS in $0" >&2; exit 1; }
+    dir="$WORK/${module//\//_}${RUN_TAG:+.$RUN_TAG}"
+    rm -rf "$dir" && mkdir -p "$dir"
+    git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$dir"
+    # the config mutmut reads (pytest's own settings stay in pyproject.toml)
+    {
+      echo "[mutmut]"
+      echo "source_paths = $module"
+      echo "also_copy ="
+      git ls-files --cached --others --exclude-standard | cut -d/ -f1 | sort -u | grep -vx "$module" | sed 's/^/    /'
+      echo "pytest_add_cli_args_test_selection ="
+      for t in ${TESTS[$module]}; do echo "    $t"; done
+      echo "pytest_add_cli_args ="
+      echo "    -p"
+      echo "    no:cacheprovider"
+      echo "process_isolation = forkserver"
+    } > "$dir/setup.cfg"
+    sed -i '/^\[tool.pytest.ini_options\]/,$!d' "$dir/pyproject.toml"  # only pytest's section
+    echo "== $module: tests ${TESTS[$module]}"
+    start=$(date +%s)
+    (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" ${MUTANTS:-} > run.log 2>&1) || true
+    (cd "$dir" && python -m mutmut export-cicd-stats > /dev/null 2>&1; python -m mutmut results --all true > results.txt 2>&1) || true
+    echo $(( $(date +%s) - start )) > "$dir/seconds"
+    echo "${MUTANTS:-}" > "$dir/selection"
+    tail -c 120 "$dir/run.log"; echo
+  done
+fi
+python scripts/mutation_report.py "$WORK" "${ORDER[@]}" > results/mutation.md
+echo "wrote results/mutation.md"

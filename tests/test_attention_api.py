@@ -1,0 +1,74 @@
+"""attention.causal_attention's checks and dispatch, and the small helpers around it, as the
+mutation run (scripts/mutation.sh) found them unguarded: the default p, the backends on a CPU,
+the shape checks one by one, the accepted range of p, how results name a type. Fast."""
+import os
+
+import pytest
+import torch
+
+from attention import causal_attention, check_backend, check_reweight_p, describe, reference_attention
+
+
+def qkv(B=1, H=2, T=5, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, T, d, generator=g) for _ in range(3)]
+
+
+def test_default_p_is_the_papers_15():
+    q, k, v = qkv(T=9)
+    torch.testing.assert_close(causal_attention(q, k, v, "lssar"), reference_attention(q, k, v, "lssar", 15.0))
+    assert not torch.allclose(causal_attention(q, k, v, "lssar"), reference_attention(q, k, v, "lssar", 16.0))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs the kernel on the CPU")
+def test_backends_on_the_cpu(monkeypatch):
+    import attention
+
+    def probe(*args):
+        raise AssertionError("backend 'auto' probed for a kernel on CPU tensors")
+
+    monkeypatch.setattr(attention, "check_kernel", probe)  # auto on a CPU goes straight to the reference
+    q, k, v = qkv()
+    ref = reference_attention(q, k, v, "lssa")
+    torch.testing.assert_close(causal_attention(q, k, v, "lssa", backend="reference"), ref, rtol=0, atol=0)
+    torch.testing.assert_close(causal_attention(q, k, v, "lssa", backend="auto"), ref, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"^the fused lssa kernel cannot run: .*CUDA.*use backend='auto' or "
+                                           r"'reference'$"):
+        causal_attention(q, k, v, "lssa", backend="kernel")
+    with pytest.raises(ValueError, match=r"^unknown attention backend 'fast'; valid backends are: auto, reference, "
+                                         r"kernel$"):
+        causal_attention(q, k, v, "lssa", backend="fast")
+    check_backend("kernel")  # valid ones pass
+
+
+def test_each_shape_mismatch_is_refused_with_the_shapes():
+    q, k, v = qkv()
+    shapes = r"got \(1, 2, 5, 4\), \(1, 2, 5, 4\), \(1, 2, 6, 4\)$"
+    with pytest.raises(ValueError, match=r"^expected q, k, v of shape \(B, n_head, T, head_dim\); " + shapes):
+        causal_attention(q, k, torch.randn(1, 2, 6, 4), "lssa")          # v alone differs
+    with pytest.raises(ValueError, match=r"got \(1, 2, 5, 4\), \(1, 2, 6, 4\), \(1, 2, 5, 4\)$"):
+        causal_attention(q, torch.randn(1, 2, 6, 4), v, "lssa")          # k alone differs
+    with pytest.raises(ValueError, match=r"got \(2, 5, 4\), \(2, 5, 4\), \(2, 5, 4\)$"):
+        causal_attention(q[0], k[0], v[0], "lssa")                       # 3-D, all alike
+    torch.testing.assert_close(causal_attention(q, k, torch.randn(1, 2, 5, 7), "lssa").shape[-1], 7)  # v's own width
+
+
+def test_ssmax_names_the_head_scale_shape_it_needs():
+    q, k, v = qkv(H=2, T=5)
+    with pytest.raises(ValueError, match=r"ssmax needs head_scale, the learned per-head s_h of shape \(2,\)$"):
+        causal_attention(q, k, v, "ssmax", head_scale=torch.ones(5))
+
+
+def test_reweight_p_range():
+    for p in (1, 1.0, 1.5, 3, 15.0):
+        check_reweight_p(p)
+    for p in (0.999, 0, -3, float("inf"), float("nan"), "15", None):
+        with pytest.raises(ValueError, match=r"reweight_p must be a finite number >= 1 \(the paper uses 3 and 15\)"):
+            check_reweight_p(p)
+
+
+def test_describe_names_the_power_of_re_weighted_types_only():
+    assert describe("lssar", 15.0) == "lssar p=15"
+    assert describe("softmax_reweight", 2.5) == "softmax_reweight p=2.5"
+    assert describe("lssa", 15.0) == "lssa"
+    assert describe("softmax", 3.0) == "softmax"

@@ -1,0 +1,149 @@
+"""Data behaviours the mutation run found unguarded (scripts/mutation.sh): the train loader's
+per-epoch reshuffle inside a shard, empty documents dropped by data preparation, the document
+separator and the shard cutting, and the up-to-date check. Offline and fast."""
+import json
+
+import numpy as np
+import pytest
+
+from data import prepare
+from data.shards import TrainLoader, list_shards, read_shard, write_shard
+
+
+def one_shard(tmp_path, n=16 * 40 + 1):
+    d = tmp_path / "one"
+    d.mkdir()
+    write_shard(d / "one_train_000001.bin", np.arange(n))  # token at position p is p
+    return d
+
+
+def epoch_starts(loader, epochs):
+    per_epoch = loader.windows_per_epoch // loader.B
+    return [[int(s) for _ in range(per_epoch) for s in loader.next_batch()[0][:, 0]] for _ in range(epochs)]
+
+
+def test_windows_inside_a_shard_are_reshuffled_every_epoch(tmp_path):
+    """One shard, so the shard order cannot be what changes between epochs."""
+    d = one_shard(tmp_path)
+    loader = TrainLoader(d, batch_size=4, block_size=16, seed=3)
+    assert loader.windows_per_epoch == 40
+    a, b, c = epoch_starts(loader, 3)
+    assert sorted(a) == sorted(b) == sorted(c) == list(range(0, 640, 16))  # each window once per epoch
+    assert a != sorted(a) and a != b and b != c and a != c
+    plain = TrainLoader(d, batch_size=4, block_size=16, shuffle=False)
+    assert epoch_starts(plain, 2) == [list(range(0, 640, 16))] * 2  # shuffle=False: in order, every epoch
+
+
+def test_shuffled_order_depends_on_the_seed_only(tmp_path):
+    d = one_shard(tmp_path)
+    first = epoch_starts(TrainLoader(d, batch_size=4, block_size=16, seed=3), 2)
+    assert epoch_starts(TrainLoader(d, batch_size=8, block_size=16, seed=3), 2) == first  # not on the batch size
+    assert epoch_starts(TrainLoader(d, batch_size=4, block_size=16, seed=4), 2) != first
+
+
+def test_loader_reads_the_window_at_its_start(tmp_path):
+    d = tmp_path / "two"
+    d.mkdir()
+    write_shard(d / "two_train_000001.bin", np.arange(100))
+    write_shard(d / "two_train_000002.bin", np.arange(1000, 1050))
+    loader = TrainLoader(d, batch_size=9, block_size=10, shuffle=False)
+    x, y = loader.next_batch()  # shard 1: 9 windows of 11 tokens from 99 usable; shard 2: 4
+    assert x[:, 0].tolist() == [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    x, y = loader.next_batch()
+    assert x[:, 0].tolist() == [1000, 1010, 1020, 1030, 0, 10, 20, 30, 40]  # then the next epoch
+    assert (y == x + 1).all() and loader.epoch == 1 and loader.index == 5
+
+
+def test_state_dict_records_the_stream(tmp_path):
+    d = one_shard(tmp_path)
+    loader = TrainLoader(d, batch_size=4, block_size=16, seed=3)
+    loader.next_batch()
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "index": 4, "seed": 3, "shuffle": True, "block_size": 16,
+                     "shards": ["one_train_000001.bin"], "shard_tokens": [641]}
+    for key, value in (("seed", 4), ("shuffle", False), ("block_size", 8), ("shard_tokens", [640])):
+        with pytest.raises(Exception, match=f"the checkpoint's {key} .* differs from this loader's"):
+            TrainLoader(d, batch_size=4, block_size=16, seed=3).load_state_dict({**state, key: value})
+
+
+def test_empty_documents_are_dropped():
+    rows = [{"text": "a"}, {"text": ""}, {"text": None}, {"text": "b"}]
+    assert list(prepare._texts(rows, "x")) == ["a", "b"]
+
+
+def test_prepared_stream_has_one_separator_per_document(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    texts = ["one", "", "two", "", "three", "four", "five", "six"]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "out"
+    meta = prepare.main(["openwebtext", "--source", str(src), "--out-dir", str(out), "--val-every", "3",
+                         "--workers", "1", "--tokenizer", "bytes", "--shard-size", "7"])
+    kept = [t for t in texts if t]  # documents 0 and 3 of the kept six go to val
+    val = np.concatenate([read_shard(p) for p in list_shards(out, "val")]).tolist()
+    train = np.concatenate([read_shard(p) for p in list_shards(out, "train")]).tolist()
+    as_bytes = lambda docs: [b for t in docs for b in [0] + list(t.encode())]
+    assert val == as_bytes([kept[0], kept[3]])
+    assert train == as_bytes([t for i, t in enumerate(kept) if i % 3])
+    assert meta["splits"]["val"]["documents"] == 2 and meta["splits"]["train"]["documents"] == 4
+    assert meta["splits"]["train"]["tokens"] == len(train) and meta["separator"] == 0
+    # shards of exactly 7 tokens, the last of each split shorter
+    for split in ("val", "train"):
+        sizes = [len(read_shard(p)) for p in list_shards(out, split)]
+        assert all(n == 7 for n in sizes[:-1]) and 0 < sizes[-1] <= 7
+        assert meta["splits"][split]["shards"] == {p.name: len(read_shard(p)) for p in list_shards(out, split)}
+    assert meta["tokenizer"] == "bytes" and meta["vocab_size"] == 256 and meta["workers"] == 1
+    assert meta["validation"] == "every 3th document (index % 3 == 0)"
+
+
+def test_a_damaged_shard_is_not_up_to_date(tmp_path, capsys):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["alpha", "beta", "gamma", "delta"]))
+    out = tmp_path / "out"
+    args = ["openwebtext", "--source", str(src), "--out-dir", str(out), "--val-every", "2", "--workers", "1",
+            "--tokenizer", "bytes"]
+    prepare.main(args)
+    shard = list_shards(out, "train")[0]
+    write_shard(shard, [0, 1, 2])  # a different length than meta.json records
+    prepare.main(args)
+    assert "up to date" not in capsys.readouterr().out
+    assert len(read_shard(list_shards(out, "train")[0])) == len("beta") + len("delta") + 2  # rebuilt
+    prepare.main(args)
+    assert "up to date" in capsys.readouterr().out
+    prepare.main(args + ["--force"])
+    assert "up to date" not in capsys.readouterr().out
+
+
+def test_tokenize_puts_the_separator_first():
+    prepare._init_worker("bytes")
+    assert prepare.tokenize("hé").tolist() == [0, 104, 195, 169]
+    assert prepare.tokenize("hé").dtype == np.uint16
+    with pytest.raises(prepare.PrepareError, match="a document holds a NUL byte"):
+        prepare.tokenize("a\0b")
+    prepare._init_worker("gpt2")
+    assert prepare.tokenize("hello").tolist() == [50256, 31373]  # <|endoftext|>, "hello"
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="--shard-size must be >= 1 and --val-every >= 0"):
+        prepare.main(["openwebtext", "--source", str(tmp_path), "--shard-size", "0", "--workers", "1"])
+    with pytest.raises(SystemExit, match="--source is for the hub datasets"):
+        prepare.main(["embedded", "--source", str(tmp_path), "--workers", "1"])
+    with pytest.raises(SystemExit, match="--with-wikipedia only applies to the embedded dataset"):
+        prepare.main(["openwebtext", "--with-wikipedia", "--workers", "1"])
+
+
+def test_boundaries_of_the_shard_checks(tmp_path):
+    from data.shards import ShardError, _short, load_tokens, val_windows
+    write_shard(tmp_path / "b_val_000000.bin", [0, 65535])  # the largest uint16 is a valid token
+    assert read_shard(tmp_path / "b_val_000000.bin").tolist() == [0, 65535]
+    with pytest.raises(ShardError):
+        write_shard(tmp_path / "c_val_000000.bin", [0, 65536])
+    assert val_windows(np.arange(4), 1).tolist() == [[0, 1], [1, 2], [2, 3]]  # length 1 is allowed
+    d = tmp_path / "v"
+    d.mkdir()
+    write_shard(d / "v_train_000001.bin", np.arange(33) % 10)
+    loader = TrainLoader(d, batch_size=2, block_size=16, shuffle=False, vocab_size=9)  # token 9 == vocab_size
+    with pytest.raises(ShardError, match="token id 9 is not below vocab_size 9"):
+        loader.next_batch()
+    assert load_tokens(d, "train", vocab_size=10).tolist() == (np.arange(33) % 10).tolist()
+    assert _short("x" * 78) == repr("x" * 78) and _short("x" * 79) == repr("x" * 79)[:80] + "..."
