@@ -66,9 +66,17 @@ def test_state_dict_records_the_stream(tmp_path):
             TrainLoader(d, batch_size=4, block_size=16, seed=3).load_state_dict({**state, key: value})
 
 
-def test_empty_documents_are_dropped():
-    rows = [{"text": "a"}, {"text": ""}, {"text": None}, {"text": "b"}]
-    assert list(prepare._texts(rows, "x")) == ["a", "b"]
+def test_empty_documents_are_dropped(tmp_path):
+    """Empty and null texts are no documents: no separator of their own in the shards."""
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a", "", None, "b"]))
+    out = tmp_path / "out"
+    meta = prepare.main(["openwebtext", "--source", str(src), "--out-dir", str(out), "--val-every", "1000",
+                         "--workers", "1", "--tokenizer", "bytes", "--shard-size", "64"])
+    val = np.concatenate([read_shard(p) for p in list_shards(out, "val")]).tolist()
+    train = np.concatenate([read_shard(p) for p in list_shards(out, "train")]).tolist()
+    assert val + train == [0, ord("a"), 0, ord("b")]  # document 0 is held out for validation
+    assert meta["splits"]["val"]["documents"] + meta["splits"]["train"]["documents"] == 2
 
 
 def test_prepared_stream_has_one_separator_per_document(tmp_path):
