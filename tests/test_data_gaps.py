@@ -155,3 +155,16 @@ def test_boundaries_of_the_shard_checks(tmp_path):
         loader.next_batch()
     assert load_tokens(d, "train", vocab_size=10).tolist() == (np.arange(33) % 10).tolist()
     assert _short("x" * 78) == repr("x" * 78) and _short("x" * 79) == repr("x" * 79)[:80] + "..."
+
+
+@pytest.mark.parametrize("tokens", [[], [7], [0, 65535, 3]])
+def test_small_shards_read_back_exactly_and_read_only(tmp_path, tokens):
+    # llm.c's layout: a 256-int32 header (1024 bytes), then 2 bytes a token; an empty shard is the
+    # header alone (np.memmap cannot map it), a one-token shard must not be taken for empty
+    path = tmp_path / "x_val_000000.bin"
+    write_shard(path, np.array(tokens, dtype=np.uint16))
+    assert path.stat().st_size == 1024 + 2 * len(tokens)
+    got = read_shard(path)
+    assert got.dtype == np.uint16 and got.shape == (len(tokens),) and got.tolist() == tokens
+    if tokens:
+        assert not got.flags.writeable  # a reader must never write into the data
