@@ -168,3 +168,26 @@ def test_small_shards_read_back_exactly_and_read_only(tmp_path, tokens):
     assert got.dtype == np.uint16 and got.shape == (len(tokens),) and got.tolist() == tokens
     if tokens:
         assert not got.flags.writeable  # a reader must never write into the data
+
+
+def test_out_of_vocab_error_names_the_window_holding_the_token(tmp_path):
+    from data.shards import ShardError
+    tokens = np.arange(33) % 9
+    tokens[25] = 9   # == vocab_size, only in the second window (tokens 16..32) of the first batch
+    write_shard(tmp_path / "w_train_000001.bin", tokens)
+    loader = TrainLoader(tmp_path, batch_size=2, block_size=16, shuffle=False, vocab_size=9)
+    with pytest.raises(ShardError, match=r"token id 9 is not below vocab_size 9 \(in tokens 16\.\.32\)"):
+        loader.next_batch()
+
+
+def test_small_or_bad_validation_windows_are_clear_errors():
+    from data.shards import ShardError, val_windows
+    with pytest.raises(ValueError, match="window length must be >= 1, got 0"):
+        val_windows(np.arange(10), 0)
+    with pytest.raises(ShardError, match="validation set has 0 tokens; 1 window"):
+        val_windows(np.arange(0), 4)
+
+
+def test_rank_must_be_below_world_size(tmp_path):
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
+        TrainLoader(one_shard(tmp_path), batch_size=2, block_size=16, rank=2, world_size=2)
