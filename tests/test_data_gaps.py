@@ -191,3 +191,16 @@ def test_small_or_bad_validation_windows_are_clear_errors():
 def test_rank_must_be_below_world_size(tmp_path):
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
         TrainLoader(one_shard(tmp_path), batch_size=2, block_size=16, rank=2, world_size=2)
+
+
+def test_load_tokens_joins_every_shard_and_errors_name_their_values(tmp_path):
+    from data.shards import ShardError, load_tokens
+    write_shard(tmp_path / "a_val_000000.bin", np.arange(5))
+    write_shard(tmp_path / "a_val_000001.bin", np.arange(5, 9))
+    assert load_tokens(tmp_path, "val").tolist() == list(range(9))   # two shards: both, in order
+    with pytest.raises(ShardError, match=r"tokens must be 1-D, got shape \(2, 2\)"):
+        write_shard(tmp_path / "b_val_000000.bin", np.zeros((2, 2)))
+    d = one_shard(tmp_path)
+    state = TrainLoader(d, batch_size=2, block_size=16, seed=1).state_dict()
+    with pytest.raises(ShardError, match=r"checkpoint's seed \(1\) differs from this loader's \(2\)"):
+        TrainLoader(d, batch_size=2, block_size=16, seed=2).load_state_dict(state)
