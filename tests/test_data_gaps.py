@@ -204,3 +204,17 @@ def test_load_tokens_joins_every_shard_and_errors_name_their_values(tmp_path):
     state = TrainLoader(d, batch_size=2, block_size=16, seed=1).state_dict()
     with pytest.raises(ShardError, match=r"checkpoint's seed \(1\) differs from this loader's \(2\)"):
         TrainLoader(d, batch_size=2, block_size=16, seed=2).load_state_dict(state)
+
+
+def test_missing_data_and_a_long_shard_say_what_is_wrong(tmp_path):
+    from data.shards import ShardError
+    with pytest.raises(ValueError, match="split must be one of .*, got 'test'"):
+        list_shards(tmp_path, "test")
+    with pytest.raises(ShardError, match="nowhere does not exist"):
+        list_shards(tmp_path / "nowhere", "val")
+    path = tmp_path / "l_val_000000.bin"
+    write_shard(path, np.arange(4))
+    with open(path, "ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(ShardError, match="it is longer than its header says"):
+        read_shard(path)
