@@ -7,13 +7,16 @@ kernels/lssa_triton.py, applied to a scratch copy of the repo.
     python scripts/mutate_kernels.py                     # every mutant, the test's interpreter cases
     python scripts/mutate_kernels.py --only tau-grad     # some of them
     python scripts/mutate_kernels.py --measure           # the unmutated kernels' errors per case
+    python scripts/mutate_kernels.py --report            # rewrite the report from the stored results
     python scripts/mutate_kernels.py --measure --only tau-grad   # a mutant's errors per case
 
 A mutant is killed when an interpreter case of tests/test_kernels.py fails on it (NaN, a crash, or
 an error above the case's tolerance, tests/test_kernels.py's interpreter_tol). The report says
 which cases kill it, fp32 and 16-bit apart: the 16-bit tolerances must be tight enough that a
-wrong backward fails there too. Writes results/mutation_kernels.md. About 2 minutes of CPU per
-mutant on 2 loaded cores; not part of CI (see docs/testing.md).
+wrong backward fails there too. Every patch must occur exactly once in the kernels' source, checked
+before anything runs (the kernels change; a patch that silently did not apply would pass the
+unmutated kernels off as a killed mutant). Writes results/mutation_kernels.md. About 30 s of CPU
+per mutant (all the interpreter cases) on 2 loaded cores; not part of CI (see docs/testing.md).
 """
 import argparse
 import json
@@ -50,18 +53,29 @@ MUTANTS = [
      "pm1 = _ipow(b, P_INT - 1)", "pm1 = _ipow(b, P_INT)"),
     ("power-float", "the non-integer power's derivative b^p instead of b^(p-1)",
      "tl.exp2((p - 1.0) * lb)", "tl.exp2(p * lb)"),
-    ("sigmoid", "the score gradient without softplus' derivative",
-     "return a, dw * tl.exp2(s2 - w)", "return a, dw"),
+    ("softplus-grad", "the score gradient without softplus' derivative",
+     "ds = dw * tl.exp2(s - w)", "ds = dw"),
     ("norm-chain", "q/k gradients without the chain rule through the QK-norm",
      "g = g - xf * (_norm_chain(nrm) * tl.sum(xf * g, 1))[:, None]", "g = g"),
     ("row-scale", "the length scale ln(i) one row off",
-     "tl.log2((offs_m + 1).to(tl.float32)) * _inv_norm", "tl.log2((offs_m + 2).to(tl.float32)) * _inv_norm"),
+     "log2_i = torch.log2(i) if", "log2_i = torch.log2(i + 1) if"),
     ("softplus-series", "softplus' series for small u = 2^-abs(s2) with a wrong third term",
      "u * (_LOG2E / 2 - u * (_LOG2E / 3))", "u * (_LOG2E / 2 - u * (_LOG2E / 4))"),
     ("softplus-branch", "softplus' series used where it is inaccurate (u above 1/64) and not below",
      "tl.where(u < _SERIES_MAX, series,", "tl.where(u > _SERIES_MAX, series,"),
     ("dv-weights", "dV from the unnormalised re-weighted weights",
      "a = x * invx + w * fc", "a = x + w * fc"),
+    # the recipe paths of the one kernel family (sigmoid, relu, exp; with and without l1)
+    ("sigmoid-grad", "sigmoid's score gradient without its (1 - σ) factor",
+     "ds = dw * (_LN2 * w * (1.0 - w * crow))", "ds = dw * (_LN2 * w)"),
+    ("sigmoid-grad-L", "l1 sigmoid's σ taken as the max-subtracted weight (without the row's 2^L)",
+     "(1.0 - w * crow)", "(1.0 - w)"),
+    ("sigmoid-scale", "sigmoid's length bias -log2(i) one row off",
+     "beta = (-torch.log2(i))", "beta = (-torch.log2(i + 1))"),
+    ("online-rescale", "the exp / l1 sigmoid row sum not rescaled when the row maximum grows",
+     "z = z * tl.exp2(wmax - new) + ", "z = z + "),
+    ("relu-empty-row", "relu_l1's row without weight (Z = 0) divided by its zero sum",
+     "inv_x = 1.0 / tl.where(xsum > 0.0, xsum, 1.0)", "inv_x = 1.0 / xsum"),
 ]
 
 
@@ -105,11 +119,26 @@ def scratch_copy(patch=None):
         path = os.path.join(d, "kernels", "lssa_triton.py")
         text = open(path).read()
         old, new = patch
-        if text.count(old) != 1:
-            raise SystemExit(f"the patch's text occurs {text.count(old)} times in kernels/lssa_triton.py "
-                             f"(the kernels changed): {old!r}; update MUTANTS in {__file__}")
         open(path, "w").write(text.replace(old, new))
     return d
+
+
+def check_patches(mutants):
+    """Fail, before running anything, on a patch whose text is not in the kernels exactly once: a
+    patch that silently does not apply would report the unmutated kernels as a killed mutant's."""
+    text = open(os.path.join(ROOT, "kernels", "lssa_triton.py")).read()
+    stale = [f"  {name}: occurs {text.count(old)} times: {old!r}" for name, _, old, _ in mutants
+             if text.count(old) != 1]
+    if stale:
+        raise SystemExit("these mutants' text is not in kernels/lssa_triton.py exactly once (the kernels "
+                         f"changed): re-target them in MUTANTS in {__file__}\n" + "\n".join(stale))
+
+
+def cases_run(rows):
+    """How many of the test's interpreter cases the mutants ran on, in words."""
+    counts = sorted({len(r["cases"]) for _, _, r in rows})
+    n = len(test_kernels.INTERPRETER_CASES)
+    return f"all {n} cases" if counts == [n] else f"{' or '.join(map(str, counts))} of its {n} cases (--cases)"
 
 
 def main(argv=None):
@@ -117,9 +146,14 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", help="mutant names (default: all)")
     ap.add_argument("--measure", action="store_true",
                     help="print the errors per case of the kernels (or of the one mutant --only names) and exit")
+    ap.add_argument("--report", action="store_true", help="only rewrite the report from the stored results")
     ap.add_argument("--cases", nargs="+", help="only the interpreter cases whose names contain one of these")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "mutation_kernels.md"))
     args = ap.parse_args(argv)
+    unknown = set(args.only or ()) - {m[0] for m in MUTANTS}
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {sorted(unknown)}; the mutants: {[m[0] for m in MUTANTS]}")
+    check_patches(MUTANTS)
     cases = [c for c in test_kernels.INTERPRETER_CASES if not args.cases or any(s in c["name"] for s in args.cases)]
     if args.measure:
         patch = [(old, new) for name, _, old, new in MUTANTS if args.only and name in args.only]
@@ -130,7 +164,7 @@ def main(argv=None):
             print(c["name"], c["dtype"], {n: f"{e:.2e}" for n, e in results[c["name"]]["err"].items()})
         print("failing:", failures(results, cases) or "none")
         return
-    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
+    chosen = [] if args.report else [m for m in MUTANTS if not args.only or m[0] in args.only]
     # results accumulate in a JSON beside the report, so that --only reruns some and keeps the rest
     store = os.path.splitext(args.out)[0] + ".json"
     done = json.load(open(store)) if os.path.exists(store) else {}
@@ -149,8 +183,9 @@ def main(argv=None):
     killed = sum(1 for _, _, r in rows if r["failing"])
     with open(args.out, "w") as f:
         f.write("# Kernel mutants (scripts/mutate_kernels.py)\n\n"
-                "`python scripts/mutate_kernels.py [--cases ...]` on this CPU machine: each mutant run on the interpreter "
-                "cases of tests/test_kernels.py named in results/mutation_kernels.json (TRITON_INTERPRET=1). A mutant "
+                f"`python scripts/mutate_kernels.py` on this CPU machine: each mutant run on the interpreter cases of "
+                f"tests/test_kernels.py (TRITON_INTERPRET=1; {cases_run(rows)}, named per mutant in "
+                "results/mutation_kernels.json). A mutant "
                 "is killed when a case fails; the last column names the bf16/fp16 cases that fail on it.\n\n"
                 f"Killed: {killed} of {len(rows)}; equivalent: {sum(1 for n, _, r in rows if not r['failing'] and n in EQUIVALENT)}."
                 "\n\n| mutant | the bug | cases failing | 16-bit cases failing |\n|---|---|---|---|\n")

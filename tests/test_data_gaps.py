@@ -155,3 +155,66 @@ def test_boundaries_of_the_shard_checks(tmp_path):
         loader.next_batch()
     assert load_tokens(d, "train", vocab_size=10).tolist() == (np.arange(33) % 10).tolist()
     assert _short("x" * 78) == repr("x" * 78) and _short("x" * 79) == repr("x" * 79)[:80] + "..."
+
+
+@pytest.mark.parametrize("tokens", [[], [7], [0, 65535, 3]])
+def test_small_shards_read_back_exactly_and_read_only(tmp_path, tokens):
+    # llm.c's layout: a 256-int32 header (1024 bytes), then 2 bytes a token; an empty shard is the
+    # header alone (np.memmap cannot map it), a one-token shard must not be taken for empty
+    path = tmp_path / "x_val_000000.bin"
+    write_shard(path, np.array(tokens, dtype=np.uint16))
+    assert path.stat().st_size == 1024 + 2 * len(tokens)
+    got = read_shard(path)
+    assert got.dtype == np.uint16 and got.shape == (len(tokens),) and got.tolist() == tokens
+    if tokens:
+        assert not got.flags.writeable  # a reader must never write into the data
+
+
+def test_out_of_vocab_error_names_the_window_holding_the_token(tmp_path):
+    from data.shards import ShardError
+    tokens = np.arange(33) % 9
+    tokens[25] = 9   # == vocab_size, only in the second window (tokens 16..32) of the first batch
+    write_shard(tmp_path / "w_train_000001.bin", tokens)
+    loader = TrainLoader(tmp_path, batch_size=2, block_size=16, shuffle=False, vocab_size=9)
+    with pytest.raises(ShardError, match=r"token id 9 is not below vocab_size 9 \(in tokens 16\.\.32\)"):
+        loader.next_batch()
+
+
+def test_small_or_bad_validation_windows_are_clear_errors():
+    from data.shards import ShardError, val_windows
+    with pytest.raises(ValueError, match="window length must be >= 1, got 0"):
+        val_windows(np.arange(10), 0)
+    with pytest.raises(ShardError, match="validation set has 0 tokens; 1 window"):
+        val_windows(np.arange(0), 4)
+
+
+def test_rank_must_be_below_world_size(tmp_path):
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\), got 2"):
+        TrainLoader(one_shard(tmp_path), batch_size=2, block_size=16, rank=2, world_size=2)
+
+
+def test_load_tokens_joins_every_shard_and_errors_name_their_values(tmp_path):
+    from data.shards import ShardError, load_tokens
+    write_shard(tmp_path / "a_val_000000.bin", np.arange(5))
+    write_shard(tmp_path / "a_val_000001.bin", np.arange(5, 9))
+    assert load_tokens(tmp_path, "val").tolist() == list(range(9))   # two shards: both, in order
+    with pytest.raises(ShardError, match=r"tokens must be 1-D, got shape \(2, 2\)"):
+        write_shard(tmp_path / "b_val_000000.bin", np.zeros((2, 2)))
+    d = one_shard(tmp_path)
+    state = TrainLoader(d, batch_size=2, block_size=16, seed=1).state_dict()
+    with pytest.raises(ShardError, match=r"checkpoint's seed \(1\) differs from this loader's \(2\)"):
+        TrainLoader(d, batch_size=2, block_size=16, seed=2).load_state_dict(state)
+
+
+def test_missing_data_and_a_long_shard_say_what_is_wrong(tmp_path):
+    from data.shards import ShardError
+    with pytest.raises(ValueError, match="split must be one of .*, got 'test'"):
+        list_shards(tmp_path, "test")
+    with pytest.raises(ShardError, match="nowhere does not exist"):
+        list_shards(tmp_path / "nowhere", "val")
+    path = tmp_path / "l_val_000000.bin"
+    write_shard(path, np.arange(4))
+    with open(path, "ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(ShardError, match="it is longer than its header says"):
+        read_shard(path)

@@ -176,14 +176,17 @@ print("RESULTS" + json.dumps(results))
 # with a margin of 2x: loose enough for rounding, tight enough that a wrong backward fails
 # here too (scripts/mutate_kernels.py). If the kernels change their rounding, re-measure.
 INTERPRETER_TOL_16 = {
-    "bfloat16": 2e-2,  # measured max 9.9e-3 (lssar-T67-bf16 out; lssa-T67-bf16 dk 9.7e-3)
+    # measured max 1.93e-2 (sigmoid_l1_reweight-T40-bf16 dk; softmax_reweight-T40-bf16 dk 1.64e-2):
+    # the re-weighted T40 bf16 cases leave a margin of only 1.04x (2x for lssa/lssar's 9.9e-3)
+    "bfloat16": 2e-2,
     "float16": 1.2e-3,  # measured max 5.5e-4 (lssar-T40-fp16 dk)
 }
 
 
 def interpreter_tol(case, tensor):
-    """The largest error an interpreter case may show on a tensor (out, dq, dk, dv)."""
-    return INTERPRETER_TOL_16.get(case["dtype"], TOL[case["dtype"]])
+    """The largest error an interpreter case may show on a tensor (out, dq, dk, dv): the case's
+    own tol where it sets one, else its dtype's."""
+    return case.get("tol", INTERPRETER_TOL_16.get(case["dtype"], TOL[case["dtype"]]))
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +206,7 @@ def interpreter_results():
 def test_interpreter_matches_reference(interpreter_results, case):
     res = interpreter_results[case["name"]]
     assert not res["nan"], "NaN in the kernel's output or gradients"
-    bad = {name: e for name, e in res["err"].items() if not e <= case.get("tol", interpreter_tol(case, name))}
+    bad = {name: e for name, e in res["err"].items() if not e <= interpreter_tol(case, name)}
     assert not bad, f"errors above the tolerance: {bad} (all: {res['err']})"
 
 
