@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import eval_downstream
 from checkpoint import load_model
 from data.tokenizer import EOT, get_encoding
+from helpers import optional_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
@@ -23,10 +24,7 @@ TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
 
 @pytest.fixture(scope="module")
 def harness():
-    if os.environ.get("CI"):
-        import lm_eval  # noqa: F401 - CI installs it: its absence is a failure there
-    else:
-        pytest.importorskip("lm_eval", reason=f"lm-eval is optional: {eval_downstream.INSTALL}")
+    optional_module("lm_eval", eval_downstream.INSTALL)
     import harness
     return harness
 

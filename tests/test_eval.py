@@ -83,12 +83,23 @@ def test_validation_too_short_is_a_clear_error(trained_runs):
 
 def test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds():
     with pytest.raises(ShardError, match=r"^--tokens 10 is too few: lengths 64, 128 need a token budget that is a "
-                                         r"multiple of 128 .* the validation split holds 20,000 tokens; "
-                                         r"ask for --tokens 128 or more$"):
+                                         r"multiple of 128 \(every length sees the same tokens\), and the validation "
+                                         r"split holds 20,000 tokens; ask for --tokens 128 or more$"):
         eval_length.token_budget(10, [64, 128], 20_000)
-    with pytest.raises(ShardError, match=r"^lengths 96, 128 .* multiple of 384 .* holds 300 tokens; use lengths that "
-                                         r"divide each other"):
+    with pytest.raises(ShardError, match=r"^lengths 96, 128 need .* multiple of 384 .* holds 300 tokens; use lengths "
+                                         r"that divide each other \(e.g. --multipliers 1 2 4 8 16\)$"):
         eval_length.token_budget(None, [96, 128], 300)
+    with pytest.raises(ShardError, match=r"^--tokens 200 is too few: .* multiple of 384 .* holds 300 tokens; use "
+                                         r"lengths that divide"):
+        eval_length.token_budget(200, [96, 128], 300)  # 384 > the 299 usable: asking for more cannot help
+    with pytest.raises(ShardError, match=r"holds 129 tokens; ask for --tokens 128 or more$"):
+        eval_length.token_budget(10, [64, 128], 129)  # 128 usable: exactly one multiple fits
+    assert eval_length.token_budget(384, [96, 128], 385) == 384  # exactly enough
+    with pytest.raises(ShardError, match=r"^--tokens 385 is more than the validation set holds \(385 tokens\); ask "
+                                         r"for 384 or fewer$"):
+        eval_length.token_budget(385, [96, 128], 385)
+    with pytest.raises(ShardError, match=r"^validation set has 128 tokens; a window of 128 needs 129; use shorter"):
+        eval_length.token_budget(None, [128], 128)
     assert eval_length.token_budget(128, [64, 128], 20_000) == 128
 
 

@@ -204,28 +204,6 @@ def test_validation_tokens_default_and_errors(synth_dir, tmp_path):
     assert data_dir == synth_dir and cache == {(synth_dir, VOCAB): tokens}
 
 
-def test_token_budget_errors_say_what_to_do():
-    from data.shards import ShardError
-    with pytest.raises(ShardError, match=r"^--tokens 10 is too few: lengths 64, 128 need a token budget that is a "
-                                         r"multiple of 128 \(every length sees the same tokens\), and the validation "
-                                         r"split holds 20,000 tokens; ask for --tokens 128 or more$"):
-        eval_length.token_budget(10, [64, 128], 20_000)
-    with pytest.raises(ShardError, match=r"^lengths 96, 128 need .* multiple of 384 .* holds 300 tokens; use lengths "
-                                         r"that divide each other \(e.g. --multipliers 1 2 4 8 16\)$"):
-        eval_length.token_budget(None, [96, 128], 300)
-    with pytest.raises(ShardError, match=r"^--tokens 200 is too few: .* multiple of 384 .* holds 300 tokens; use "
-                                         r"lengths that divide"):
-        eval_length.token_budget(200, [96, 128], 300)  # 384 > the 299 usable: asking for more cannot help
-    with pytest.raises(ShardError, match=r"holds 129 tokens; ask for --tokens 128 or more$"):
-        eval_length.token_budget(10, [64, 128], 129)  # 128 usable: exactly one multiple fits
-    assert eval_length.token_budget(384, [96, 128], 385) == 384  # exactly enough
-    with pytest.raises(ShardError, match=r"^--tokens 385 is more than the validation set holds \(385 tokens\); ask "
-                                         r"for 384 or fewer$"):
-        eval_length.token_budget(385, [96, 128], 385)
-    with pytest.raises(ShardError, match=r"^validation set has 128 tokens; a window of 128 needs 129; use shorter"):
-        eval_length.token_budget(None, [128], 128)
-
-
 def test_print_table_leaves_missing_lengths_blank(capsys):
     runs = [{"label": "a", "train_context": 8, "results": [{"length": 8, "loss": 1.0}, {"length": 16, "loss": 2.0}]},
             {"label": "b", "train_context": 8, "results": [{"length": 8, "loss": 3.0}]}]

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+import eval_downstream
 import export_hf
 from attention import ATTENTION_TYPES, reference_attention
 from checkpoint import load_model
@@ -23,6 +24,7 @@ from checkpoint import load_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from hf_logit_diff import all_logits, random_checkpoint  # noqa: E402
+from helpers import optional_module  # noqa: E402
 
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
 CONTEXT = 32
@@ -30,12 +32,7 @@ CONTEXT = 32
 
 @pytest.fixture(scope="module")
 def transformers():
-    if os.environ.get("CI"):
-        import transformers  # noqa: F401 - CI installs it: its absence is a failure there
-    else:
-        pytest.importorskip("transformers", reason=f"transformers is optional: {export_hf.INSTALL}")
-    import transformers
-    return transformers
+    return optional_module("transformers", export_hf.INSTALL)
 
 
 @pytest.fixture(scope="module")
@@ -306,11 +303,7 @@ def test_llama_with_lssar_is_causal_and_caches(transformers):
 
 # ----------------------------------------------------------------- lm-eval's own hf model
 def test_lm_eval_hf_model_scores_like_ours(gpt2_export, gpt2_vocab_run):
-    if os.environ.get("CI"):
-        import lm_eval  # noqa: F401
-    else:
-        pytest.importorskip("lm_eval")
-    import lm_eval
+    lm_eval = optional_module("lm_eval", eval_downstream.INSTALL)
     from types import SimpleNamespace
     from lm_eval.tasks import TaskManager
 

@@ -13,6 +13,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import paper_plan  # noqa: E402
 from model import GPT, config_from_preset  # noqa: E402
+from eval_downstream import INSTALL as LM_EVAL_INSTALL  # noqa: E402
+from helpers import optional_module  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENS = 18865 * 524288            # the paper's run: steps x tokens per step
@@ -93,10 +95,7 @@ def table_rows(markdown, heading):
 
 @pytest.mark.slow
 def test_reproduce_paper_end_to_end_at_toy_scale(synth_dir, tmp_path):
-    if os.environ.get("CI"):
-        import lm_eval  # noqa: F401 - CI installs it (requirements-eval.txt): its absence is a failure there
-    else:
-        pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install -r requirements-eval.txt")
+    optional_module("lm_eval", LM_EVAL_INSTALL)
     env = toy_env(synth_dir, tmp_path)
     proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
