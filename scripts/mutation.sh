@@ -9,6 +9,10 @@
 #   MUTANTS='train.x_lr_at*' bash scripts/mutation.sh train.py   # only the mutants of some functions
 #   RUN_TAG=again MUTANTS='train.x_fit_vocabulary*' bash scripts/mutation.sh train.py   # a rerun of some
 #                                                    # mutants beside the last run; the report merges them
+#   KEEP=1 bash scripts/mutation.sh model.py         # continue the last run of a module after a change: mutmut
+#                                                    # keeps the verdicts of functions whose code did not change
+#                                                    # and tests the rest (changed, new, or not reached before),
+#                                                    # then tries the survivors again against today's tests
 #   bash scripts/mutation.sh --report                # rebuild results/mutation.md from the last runs
 # Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
 # with the test files chosen for it below: the ones that exercise it, and fast.
@@ -28,8 +32,8 @@ declare -A TESTS=(
   [eval_length.py]="tests/test_eval_sweep.py tests/test_eval.py::test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds"
   [eval_passkey.py]="tests/test_passkey.py tests/test_passkey_gaps.py"
   [data/shards.py]="tests/test_data.py tests/test_data_gaps.py"
-  [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py"
-  [train.py]="tests/test_train_step.py"
+  [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py tests/test_prepare_resume.py"
+  [train.py]="tests/test_train_step.py tests/test_train.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one"
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py)
 
@@ -39,7 +43,11 @@ if [[ ${1:-} != --report ]]; then
   for module in "${modules[@]}"; do
     [[ -n ${TESTS[$module]:-} ]] || { echo "no test files chosen for $module; add it to TESTS in $0" >&2; exit 1; }
     dir="$WORK/${module//\//_}${RUN_TAG:+.$RUN_TAG}"
-    rm -rf "$dir" && mkdir -p "$dir"
+    if [[ -n ${KEEP:-} && -d $dir/mutants ]]; then
+      echo "continued on $(date -u +%F) at $(git rev-parse --short HEAD)" >> "$dir/continued"
+    else
+      rm -rf "$dir" && mkdir -p "$dir"
+    fi
     git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$dir"
     # the config mutmut reads (pytest's own settings stay in pyproject.toml)
     {
@@ -58,8 +66,12 @@ if [[ ${1:-} != --report ]]; then
     echo "== $module: tests ${TESTS[$module]}"
     start=$(date +%s)
     (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" ${MUTANTS:-} > run.log 2>&1) || true
+    if [[ -n ${KEEP:-} ]]; then  # the tests may have changed too: try the survivors again
+      survivors=$(cd "$dir" && python -m mutmut results --all true 2>/dev/null | sed -n 's/^ *\(.*\): survived$/\1/p')
+      [[ -z $survivors ]] || (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" $survivors >> run.log 2>&1) || true
+    fi
     (cd "$dir" && python -m mutmut export-cicd-stats > /dev/null 2>&1; python -m mutmut results --all true > results.txt 2>&1) || true
-    echo $(( $(date +%s) - start )) > "$dir/seconds"
+    echo $(( $(date +%s) - start + $(cat "$dir/seconds" 2>/dev/null || echo 0) )) > "$dir/seconds"  # a continued run adds up
     echo "${MUTANTS:-}" > "$dir/selection"
     tail -c 120 "$dir/run.log"; echo
   done

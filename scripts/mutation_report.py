@@ -49,6 +49,8 @@ def module_result(run_dir):
         chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
         selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 or any("*" in c for c in chosen)
                          else f"rerun of {len(chosen)} survivors")
+        if os.path.exists(os.path.join(d, "continued")):  # KEEP=1: unchanged functions' verdicts carried over
+            selection[-1] = f"continued ({open(os.path.join(d, 'continued')).read().splitlines()[-1]})"
     return status, seconds, " + ".join(selection), dirs[-1]
 
 
@@ -73,7 +75,8 @@ def main(work, modules):
         eq = [n for n in tested if n not in killed and reason[n]]
         alive = [n for n in tested if n not in killed and not reason[n]]
         score = 100 * len(killed) / max(1, len(killed) + len(alive))
-        what = " + ".join(s if s == "all" or s.startswith("rerun") else f"`{s}`" for s in selection.split(" + "))
+        what = " + ".join(s if s == "all" or s.startswith(("rerun", "continued")) else f"`{s}`"
+                          for s in selection.split(" + "))
         if len(tested) < len(status):
             what += f", **partial: {len(status) - len(tested)} of {len(status)} not run**"
         rows.append(f"| {module} | {what} | {len(tested)} | {len(killed)} | {len(eq)} | {len(alive)} | "
