@@ -1,0 +1,238 @@
+"""train.py's launch on a GPU and on several processes, from a CPU: torch.cuda, torch.compile,
+DDP and the process group replaced by recorders, so that what train.py asks of them (which
+device, which backend, which precision, which random state) is checked against what a GPU run
+needs. The GPU runs themselves are tests/test_train.py's and tests/test_kernels.py's gpu tests."""
+import json
+import os
+import sys
+import types
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from configurator import ConfigError, load_config
+from model import GPT, GPTConfig
+
+from helpers import tiny_args
+
+
+def clear_torchrun(monkeypatch):
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def fake_gpu(monkeypatch, bf16=True):
+    """torch.cuda as train.py sees it on a GPU machine; returns the list of calls it gets."""
+    calls = []
+    monkeypatch.setattr(train, "pick_device", lambda name: "cuda" if name == "auto" else name)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(("reset_peak", d)))
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(("keep_freed_memory",)))
+    return calls
+
+
+@pytest.fixture
+def tf32_off():
+    """TF32 switched off for the test and put back after (train.py sets the process-wide flags)."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_one_gpu_per_local_process_and_nccl_on_gpus(monkeypatch):
+    clear_torchrun(monkeypatch)
+    calls = fake_gpu(monkeypatch)
+    inits = []
+    monkeypatch.setattr(train.dist, "init_process_group", lambda **kw: inits.append(kw))
+    assert train.setup_distributed(load_config([])) == (0, 0, 1, "cuda:0")  # one process: GPU 0
+    assert calls == [("set_device", "cuda:0")] and inits == []
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert train.setup_distributed(load_config([])) == (5, 2, 8, "cuda:2")  # the node's third GPU
+    assert calls[-1] == ("set_device", "cuda:2") and inits == [{"backend": "nccl"}]
+    train.setup_distributed(load_config(["--backend=gloo"]))  # asked for: kept on GPUs too
+    assert inits[-1] == {"backend": "gloo"}
+    assert train.setup_distributed(load_config(["--device=cuda:1"]))[3] == "cuda:1"  # an index given: kept
+    assert calls[-1] == ("set_device", "cuda:1")
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the autocast object is built, not entered
+def test_gpu_precision_defaults_to_bf16_autocast(monkeypatch, synth_dir, tf32_off):
+    clear_torchrun(monkeypatch)
+    calls = fake_gpu(monkeypatch)
+    cfg = load_config([f"--data_dir={synth_dir}", "--batch_size=4", "--block_size=32", "--total_batch_size=256",
+                       "--tf32=True"])
+    s = train.setup_process(cfg)
+    assert (s.device, s.device_type, s.dtype, s.ptdtype) == ("cuda:0", "cuda", "bfloat16", torch.bfloat16)
+    assert isinstance(s.autocast, torch.autocast) and s.autocast.device == "cuda"
+    assert s.autocast.fast_dtype == torch.bfloat16
+    assert ("reset_peak", "cuda:0") in calls and ("keep_freed_memory",) not in calls
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (s.accum, s.tokens_per_step, s.rank, s.world_size) == (2, 256, 0, 1)
+
+    cfg = load_config([f"--data_dir={synth_dir}", "--dtype=float16", "--tf32=False"])
+    s = train.setup_process(cfg)
+    assert s.autocast.fast_dtype == torch.float16 and s.ptdtype == torch.float16
+    cfg = load_config([f"--data_dir={synth_dir}", "--dtype=float32"])
+    assert isinstance(train.setup_process(cfg).autocast, nullcontext)
+
+    fake_gpu(monkeypatch, bf16=False)  # a V100: no bfloat16
+    with pytest.raises(ConfigError, match=r"^this GPU has no bfloat16; use --dtype=float16 \(or float32\)$"):
+        train.setup_process(load_config([f"--data_dir={synth_dir}"]))
+    s = train.setup_process(load_config([f"--data_dir={synth_dir}", "--dtype=float16"]))
+    assert s.dtype == "float16"
+
+
+def test_cpu_precision_defaults_to_float32_without_autocast(monkeypatch, synth_dir, tf32_off):
+    clear_torchrun(monkeypatch)
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("keep_freed_memory"))
+    s = train.setup_process(load_config([f"--data_dir={synth_dir}", "--device=cpu", "--tf32=False"]))
+    assert (s.device, s.device_type, s.dtype, s.ptdtype) == ("cpu", "cpu", "float32", torch.float32)
+    assert isinstance(s.autocast, nullcontext) and calls == ["keep_freed_memory"]
+    assert not torch.backends.cuda.matmul.allow_tf32
+    s = train.setup_process(load_config([f"--data_dir={synth_dir}", "--device=cpu", "--dtype=bfloat16"]))
+    assert s.autocast.device == "cpu" and s.autocast.fast_dtype == torch.bfloat16
+
+
+class Recorded:
+    def __init__(self, what, calls):
+        self.what, self.calls = what, calls
+
+    def check_attention_kernel(self, device, dtype):
+        self.calls.append(("check_attention_kernel", device, dtype))
+
+
+def test_compile_checks_the_kernel_first_and_ddp_wraps_the_compiled_model(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train.torch, "compile", lambda m: calls.append(("compile", m.what)) or Recorded("compiled", calls))
+    monkeypatch.setattr(train, "DDP", lambda m, device_ids: calls.append(("DDP", m.what, device_ids)) or "ddp")
+    setup = lambda world, device_type: types.SimpleNamespace(device="cuda:3", ptdtype=torch.bfloat16,
+                                                            world_size=world, local_rank=3, device_type=device_type)
+    model = Recorded("model", calls)
+    assert train.compile_and_wrap(model, load_config(["--compile=False"]), setup(1, "cuda")) is model
+    assert calls == []
+    assert train.compile_and_wrap(model, load_config(["--compile=True"]), setup(1, "cuda")).what == "compiled"
+    assert calls == [("check_attention_kernel", "cuda:3", torch.bfloat16), ("compile", "model")]
+    calls.clear()
+    assert train.compile_and_wrap(model, load_config(["--compile=True"]), setup(8, "cuda")) == "ddp"
+    assert calls[-1] == ("DDP", "compiled", [3])  # one GPU per process
+    assert train.compile_and_wrap(model, load_config(["--compile=False"]), setup(2, "cpu")) == "ddp"
+    assert calls[-1] == ("DDP", "model", None)  # gloo on CPUs: no device ids
+
+
+def test_gpu_random_state_is_saved_and_restored(monkeypatch):
+    got, put = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: got.append(d) or torch.tensor([7, 8], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t, d: put.append((t.tolist(), t.device.type, d)))
+    assert set(train.rng_states("cpu")) == {"torch"} and got == []
+    states = train.rng_states("cuda:1")
+    assert got == ["cuda:1"] and states["cuda"].tolist() == [7, 8]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    states["torch"] = torch.get_rng_state()
+    torch.manual_seed(1)
+    train.set_rng_states(states, "cuda:1")
+    assert torch.equal(torch.rand(3), expected)  # the CPU generator restored
+    assert put == [([7, 8], "cpu", "cuda:1")]
+    train.set_rng_states(states, "cpu")  # a GPU checkpoint resumed on a CPU: only the CPU state
+    train.set_rng_states({"torch": states["torch"]}, "cuda:0")  # a CPU checkpoint on a GPU: nothing for it
+    assert len(put) == 1
+
+
+def test_run_records_and_wandb(monkeypatch, synth_dir, tmp_path, capsys):
+    """config.json and run.json say what ran; launches.jsonl keeps every launch; wandb (a recorder
+    here) gets the config, every record, one run id across resumes, and finish()."""
+    log = []
+    fake = types.SimpleNamespace(init=lambda **kw: log.append(("init", kw)), finish=lambda: log.append(("finish",)),
+                                 log=lambda record, step: log.append(("log", step, record)))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(sys, "argv", ["train.py", "config/demo_cpu.py", "--max_iters=2"])
+    train.main(tiny_args(synth_dir, tmp_path / "plain", "--max_iters=1"))  # wandb_log off: wandb untouched
+    assert log == [] and not os.path.exists(tmp_path / "plain" / "wandb_id")
+    capsys.readouterr()
+    out = tmp_path / "run"
+    common = ["--log_interval=1", "--eval_interval=2", "--wandb_log=True", "--wandb_project=p", "--wandb_run_name=r"]
+    train.main(tiny_args(synth_dir, out, "--max_iters=2", *common))
+    printed = capsys.readouterr().out
+    config = json.load(open(out / "config.json"))
+    assert json.loads(printed[:printed.index("\n}\n") + 2]) == config  # the resolved config, printed first
+    run = json.load(open(out / "run.json"))
+    n_params = GPT(GPTConfig(**load_checkpoint(str(out))["model_config"])).num_params()
+    assert run["params"] == n_params and run["world_size"] == 1 and run["start_step"] == 0
+    assert run["command"] == f"{os.path.basename(sys.executable)} train.py config/demo_cpu.py --max_iters=2"
+    assert f"{n_params / 1e6:.2f}M parameters, 1 process(es) x 1 micro-steps x 8 x 32 = 256 tokens per step" in printed
+
+    inits = [e[1] for e in log if e[0] == "init"]
+    assert len(inits) == 1
+    kw = inits[0]
+    run_id = open(out / "wandb_id").read()
+    assert (kw["project"], kw["name"], kw["dir"], kw["id"], kw["resume"]) == ("p", "r", str(out), run_id, "allow")
+    assert kw["config"]["attention"] == config["attention"] and kw["config"]["params"] == n_params
+    logged = [(e[1], e[2]) for e in log if e[0] == "log"]
+    metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    for m in metrics:  # every metrics.jsonl record went to wandb too, under train/ or val/
+        want = {"val/loss": m["val_loss"]} if "val_loss" in m else {f"train/{k}": v for k, v in m.items() if k != "step"}
+        assert (m["step"], want) in logged, m
+    assert log[-1] == ("finish",)
+
+    log.clear()
+    train.main(tiny_args(synth_dir, out, "--max_iters=3", "--init_from=resume", *common))
+    assert [e[1]["id"] for e in log if e[0] == "init"] == [run_id]  # the same wandb run continues
+    launches = [json.loads(line) for line in open(out / "launches.jsonl")]
+    assert [r["start_step"] for r in launches] == [0, 2]
+    assert launches[1]["changed_on_resume"] == {"max_iters": {"checkpoint": 2, "now": 3}}
+
+
+def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path, capsys):
+    """A clock that moves only when a micro-batch is drawn (1 s each) or the validation runs (100 s):
+    every timing the loop logs is then known exactly. Two micro-steps of 8 x 32 tokens per step:
+    2 s and 512 tokens a step, so 256 tokens/s once the validation's time is left out; the first
+    step finishes 100 + 2 s after launch; the ETA is what the remaining steps take; MFU is the
+    model's matmul FLOPs at that speed over the (here made-up) peak."""
+    clock = [1000.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    class Loader(train.TrainLoader):
+        def next_batch(self):
+            clock[0] += 1.0
+            return super().next_batch()
+    evaluate = train.evaluate
+
+    def slow_evaluate(*args):
+        clock[0] += 100.0
+        return evaluate(*args)
+    monkeypatch.setattr(train, "TrainLoader", Loader)
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=5", "--log_interval=2", "--eval_interval=4", "--ckpt_interval=3",
+                         "--total_batch_size=512", "--warmup_iters=10", "--learning_rate=1e-3"))
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [(r["step"], "val_loss" in r) for r in records] == [(0, True), (2, False), (4, False), (4, True),
+                                                               (5, False), (5, True)]
+    train_records = [r for r in records if "loss" in r]
+    flops = GPT(GPTConfig(**load_checkpoint(str(out))["model_config"])).flops_per_token(32)["matmul"]
+    for r in train_records:
+        assert r["tokens_per_s"] == pytest.approx(256) and r["time_s"] == pytest.approx(2.0), r
+        assert r["mfu"] == pytest.approx(flops * 256 / 1e12)
+        assert r["lr"] == pytest.approx(1e-3 * r["step"] / 10)  # the rate the step ran at: warm-up (step) / 10
+    assert train_records[0]["first_step_s"] == pytest.approx(102.0)
+    assert ["first_step_s" in r for r in train_records] == [True, False, False]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "tokens/s" in line]
+    assert [line.split(":")[0] for line in lines] == ["step 2/5", "step 4/5", "step 5/5"]
+    assert lines[0].endswith(f"lr {2e-4:.2e}, 256 tokens/s, eta 0.1 min")  # 3 steps of 2 s left
+    assert lines[2].endswith("eta 0.0 min")
+    assert sorted(int(p.name[5:-3]) for p in out.glob("ckpt_*.pt")) == [3, 5]  # every 3 steps and the last
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: tqdm's bar instead of the lines
+    train.main(tiny_args(synth_dir, tmp_path / "tty", "--max_iters=2", "--log_interval=1"))
+    assert "tokens/s" not in capsys.readouterr().out
