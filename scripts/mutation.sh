@@ -33,7 +33,7 @@ declare -A TESTS=(
   [eval_passkey.py]="tests/test_passkey.py tests/test_passkey_gaps.py"
   [data/shards.py]="tests/test_data.py tests/test_data_gaps.py"
   [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py tests/test_prepare_resume.py"
-  [train.py]="tests/test_train_step.py tests/test_train.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one"
+  [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one"
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py)
 
