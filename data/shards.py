@@ -43,11 +43,11 @@ def write_shard(path, tokens) -> str:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ShardError(f"write_shard({path}): tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ShardError(f"write_shard({path}): token ids must fit uint16, got range [{tokens.min()}, {tokens.max()}]")
-    if tokens.size >= 2**31:
+    if tokens.size >= 2**31:  # checked first: no need to scan an array this long
         raise ShardError(f"write_shard({path}): {tokens.size:,} tokens do not fit the int32 header count; "
                          f"use smaller shards")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+        raise ShardError(f"write_shard({path}): token ids must fit uint16, got range [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
     data = np.ascontiguousarray(tokens, dtype="<u2")

@@ -218,3 +218,40 @@ def test_missing_data_and_a_long_shard_say_what_is_wrong(tmp_path):
         f.write(b"\0\0")
     with pytest.raises(ShardError, match="it is longer than its header says"):
         read_shard(path)
+
+
+def test_a_shard_too_long_for_its_header_is_refused_before_it_is_read(tmp_path):
+    """2^31 tokens do not fit the header's int32 count. The array is a zero-stride view (4 GiB
+    that are never allocated): the size is checked before anything scans or copies it."""
+    from data.shards import ShardError
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint16), shape=(2**31,), strides=(0,))
+    with pytest.raises(ShardError, match=r"2,147,483,648 tokens do not fit the int32 header count; use smaller shards$"):
+        write_shard(tmp_path / "x_train_000001.bin", huge)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_shard_holds_no_window(tmp_path):
+    """Even at block_size 1, where a window is 2 tokens: an empty shard has none (not one)."""
+    d = tmp_path / "with-empty"
+    d.mkdir()
+    write_shard(d / "e_train_000001.bin", np.zeros(0, dtype=np.uint16))
+    write_shard(d / "e_train_000002.bin", np.arange(10))
+    loader = TrainLoader(d, batch_size=3, block_size=1, shuffle=False)
+    assert loader.n_windows.tolist() == [0, 9] and loader.windows_per_epoch == 9
+    assert loader.next_batch()[0][:, 0].tolist() == [0, 1, 2]
+
+
+def test_the_loader_keeps_at_most_two_shard_orders(tmp_path):
+    """Each shard's window order is a permutation as long as the shard (a 100M-token shard's is
+    ~50 MB): the loader keeps the current shard's and the next one's, not every shard's."""
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(5):
+        write_shard(d / f"m_train_{i + 1:06d}.bin", np.arange(i * 1000, i * 1000 + 65))
+    loader = TrainLoader(d, batch_size=3, block_size=16, seed=1)
+    seen = set()
+    for _ in range(2 * loader.windows_per_epoch // 3):  # two epochs
+        x, _ = loader.next_batch()
+        seen |= {int(t) // 1000 for t in x[:, 0]}
+        assert len(loader._perms) <= 2
+    assert seen == set(range(5))
