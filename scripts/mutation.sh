@@ -61,6 +61,9 @@ if [[ ${1:-} != --report ]]; then
       echo "    -p"
       echo "    no:cacheprovider"
       echo "process_isolation = forkserver"
+      # a mutant that loops forever (the step counter never reaching max_iters) is stopped after
+      # 10x (not mutmut's 30x) the CPU time its tests take: a timeout counts as killed anyway
+      echo "timeout_multiplier = 5"
     } > "$dir/setup.cfg"
     sed -i '/^\[tool.pytest.ini_options\]/,$!d' "$dir/pyproject.toml"  # only pytest's section
     echo "== $module: tests ${TESTS[$module]}"
