@@ -171,11 +171,13 @@ def main(argv=None):
     for name, what, old, new in chosen:
         d = scratch_copy((old, new))
         t = time.time()
-        bad = failures(run_cases(d, cases), cases)
+        results = run_cases(d, cases)
+        bad = failures(results, cases)
         shutil.rmtree(d)
         low = [c for c in bad if next(x for x in cases if x["name"] == c)["dtype"] != "float32"]
+        worst = {c: max(results[c]["err"].values()) for c in test_kernels.MEASURED_16 if c in results}
         done[name] = {"cases": [c["name"] for c in cases], "failing": bad, "failing_16bit": low,
-                      "seconds": round(time.time() - t)}
+                      "errors_16bit": worst, "seconds": round(time.time() - t)}
         print(f"{name:<16} {'killed' if bad else 'SURVIVED'} by {len(bad)} case(s), {len(low)} of them 16-bit "
               f"({time.time() - t:.0f} s)", flush=True)
     json.dump(done, open(store, "w"), indent=1)
@@ -194,6 +196,17 @@ def main(argv=None):
                        "none: equivalent (below)" if name in EQUIVALENT else "**none: survived**")
             f.write(f"| {name} | {what} | {verdict} | {', '.join(r['failing_16bit']) or '-'} |\n")
         f.write("\n## Equivalent\n\n" + "".join(f"- {n}: {why}\n" for n, why in EQUIVALENT.items()))
+        # the margins both ways: the correct kernel's error under the tolerance, the mutants' above it
+        f.write(f"\n## 16-bit tolerances\n\nEach bf16/fp16 case's tolerance is {test_kernels.MARGIN_16:g}x the largest "
+                "error (over out, dq, dk, dv, relative to the reference's largest value) the correct kernels reach "
+                "on it (`MEASURED_16` in tests/test_kernels.py, from `python scripts/mutate_kernels.py --measure "
+                "--cases bf16 fp16`); the last column is the smallest error among the mutants that fail the case.\n\n"
+                "| case | correct kernel | tolerance | failing mutants | smallest failing error |\n|---|---|---|---|---|\n")
+        for case, measured in test_kernels.MEASURED_16.items():
+            hit = [(r["errors_16bit"][case], n) for n, _, r in rows if case in r["failing_16bit"] and case in r.get("errors_16bit", {})]
+            tol = test_kernels.MARGIN_16 * measured
+            f.write(f"| {case} | {measured:.2e} | {tol:.2e} | {len(hit)} | "
+                    f"{f'{min(hit)[0]:.2e} ({min(hit)[1]})' if hit else '-'} |\n")
     print(f"wrote {args.out}")
 
 
