@@ -32,7 +32,7 @@ declare -A TESTS=(
   [eval_length.py]="tests/test_eval_sweep.py tests/test_eval.py::test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds"
   [eval_passkey.py]="tests/test_passkey.py tests/test_passkey_gaps.py"
   [data/shards.py]="tests/test_data.py tests/test_data_gaps.py"
-  [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py tests/test_prepare_resume.py"
+  [data/prepare.py]="tests/test_data.py tests/test_data_gaps.py tests/test_prepare_resume.py tests/test_prepare_gaps.py"
   [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one"
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py)

@@ -1,0 +1,173 @@
+"""data/prepare.py's paths the resume tests do not reach: the command line it prints to rebuild or
+finish a directory (written out here by hand), --verify's other findings, the hub's error
+messages and the hub path itself (a stand-in `datasets` module: the real hub is not reachable
+here; the local-file path that shares DatasetSource is tests/test_prepare_resume.py's)."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from data import prepare
+from data.catalog import default_out_dir
+from data.shards import write_shard
+
+
+def config(**changes):
+    base = {"dataset": "openwebtext", "shard_size": 10**8, "val_every": 2000, "source": "Skylion007/openwebtext",
+            "hub_config": None, "with_wikipedia": False, "tokenizer": "gpt2"}
+    return {**base, **changes}
+
+
+def test_command_of_says_only_what_differs_from_the_defaults(tmp_path):
+    owt = default_out_dir("openwebtext")
+    assert prepare.command_of(config(), owt) == "python data/prepare.py openwebtext"
+    assert prepare.command_of(config(tokenizer="bytes"), default_out_dir("openwebtext", "bytes")) == \
+        "python data/prepare.py openwebtext --tokenizer bytes"
+    assert prepare.command_of(config(tokenizer="bytes"), owt) == \
+        f"python data/prepare.py openwebtext --tokenizer bytes --out-dir {owt}"
+    assert prepare.command_of(config(shard_size=300, val_every=7), tmp_path) == \
+        f"python data/prepare.py openwebtext --out-dir {tmp_path} --shard-size 300 --val-every 7"
+    assert prepare.command_of(config(dataset="embedded", val_every=8, with_wikipedia=True),
+                              default_out_dir("embedded")) == "python data/prepare.py embedded --with-wikipedia"
+    assert prepare.command_of(config(dataset="fineweb-10B", val_every=0), default_out_dir("fineweb-10B")) == \
+        "python data/prepare.py fineweb-10B"
+
+
+def test_command_of_names_local_files_by_their_directory_when_it_holds_just_them(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [str((src / f"{k}.jsonl").resolve()) for k in range(3)]
+    for f in files:
+        open(f, "w").write('{"text": "x"}\n')
+    out = default_out_dir("openwebtext")
+    assert prepare.command_of(config(source=files[:1]), out) == f"python data/prepare.py openwebtext --source {files[0]}"
+    assert prepare.command_of(config(source=files), out) == f"python data/prepare.py openwebtext --source {src}"
+    assert prepare.command_of(config(source=files[:2]), out) == \
+        f"python data/prepare.py openwebtext --source {files[0]} {files[1]}"  # not the whole directory
+    (src / "extra.parquet").write_bytes(b"")  # the directory now mixes formats: list the files
+    assert prepare.command_of(config(source=files), out) == \
+        f"python data/prepare.py openwebtext --source {' '.join(files)}"
+
+
+@pytest.fixture
+def made(tmp_path):
+    """An embedded-style directory: meta.json listing two train shards and one val shard."""
+    from data import sources
+    out = tmp_path / "out"
+    out.mkdir()
+    shards = {"embedded_train_000001.bin": np.arange(50), "embedded_train_000002.bin": np.arange(30),
+              "embedded_val_000000.bin": np.arange(20)}
+    sha = {name: write_shard(out / name, t) for name, t in shards.items()}
+    assert sha["embedded_val_000000.bin"] == sources.sha256_file(out / "embedded_val_000000.bin")
+    splits = {s: {"tokens": 0, "documents": 1, "shards": {n: len(t) for n, t in shards.items() if f"_{s}_" in n},
+                  "sha256": {n: sha[n] for n in shards if f"_{s}_" in n}} for s in ("train", "val")}
+    meta = {"dataset": "embedded", "splits": splits,
+            "config": config(dataset="embedded", val_every=8, source=None, shard_size=50)}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out, meta
+
+
+def test_verify_names_every_kind_of_problem(made, capsys):
+    out, meta = made
+    assert prepare.verify(out) == []
+    assert capsys.readouterr().out == f"{out}: all 3 shards intact (train 0 tokens / 1 docs in 2 shard(s), " \
+                                      f"val 0 tokens / 1 docs in 1 shard(s))\n"
+    write_shard(out / "embedded_train_000001.bin", np.arange(49))  # rewritten shorter, header and all
+    write_shard(out / "other_train_000001.bin", np.arange(5))  # a stranger
+    del meta["splits"]["train"]["sha256"]["embedded_train_000002.bin"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    problems = prepare.verify(out)
+    assert problems == ["embedded_train_000001.bin: holds 49 tokens, meta.json says 50",
+                        "embedded_train_000002.bin: meta.json has no sha256 for it (made before they were recorded)",
+                        "other_train_000001.bin: not made by the run that meta.json describes"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{out}: 3 problem(s) in 3 shard(s):"
+    assert printed[-1] == f"rebuild with: python data/prepare.py embedded --out-dir {out} --shard-size 50 --force"
+    (out / "embedded_val_000000.bin").write_bytes(b"\0" * 100)  # not a shard at all
+    assert prepare.verify(out)[2] == ("embedded_val_000000.bin: 100 bytes is shorter than the 1024-byte header: "
+                                      "the file is truncated or not a token shard")
+
+
+def test_verify_an_unfinished_run_checks_what_it_wrote(made, capsys):
+    out, meta = made
+    (out / "meta.json").unlink()
+    with pytest.raises(prepare.PrepareError, match=r"has no meta.json \(and no unfinished run\): nothing to verify; "
+                                                  r"make it with python data/prepare.py"):
+        prepare.verify(out)
+    writers = {"train": {"shards": {"embedded_train_000001.bin": 50},
+                         "sha256": {"embedded_train_000001.bin": meta["splits"]["train"]["sha256"]["embedded_train_000001.bin"]}}}
+    (out / "progress.json").write_text(json.dumps({"config": meta["config"], "writers": writers, "saves": 1}))
+    (out / "embedded_train_000002.bin").unlink()
+    (out / "embedded_val_000000.bin").unlink()
+    assert prepare.verify(out) == []
+    assert capsys.readouterr().out == f"{out}: the 1 shard(s) written so far are intact; the run is unfinished: " \
+                                      f"finish it with python data/prepare.py embedded --out-dir {out} --shard-size 50\n"
+
+
+def fake_datasets(monkeypatch, fail_first=None):
+    """A `datasets` whose load_dataset records its arguments and streams rows with a state."""
+    calls = []
+
+    class Rows:
+        def __init__(self, kw):
+            self.kw, self.state = kw, None
+
+        def load_state_dict(self, state):
+            self.state = state
+
+        def __iter__(self):
+            start = self.state["row"] if self.state else 0
+            for i in range(start, 5):
+                yield {"text": f"doc {i}"}
+                self.row = i + 1
+
+        def state_dict(self):
+            return {"row": getattr(self, "row", 0)}
+
+    def load_dataset(path, **kw):
+        calls.append((path, kw))
+        if fail_first and len(calls) == 1:
+            raise fail_first
+        return Rows(kw)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_the_hub_is_streamed_with_the_datasets_config(monkeypatch):
+    calls = fake_datasets(monkeypatch)
+    source = prepare.dataset_source(prepare.DATASETS["fineweb-10B"])
+    assert source.where == "HuggingFaceFW/fineweb sample-10BT"
+    assert [t for _, t in zip(range(3), source.read())] == ["doc 0", "doc 1", "doc 2"]
+    assert calls[0] == ("HuggingFaceFW/fineweb", {"name": "sample-10BT", "split": "train", "streaming": True})
+
+
+def test_a_hub_dataset_with_a_loading_script_falls_back_to_its_parquet_conversion(monkeypatch, capsys):
+    calls = fake_datasets(monkeypatch, RuntimeError("Dataset scripts are no longer supported, but found openwebtext.py"))
+    source = prepare.dataset_source(prepare.DATASETS["openwebtext"])
+    assert calls[1] == ("Skylion007/openwebtext", {"name": None, "revision": "refs/convert/parquet", "split": "train",
+                                                   "streaming": True})
+    assert "has a loading script (unsupported by datasets>=4): using the hub's parquet conversion" in capsys.readouterr().out
+    assert next(iter(source.read())) == "doc 0"
+    calls = fake_datasets(monkeypatch, ValueError("something else"))
+    with pytest.raises(prepare.PrepareError, match=r"^Skylion007/openwebtext: cannot open \(ValueError: something else\)"):
+        prepare.dataset_source(prepare.DATASETS["openwebtext"])
+    assert len(calls) == 1  # no fallback for other errors
+
+
+@pytest.mark.parametrize("error, message", [
+    (type("HTTPError", (OSError,), {"response": type("R", (), {"status_code": 401})()})("401 Client Error"),
+     r"^x/y: no such dataset, or no access to it \(HTTPError: 401 Client Error\); check the name, and for a gated "
+     r"dataset log in \(huggingface-cli login, or HF_TOKEN\) and accept its terms on the dataset page$"),
+    (type("GatedRepoError", (Exception,), {})("gated"), r"^x/y: no such dataset, or no access to it \(GatedRepoError: gated\)"),
+    (ConnectionError("Couldn't reach 'x/y' on the Hub (OfflineModeIsEnabled)"),
+     r"^could not reach the Hugging Face hub for x/y \(Couldn't reach .*\)\. Without hub access, download its parquet "
+     r"files elsewhere and pass them with --source, or use the offline corpus: python data/prepare.py embedded$"),
+    (ValueError("bad magic"), r"^x/y: cannot open \(ValueError: bad magic\); check that the files are complete and in the "
+                              r"format their extension says$"),
+])
+def test_permanent_hub_errors_say_what_to_do(error, message):
+    assert isinstance(prepare._permanent(error, "x/y"), prepare.PrepareError)
+    with pytest.raises(prepare.PrepareError, match=message):
+        raise prepare._permanent(error, "x/y")
