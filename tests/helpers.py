@@ -13,7 +13,7 @@ def tiny_args(synth_dir, out_dir, *extra):
 
 
 def optional_module(name, install):
-    """Import an optional dependency (lm-eval, transformers): the tests that need it skip without it,
+    """Import an optional dependency (lm-eval, transformers, triton): the tests that need it skip without it,
     except in CI, which installs it (scripts/test.sh), so that there its absence is a failure."""
     if os.environ.get("CI"):
         return importlib.import_module(name)

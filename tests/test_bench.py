@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench_memory  # noqa: E402
 import bench_train  # noqa: E402
-from helpers import VOCAB  # noqa: E402
+from helpers import VOCAB, optional_module  # noqa: E402
 
 
 def test_bench_train_reports_each_attention_type(synth_dir, tmp_path):
@@ -68,7 +68,7 @@ def test_bench_memory_measures_the_command_alone(tmp_path):
 def test_kernel_resources_compiles_for_an_h100(tmp_path):
     """scripts/kernel_resources.py end to end on one small configuration: a real sm_90 compile and
     ptxas's report (no GPU needed), plus a tile the kernels cannot use, named without compiling."""
-    pytest.importorskip("triton.compiler", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton.compiler", "pip install -r requirements-dev.txt")
     out = tmp_path / "resources.json"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -84,7 +84,7 @@ def test_kernel_resources_compiles_for_an_h100(tmp_path):
 
 
 def test_kernel_resources_reports_the_tiles_the_kernels_launch():
-    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton", "pip install -r requirements-dev.txt")
     import kernel_resources
     from kernels import lssa_triton
     assert kernel_resources.tile_table("fp32") is lssa_triton._TILES_FP32
@@ -100,7 +100,7 @@ SASS_TARGETS = {("fwd", "lssa", "keys"): (16, 1.5), ("fwd", "lssar", "pass 2"): 
 
 
 def _nvdisasm():
-    triton = pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    triton = optional_module("triton", "pip install -r requirements-dev.txt")
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     if not os.access(path, os.X_OK):
         pytest.skip("this triton bundles no nvdisasm")
@@ -130,7 +130,7 @@ def test_sass_work_per_score_holds_its_targets():
 def test_sass_loops_are_read_from_backward_branches():
     """The SASS parser on a hand-written listing: one loop of 4 instructions (2 MUFU, a wgmma),
     a forward branch that is no loop, and the trap after EXIT (a branch to itself) ignored."""
-    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton", "pip install -r requirements-dev.txt")
     import kernel_resources as R
     sass = """
         /*0000*/                   MOV R1, R2 ;
@@ -154,7 +154,7 @@ def test_sass_loops_are_read_from_backward_branches():
 def test_log2_1p_polynomial():
     """The kernels' log2(1 + u) for 16-bit inputs, u·q(u) with q of degree 5 evaluated in fp32 as
     the kernels do (Horner), within 1e-5 relative of log1p(u)/ln 2 in float64 on (0, 1]."""
-    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton", "pip install -r requirements-dev.txt")
     from kernels import lssa_triton as L
     coeffs = [getattr(L, f"_L2P{i}") for i in range(6)]
     coeffs = [float(getattr(c, "value", c)) for c in coeffs]
@@ -172,7 +172,7 @@ def test_sm90_tiles_are_short_and_on_warpgroup_mma():
     """Every Hopper tile: at most three per list (Inductor compiles them all before the first
     step), blocks the loops can nest, a score tile of at least 64 rows (fewer fall back to
     mma.sync) and at least 16 rows per warp (else two warpgroups repeat the elementwise work)."""
-    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton", "pip install -r requirements-dev.txt")
     import kernel_resources as R
     from kernels import lssa_triton as L
     assert all(1 <= len(tiles) <= 3 for table in (L._TILES_SM90, L._TILES) for tiles in table.values())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import VOCAB
+from helpers import VOCAB, optional_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -17,7 +17,7 @@ import gpu_check  # noqa: E402
 
 
 def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
-    pytest.importorskip("triton", reason="triton is not installed (see requirements-dev.txt)")
+    optional_module("triton", "pip install -r requirements-dev.txt")
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--smoke", "--limit", "tests=1", "--out", str(out),
                            "--data_dir", synth_dir, "--vocab_size", str(VOCAB)],

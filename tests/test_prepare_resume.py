@@ -37,7 +37,8 @@ def make_docs(n, seed):
 @pytest.fixture(scope="module")
 def parquet_src(tmp_path_factory):
     """3 parquet files of 40 documents in row groups of 16, one empty text among them."""
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa  # a dependency of datasets: required, so never skipped
+    import pyarrow.parquet as pq
     src = tmp_path_factory.mktemp("parquet")
     for k in range(3):
         docs = make_docs(40, k)
