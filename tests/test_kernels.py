@@ -74,6 +74,12 @@ INTERPRETER_CASES = (
         _case("lssa-T67-bf16", "lssa", 67, d=32, dtype="bfloat16", B=2),
         _case("lssar-T67-bf16", "lssar", 67, d=32, dtype="bfloat16", B=2),
         _case("lssar-T40-fp16", "lssar", 40, d=32, dtype="float16"),
+        # 16-bit too: a non-integer power (and the threshold's gradient), and the fallback rows,
+        # compared on the output and dV only: with zero queries in bf16, dQ (~1/eps on the zero
+        # rows) and through it dK differ by rounding alone, 8e-2 and 2e-1 for the correct kernels
+        _case("lssar-T40-p2.5-bf16", "lssar", 40, p=2.5, dtype="bfloat16"),
+        _case("lssar-T11-zero-queries-bf16", "lssar", 11, zero_rows=list(range(4, 11)), dtype="bfloat16",
+              tensors=["out", "dv"]),
     ]
     # every other fused type (attention.KERNEL_TYPES): a compact set each (one key block, several
     # blocks with two batches, blocks that do not divide T on strided views, bf16)
@@ -182,17 +188,21 @@ MEASURED_16 = {
     "lssa-T67-bf16": 9.66e-3, "lssar-T67-bf16": 9.85e-3, "lssar-T40-fp16": 5.48e-4,
     "sigmoid-T40-bf16": 9.62e-3, "relu-T40-bf16": 1.27e-2, "softmax_reweight-T40-bf16": 1.64e-2,
     "sigmoid_l1_reweight-T40-bf16": 1.93e-2, "relu_l1-T40-bf16": 1.09e-2, "softplus_l1-T40-bf16": 1.02e-2,
+    "lssar-T40-p2.5-bf16": 6.62e-3, "lssar-T11-zero-queries-bf16": 5.88e-3,
 }
 MARGIN_16 = 2.0
 
 
 def interpreter_tol(case, tensor):
     """The largest error an interpreter case may show on a tensor (out, dq, dk, dv): the case's
-    own tol where it sets one, a 16-bit case's measured error times MARGIN_16, else fp32's."""
+    own tol where it sets one, a 16-bit case's measured error times MARGIN_16, else fp32's; no
+    limit on a tensor the case does not compare (its `tensors`)."""
+    if tensor not in case.get("tensors", [tensor]):
+        return float("inf")
     if "tol" in case:
         return case["tol"]
     if case["dtype"] != "float32":
-        return MARGIN_16 * MEASURED_16[case["name"]]
+        return MARGIN_16 * MEASURED_16.get(case["name"], float("nan"))  # not measured yet: fails (see below)
     return TOL[case["dtype"]]
 
 
