@@ -214,11 +214,11 @@ def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path
     monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     out = tmp_path / "run"
-    train.main(tiny_args(synth_dir, out, "--max_iters=5", "--log_interval=2", "--eval_interval=4", "--ckpt_interval=3",
+    train.main(tiny_args(synth_dir, out, "--max_iters=5", "--log_interval=2", "--eval_interval=1", "--ckpt_interval=3",
                          "--total_batch_size=512", "--warmup_iters=10", "--learning_rate=1e-3"))
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [(r["step"], "val_loss" in r) for r in records] == [(0, True), (2, False), (4, False), (4, True),
-                                                               (5, False), (5, True)]
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]  # two validations in one log interval
+    assert [(r["step"], "val_loss" in r) for r in records] == [(0, True), (1, True), (2, False), (2, True), (3, True),
+                                                               (4, False), (4, True), (5, False), (5, True)]
     train_records = [r for r in records if "loss" in r]
     flops = GPT(GPTConfig(**load_checkpoint(str(out))["model_config"])).flops_per_token(32)["matmul"]
     for r in train_records:
@@ -229,10 +229,68 @@ def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path
     assert ["first_step_s" in r for r in train_records] == [True, False, False]
     lines = [line for line in capsys.readouterr().out.splitlines() if "tokens/s" in line]
     assert [line.split(":")[0] for line in lines] == ["step 2/5", "step 4/5", "step 5/5"]
-    assert lines[0].endswith(f"lr {2e-4:.2e}, 256 tokens/s, eta 0.1 min")  # 3 steps of 2 s left
+    assert lines[0].endswith(f"lr {2e-4:.2e}, 256 tokens/s, eta 0.1 min")  # 3 steps of 2 s left (validation aside)
     assert lines[2].endswith("eta 0.0 min")
     assert sorted(int(p.name[5:-3]) for p in out.glob("ckpt_*.pt")) == [3, 5]  # every 3 steps and the last
 
+    assert "%|" not in capsys.readouterr().err  # no progress bar in a log file
+
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: tqdm's bar instead of the lines
     train.main(tiny_args(synth_dir, tmp_path / "tty", "--max_iters=2", "--log_interval=1"))
-    assert "tokens/s" not in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "tokens/s" not in printed.out and "100%|" in printed.err  # the bar, filled to max_iters
+
+
+def test_ddp_synchronises_on_the_last_micro_step_only(monkeypatch, synth_dir, tmp_path, capsys):
+    """Under DDP each micro-step's backward would all-reduce the gradients; no_sync() defers it to
+    the last micro-step of the optimizer step. Rank 1 of two processes, the process group and DDP
+    replaced by stand-ins that record, per forward, whether no_sync() was on. In a terminal, only
+    rank 0 draws a progress bar."""
+    synced = []
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, model, device_ids):
+            super().__init__()
+            self.module, self.deferred = model, False
+            assert device_ids is None  # gloo on CPUs
+
+        def forward(self, *args):
+            synced.append(not self.deferred)
+            return self.module(*args)
+
+        def no_sync(self):
+            ddp = self
+
+            class Deferred:
+                def __enter__(self):
+                    ddp.deferred = True
+
+                def __exit__(self, *exc):
+                    ddp.deferred = False
+            return Deferred()
+    monkeypatch.setattr(train, "setup_distributed", lambda cfg: (1, 1, 2, "cpu"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(train, "DDP", FakeDDP)
+    monkeypatch.setattr(train.dist, "all_reduce", lambda t, op=None: t)  # one process's share stands for both
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+    train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=2", "--total_batch_size=1536"))  # 3 x 8 x 32 x 2
+    assert synced == [False, False, True] * 2
+    assert "%|" not in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_between_two_logged_steps_still_stops_the_run(monkeypatch, synth_dir, tmp_path):
+    """The loss is checked only when logged (a GPU sync), so the check must remember a NaN from
+    any step since the last one: here step 2's loss value is NaN (its gradient is not, so the
+    weights and every later loss stay finite), and steps 3 and 4 are fine."""
+    forward = GPT.forward
+    calls = [0]
+
+    def nan_on_second_step(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        calls[0] += self.training
+        if self.training and calls[0] == 2:  # one micro-step per step: the second step
+            loss = loss + torch.tensor(float("nan"))
+        return logits, loss
+    monkeypatch.setattr(GPT, "forward", nan_on_second_step)
+    with pytest.raises(FloatingPointError, match="non-finite training loss by step 4; stopping"):
+        train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=8", "--log_interval=4", "--eval_interval=100"))
