@@ -263,3 +263,8 @@ def test_resume_after_kill_on_gpu(synth_dir, tmp_path):
     assert sorted(got) == list(range(1, 9))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-3)
+    # each record's peak memory is its own interval's: the tiny model's few MiB, not a running maximum
+    # that only grows; the time to the first step is logged once per launch
+    records = [json.loads(line) for line in open(straight / "metrics.jsonl") if '"loss"' in line]
+    assert all(0 < r["peak_mem_gib"] < 1 for r in records)
+    assert ["first_step_s" in r for r in records] == [True] + [False] * 7

@@ -168,6 +168,7 @@ def test_run_records_and_wandb(monkeypatch, synth_dir, tmp_path, capsys):
     n_params = GPT(GPTConfig(**load_checkpoint(str(out))["model_config"])).num_params()
     assert run["params"] == n_params and run["world_size"] == 1 and run["start_step"] == 0
     assert run["command"] == f"{os.path.basename(sys.executable)} train.py config/demo_cpu.py --max_iters=2"
+    assert load_checkpoint(str(out))["code"] == run["code"] and set(run["code"]) == {"commit", "dirty"}
     assert f"{n_params / 1e6:.2f}M parameters, 1 process(es) x 1 micro-steps x 8 x 32 = 256 tokens per step" in printed
 
     inits = [e[1] for e in log if e[0] == "init"]
@@ -227,13 +228,16 @@ def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path
         assert r["lr"] == pytest.approx(1e-3 * r["step"] / 10)  # the rate the step ran at: warm-up (step) / 10
     assert train_records[0]["first_step_s"] == pytest.approx(102.0)
     assert ["first_step_s" in r for r in train_records] == [True, False, False]
-    lines = [line for line in capsys.readouterr().out.splitlines() if "tokens/s" in line]
+    printed = capsys.readouterr()
+    lines = [line for line in printed.out.splitlines() if "tokens/s" in line]
     assert [line.split(":")[0] for line in lines] == ["step 2/5", "step 4/5", "step 5/5"]
     assert lines[0].endswith(f"lr {2e-4:.2e}, 256 tokens/s, eta 0.1 min")  # 3 steps of 2 s left (validation aside)
     assert lines[2].endswith("eta 0.0 min")
+    final = [r for r in records if "val_loss" in r][-1]["val_loss"]
+    assert printed.out.splitlines()[-1] == f"step 5: val loss {final:.4f}; checkpoints in {out}"
     assert sorted(int(p.name[5:-3]) for p in out.glob("ckpt_*.pt")) == [3, 5]  # every 3 steps and the last
 
-    assert "%|" not in capsys.readouterr().err  # no progress bar in a log file
+    assert "%|" not in printed.err  # no progress bar in a log file
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: tqdm's bar instead of the lines
     train.main(tiny_args(synth_dir, tmp_path / "tty", "--max_iters=2", "--log_interval=1"))
@@ -279,9 +283,10 @@ def test_ddp_synchronises_on_the_last_micro_step_only(monkeypatch, synth_dir, tm
 
 
 def test_a_non_finite_loss_between_two_logged_steps_still_stops_the_run(monkeypatch, synth_dir, tmp_path):
-    """The loss is checked only when logged (a GPU sync), so the check must remember a NaN from
-    any step since the last one: here step 2's loss value is NaN (its gradient is not, so the
-    weights and every later loss stay finite), and steps 3 and 4 are fine."""
+    """The loss is checked only when logged or checkpointed (a GPU sync), so the check must
+    remember a NaN from any step since the last one: here step 2's loss value is NaN (its gradient
+    is not, so the weights and every later loss stay finite), step 3 is fine, and its checkpoint
+    is not written."""
     forward = GPT.forward
     calls = [0]
 
@@ -292,5 +297,7 @@ def test_a_non_finite_loss_between_two_logged_steps_still_stops_the_run(monkeypa
             loss = loss + torch.tensor(float("nan"))
         return logits, loss
     monkeypatch.setattr(GPT, "forward", nan_on_second_step)
-    with pytest.raises(FloatingPointError, match="non-finite training loss by step 4; stopping"):
-        train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=8", "--log_interval=4", "--eval_interval=100"))
+    with pytest.raises(FloatingPointError, match="non-finite training loss by step 3; stopping"):
+        train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=8", "--log_interval=4", "--eval_interval=100",
+                             "--ckpt_interval=3"))
+    assert not list((tmp_path / "run").glob("ckpt_*.pt"))
