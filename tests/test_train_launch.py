@@ -301,3 +301,21 @@ def test_a_non_finite_loss_between_two_logged_steps_still_stops_the_run(monkeypa
         train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=8", "--log_interval=4", "--eval_interval=100",
                              "--ckpt_interval=3"))
     assert not list((tmp_path / "run").glob("ckpt_*.pt"))
+
+
+def test_reduce_mean_averages_over_the_processes(monkeypatch):
+    """gloo has no AVG: a sum divided by the process count on CPUs, NCCL's AVG on GPUs. The other
+    process (a stand-in) holds 3.0, this one 1.0: the mean is 2.0 either way."""
+    def all_reduce(t, op):
+        other = torch.tensor(3.0)
+        if op == train.dist.ReduceOp.SUM:
+            t += other
+        elif op == train.dist.ReduceOp.AVG:
+            t.copy_((t + other) / 2)
+        else:
+            raise AssertionError(f"unexpected op {op}")
+    monkeypatch.setattr(train.dist, "all_reduce", all_reduce)
+    setup = lambda world, device_type: types.SimpleNamespace(world_size=world, device_type=device_type)  # noqa: E731
+    assert train.reduce_mean(torch.tensor(1.0), setup(2, "cpu")).item() == 2.0
+    assert train.reduce_mean(torch.tensor(1.0), setup(2, "cuda")).item() == 2.0
+    assert train.reduce_mean(torch.tensor(1.0), setup(1, "cpu")).item() == 1.0  # one process: untouched
