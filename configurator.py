@@ -89,10 +89,12 @@ CHOICES = {
 }
 
 # Keys that may change when a run is resumed; every other key must match the checkpoint's.
-# The learning rate may, so that a run that diverged can go on from its last good checkpoint
-# (the change is in launches.jsonl); the rest do not change the maths.
+# The learning rate may, so that a run that diverged can go on from its last good checkpoint,
+# and so may the schedule's end, so that a run extended with max_iters can keep its cosine with
+# lr_decay_iters (train.py says so when max_iters changes); every change is in launches.jsonl.
+# The rest do not change the maths.
 RESUMABLE_CHANGES = {"out_dir", "init_from", "elastic_resume", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
-                     "keep_checkpoints", "wandb_log", "wandb_project", "wandb_run_name", "max_iters",
+                     "keep_checkpoints", "wandb_log", "wandb_project", "wandb_run_name", "max_iters", "lr_decay_iters",
                      "device", "compile", "backend", "data_dir", "attention_backend", "learning_rate", "min_lr"}
 
 

@@ -319,3 +319,39 @@ def test_reduce_mean_averages_over_the_processes(monkeypatch):
     assert train.reduce_mean(torch.tensor(1.0), setup(2, "cpu")).item() == 2.0
     assert train.reduce_mean(torch.tensor(1.0), setup(2, "cuda")).item() == 2.0
     assert train.reduce_mean(torch.tensor(1.0), setup(1, "cpu")).item() == 1.0  # one process: untouched
+
+
+def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_path, capsys):
+    """open_run on a checkpoint of 1 process x 2 micro-steps x 8 x 32 (512 tokens a step), asked
+    to continue on other layouts (as torchrun would launch them)."""
+    out = tmp_path / "run"
+    base = ["--total_batch_size=512", "--max_iters=2", "--ckpt_interval=2"]
+    train.main(tiny_args(synth_dir, out, *base))
+    capsys.readouterr()
+
+    def launch(world, accum, *extra, master=True):
+        cfg = load_config(tiny_args(synth_dir, out, *base, "--init_from=resume", *extra)).resolve_templates()
+        train.fit_vocabulary(cfg, synth_dir)  # as main() and setup_process do
+        s = types.SimpleNamespace(world_size=world, accum=accum, tokens_per_step=accum * 8 * 32 * world,
+                                  device="cpu", master=master)
+        return train.open_run(cfg, s)
+    ckpt, changed = launch(1, 2)
+    assert ckpt["step"] == 2 and changed == {} and capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match=r"^the checkpoint was written by 1 processes x 2 micro-steps; resume with "
+                                          r"the same layout for an exact continuation, or add --elastic_resume=True "
+                                          r"to continue on 2 process\(es\) with the same tokens per step"):
+        launch(2, 1)
+    _, changed = launch(2, 1, "--elastic_resume=True")
+    assert changed["layout"] == ("1 processes x 2 micro-steps", "2 processes x 1 micro-steps")
+    with pytest.raises(ConfigError, match=r"^elastic_resume keeps the tokens per optimizer step: the checkpoint's "
+                                          r"1 processes x 2 micro-steps x 8 x 32 = 512, but now 1,024; use "
+                                          r"--total_batch_size=512$"):
+        launch(4, 1, "--elastic_resume=True")
+    _, changed = launch(1, 2, "--max_iters=4")
+    assert changed == {"max_iters": (2, 4)}
+    assert capsys.readouterr().out == ("warning: max_iters changed from 2 to 4; the cosine schedule now ends at step 4. "
+                                       "Keep the old schedule with --lr_decay_iters=2\n")
+    _, changed = launch(1, 2, "--max_iters=4", "--lr_decay_iters=2")  # as the warning says: nothing to warn about
+    assert changed == {"max_iters": (2, 4), "lr_decay_iters": (0, 2)}
+    launch(1, 2, "--max_iters=4", master=False)  # said once, by rank 0
+    assert capsys.readouterr().out == ""
