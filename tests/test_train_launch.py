@@ -355,3 +355,59 @@ def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_pa
     assert changed == {"max_iters": (2, 4), "lr_decay_iters": (0, 2)}
     launch(1, 2, "--max_iters=4", master=False)  # said once, by rank 0
     assert capsys.readouterr().out == ""
+
+
+def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_state(monkeypatch, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=3", "--ckpt_interval=3", "--dropout=0.1"))
+    ckpt = load_checkpoint(str(out))
+    cfg = load_config(tiny_args(synth_dir, out, "--dropout=0.1")).resolve_templates()
+    train.fit_vocabulary(cfg, synth_dir)
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+
+    def setup(rank, world):
+        return types.SimpleNamespace(rank=rank, world_size=world, device="cpu", device_type="cpu", dtype="float32",
+                                     data_dir=synth_dir)
+    _, val = train.build(cfg, setup(0, 1), None)
+    assert len(val) == cfg.eval_iters * cfg.batch_size
+    assert torch.equal(train.build(cfg, setup(1, 2), None)[1], val[1::2])  # dealt out: rank r gets r, r + 2, ...
+
+    state, _ = train.build(cfg, setup(0, 1), ckpt)  # the same layout: the saved random state continues
+    assert state.step == 3
+    drawn = torch.rand(4)
+    torch.set_rng_state(ckpt["rng"][0]["torch"])
+    assert torch.equal(drawn, torch.rand(4))
+    train.build(cfg, setup(1, 2), ckpt)  # elastic: rank 1 of 2 from a 1-process checkpoint, reseeded by step
+    drawn = torch.rand(4)
+    torch.manual_seed(cfg.seed + 1 + 1000 * 3)
+    assert torch.equal(drawn, torch.rand(4))
+
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, 0]))
+    with pytest.raises(ConfigError, match=r"^the processes would start from different steps \[3, 0\]: out_dir must "
+                                          r"be on a filesystem every node sees$"):
+        train.build(cfg, setup(0, 2), ckpt)
+
+
+def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_state(monkeypatch, synth_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=1"))
+    cfg = load_config(tiny_args(synth_dir, out, "--keep_checkpoints=5")).resolve_templates()
+    train.fit_vocabulary(cfg, synth_dir)
+    s = types.SimpleNamespace(rank=0, world_size=2, device="cpu", device_type="cpu", dtype="float32", data_dir=synth_dir,
+                              master=True, accum=1)
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+    state, _ = train.build(cfg, s, None)
+    state.step = 7
+    other = {"torch": torch.tensor([1, 2], dtype=torch.uint8)}
+    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, other]))
+    train.checkpoint(state, cfg, s, {"commit": "abc", "dirty": False})
+    saved = load_checkpoint(str(out))
+    assert saved["step"] == 7 and saved["world_size"] == 2 and saved["code"] == {"commit": "abc", "dirty": False}
+    assert len(saved["rng"]) == 2 and saved["rng"][1]["torch"].tolist() == [1, 2]
+    with torch.no_grad():
+        next(state.model.parameters())[0, 0] = float("nan")
+    state.step = 8
+    with pytest.raises(FloatingPointError, match=rf"^non-finite weights at step 8; not saving. The last good checkpoint "
+                                                 rf"in {out} is kept$"):
+        train.checkpoint(state, cfg, s, {})
+    assert load_checkpoint(str(out))["step"] == 7
