@@ -411,3 +411,15 @@ def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_
                                                  rf"in {out} is kept$"):
         train.checkpoint(state, cfg, s, {})
     assert load_checkpoint(str(out))["step"] == 7
+
+
+def test_a_complete_run_says_so_and_the_process_group_is_closed(monkeypatch, synth_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(tiny_args(synth_dir, out, "--max_iters=2"))
+    closed = []
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(train.dist, "destroy_process_group", lambda: closed.append(True))
+    capsys.readouterr()
+    train.main(tiny_args(synth_dir, out, "--max_iters=2", "--init_from=auto"))
+    assert capsys.readouterr().out == f"{out} is complete (step 2 of max_iters=2); nothing to do\n"
+    assert closed == [True] and len(open(out / "metrics.jsonl").readlines()) == 3  # nothing trained or logged
