@@ -3,7 +3,8 @@ results/mutation.md from the per-module mutmut runs of scripts/mutation.sh:
 
     python scripts/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
 
-Score = killed / (mutants tested - excluded). A mutant is excluded in tests/mutation_equivalent.txt
+Score = killed / (mutants tested - excluded); killed includes a timeout (a mutant that loops)
+and a test process killed by a signal. A mutant is excluded in tests/mutation_equivalent.txt
 (one line per mutant, or a glob of mutant names: then why no test can tell it from the original,
 or "GPU-only:" and why the CPU suite cannot reach it); every other survivor is listed with its
 diff, to be killed by a test. Mutants a run did not reach (it was stopped) count as not run.
@@ -69,8 +70,9 @@ def main(work, modules):
             rows.append(f"| {module} | not run | | | | | | {TARGETS[module]} % | |")
             continue
         status, seconds, selection, where = result
-        tested = [n for n, s in status.items() if s not in ("skipped", "not checked")]
-        killed = [n for n in tested if status[n] in ("killed", "timeout")]
+        tested = [n for n, s in status.items() if s not in ("skipped", "not checked", "check was interrupted by user")]
+        # a test process killed by a signal (mutmut's "segfault": -9 or -11) is a failing suite too
+        killed = [n for n in tested if status[n] in ("killed", "timeout", "segfault")]
         reason = {n: next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None) for n in tested}
         eq = [n for n in tested if n not in killed and reason[n]]
         alive = [n for n in tested if n not in killed and not reason[n]]
