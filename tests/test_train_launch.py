@@ -99,6 +99,10 @@ def test_cpu_precision_defaults_to_float32_without_autocast(monkeypatch, synth_d
     assert not torch.backends.cuda.matmul.allow_tf32
     s = train.setup_process(load_config([f"--data_dir={synth_dir}", "--device=cpu", "--dtype=bfloat16"]))
     assert s.autocast.device == "cpu" and s.autocast.fast_dtype == torch.bfloat16
+    monkeypatch.setattr(train, "setup_distributed", lambda cfg: (3, 1, 4, "cpu"))  # rank 3 of 4, 2 per node
+    s = train.setup_process(load_config([f"--data_dir={synth_dir}", "--batch_size=4", "--block_size=32",
+                                         "--total_batch_size=1024"]))
+    assert (s.rank, s.local_rank, s.world_size, s.accum, s.tokens_per_step) == (3, 1, 4, 2, 1024)
 
 
 class Recorded:
@@ -337,6 +341,9 @@ def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_pa
         return train.open_run(cfg, s)
     ckpt, changed = launch(1, 2)
     assert ckpt["step"] == 2 and changed == {} and capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match=rf"^{out} already holds checkpoints \(newest: step 2\); continue it with "
+                                          r"--init_from=resume, or choose another --out_dir$"):
+        launch(1, 2, "--init_from=scratch")
     with pytest.raises(ConfigError, match=r"^the checkpoint was written by 1 processes x 2 micro-steps; resume with "
                                           r"the same layout for an exact continuation, or add --elastic_resume=True "
                                           r"to continue on 2 process\(es\) with the same tokens per step"):
@@ -404,18 +411,22 @@ def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_
     saved = load_checkpoint(str(out))
     assert saved["step"] == 7 and saved["world_size"] == 2 and saved["code"] == {"commit": "abc", "dirty": False}
     assert len(saved["rng"]) == 2 and saved["rng"][1]["torch"].tolist() == [1, 2]
+    for state.step in (9, 11):
+        train.checkpoint(state, cfg, s, {})
+    assert sorted(int(p.name[5:-3]) for p in out.glob("ckpt_*.pt")) == [1, 7, 9, 11]  # keep_checkpoints=5
     with torch.no_grad():
         next(state.model.parameters())[0, 0] = float("nan")
     state.step = 8
     with pytest.raises(FloatingPointError, match=rf"^non-finite weights at step 8; not saving. The last good checkpoint "
                                                  rf"in {out} is kept$"):
         train.checkpoint(state, cfg, s, {})
-    assert load_checkpoint(str(out))["step"] == 7
+    assert load_checkpoint(str(out))["step"] == 11
 
 
 def test_a_complete_run_says_so_and_the_process_group_is_closed(monkeypatch, synth_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    train.main(tiny_args(synth_dir, out, "--max_iters=2"))
+    train.main(tiny_args(synth_dir, out, "--max_iters=2", "--init_from=auto"))
+    assert json.load(open(out / "config.json"))["init_from"] == "scratch"  # what auto chose is recorded
     closed = []
     monkeypatch.setattr(train.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(train.dist, "destroy_process_group", lambda: closed.append(True))
@@ -423,3 +434,8 @@ def test_a_complete_run_says_so_and_the_process_group_is_closed(monkeypatch, syn
     train.main(tiny_args(synth_dir, out, "--max_iters=2", "--init_from=auto"))
     assert capsys.readouterr().out == f"{out} is complete (step 2 of max_iters=2); nothing to do\n"
     assert closed == [True] and len(open(out / "metrics.jsonl").readlines()) == 3  # nothing trained or logged
+
+
+def test_a_one_step_decay_ends_at_min_lr():
+    cfg = load_config(["--learning_rate=1.0", "--min_lr=0.1", "--warmup_iters=4", "--lr_decay_iters=5"])
+    assert [train.lr_at(step, cfg) for step in (3, 4, 5, 6)] == pytest.approx([1.0, 1.0, 0.1, 0.1])
