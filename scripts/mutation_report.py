@@ -34,7 +34,9 @@ def equivalents():
 
 def module_result(run_dir):
     """({mutant: status}, seconds, mutant selection, where) of one module's runs, or None if it was not
-    run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning."""
+    run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning.
+    Rerun a changed function whole (MUTANTS='module.x_function*'): an older run's verdict on a
+    mutant of the same name would be about the old code."""
     dirs = [d for d in glob.glob(run_dir) + glob.glob(run_dir + ".*") if os.path.exists(os.path.join(d, "results.txt"))]
     dirs.sort(key=lambda d: os.path.getmtime(os.path.join(d, "setup.cfg")))  # by when each run started
     if not dirs:
@@ -49,9 +51,14 @@ def module_result(run_dir):
         seconds += int(open(os.path.join(d, "seconds")).read().strip())
         chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
         selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 or any("*" in c for c in chosen)
-                         else f"rerun of {len(chosen)} survivors")
+                         else f"rerun of {len(chosen)} mutants")
         if os.path.exists(os.path.join(d, "continued")):  # KEEP=1: unchanged functions' verdicts carried over
             selection[-1] = f"continued ({open(os.path.join(d, 'continued')).read().splitlines()[-1]})"
+    # the newest run lists every mutant of the code as it is now; names only older runs have are
+    # of code since changed (a rerun of a changed function tests its mutants anew, as the newest)
+    with open(os.path.join(dirs[-1], "results.txt")) as f:
+        current = {m.group(1) for m in re.finditer(r"^\s*(\S+): ", f.read(), re.M)}
+    status = {n: v for n, v in status.items() if n in current}
     return status, seconds, " + ".join(selection), dirs[-1]
 
 
