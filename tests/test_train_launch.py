@@ -350,6 +350,11 @@ def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_pa
         launch(2, 1)
     _, changed = launch(2, 1, "--elastic_resume=True")
     assert changed["layout"] == ("1 processes x 2 micro-steps", "2 processes x 1 micro-steps")
+    _, changed = launch(2, 1, "--elastic_resume=True", "--total_batch_size=0")  # the batch layout may be re-derived
+    assert changed["total_batch_size"] == (512, 0)
+    with pytest.raises(ConfigError, match=r"^cannot resume with a different config: seed: checkpoint 1337 vs now 5, "
+                                          r"total_batch_size: checkpoint 512 vs now 0$"):
+        launch(1, 2, "--total_batch_size=0", "--seed=5")
     with pytest.raises(ConfigError, match=r"^elastic_resume keeps the tokens per optimizer step: the checkpoint's "
                                           r"1 processes x 2 micro-steps x 8 x 32 = 512, but now 1,024; use "
                                           r"--total_batch_size=512$"):
@@ -377,6 +382,20 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
                                      data_dir=synth_dir)
     _, val = train.build(cfg, setup(0, 1), None)
     assert len(val) == cfg.eval_iters * cfg.batch_size
+    shaped = load_config(tiny_args(synth_dir, out, "--n_layer=1", "--n_head=2", "--n_embd=32", "--reweight_p=3",
+                                   "--rope_base=500", "--attention=lssar", "--attention_backend=reference",
+                                   "--dropout=0.2", "--bias=True", "--seed=7")).resolve_templates()
+    train.fit_vocabulary(shaped, synth_dir)
+    state, _ = train.build(shaped, setup(1, 2), None)
+    mc = state.model_config
+    assert (mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, mc.vocab_size) == (1, 2, 32, 32, shaped.vocab_size)
+    assert (mc.attention, mc.reweight_p, mc.rope_base, mc.attention_backend, mc.dropout, mc.bias) == \
+        ("lssar", 3.0, 500.0, "reference", 0.2, True)
+    loader = state.loader
+    assert (loader.rank, loader.world_size, loader.seed, loader.vocab_size) == (1, 2, 7, shaped.vocab_size)
+    drawn = torch.rand(4)  # after the (rank-independent) init, dropout's stream is seeded by rank
+    torch.manual_seed(7 + 1)
+    assert torch.equal(drawn, torch.rand(4))
     assert torch.equal(train.build(cfg, setup(1, 2), None)[1], val[1::2])  # dealt out: rank r gets r, r + 2, ...
 
     state, _ = train.build(cfg, setup(0, 1), ckpt)  # the same layout: the saved random state continues
@@ -388,6 +407,15 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
     drawn = torch.rand(4)
     torch.manual_seed(cfg.seed + 1 + 1000 * 3)
     assert torch.equal(drawn, torch.rand(4))
+
+    half = tmp_path / "fp16"  # a float16 run's loss scale comes back with it
+    train.main(tiny_args(synth_dir, half, "--max_iters=1", "--dtype=float16"))
+    ckpt16 = load_checkpoint(str(half))
+    ckpt16["scaler"]["scale"] = 1024.0
+    cfg16 = load_config(tiny_args(synth_dir, half, "--dtype=float16")).resolve_templates()
+    train.fit_vocabulary(cfg16, synth_dir)
+    state, _ = train.build(cfg16, types.SimpleNamespace(**{**vars(setup(0, 1)), "dtype": "float16"}), ckpt16)
+    assert state.scaler.get_scale() == 1024.0
 
     monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, 0]))
     with pytest.raises(ConfigError, match=r"^the processes would start from different steps \[3, 0\]: out_dir must "
