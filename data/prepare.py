@@ -42,6 +42,7 @@ import glob
 import json
 import multiprocessing as mp
 import os
+import shlex
 import sys
 import threading
 import time
@@ -712,7 +713,7 @@ def _up_to_date(meta_path: Path, config: dict) -> bool:
 def command_of(config: dict, out_dir: Path) -> str:
     """The prepare.py command line that makes a directory with this config."""
     spec = DATASETS[config["dataset"]]
-    parts = ["python data/prepare.py", config["dataset"]]
+    parts = ["python", "data/prepare.py", config["dataset"]]
     files = config["source"] if isinstance(config["source"], list) else None
     if files:
         common = os.path.commonpath(files) if len(files) > 1 else files[0]
@@ -731,7 +732,7 @@ def command_of(config: dict, out_dir: Path) -> str:
         parts += ["--val-every", str(config["val_every"])]
     if config["with_wikipedia"]:
         parts.append("--with-wikipedia")
-    return " ".join(parts)
+    return shlex.join(parts)  # a path with a space in it is quoted, so the line can be pasted as it is
 
 
 def verify(out_dir: Path) -> list:

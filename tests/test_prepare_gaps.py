@@ -46,6 +46,12 @@ def test_command_of_names_local_files_by_their_directory_when_it_holds_just_them
     assert prepare.command_of(config(source=files), out) == f"python data/prepare.py openwebtext --source {src}"
     assert prepare.command_of(config(source=files[:2]), out) == \
         f"python data/prepare.py openwebtext --source {files[0]} {files[1]}"  # not the whole directory
+    two = tmp_path / "two"
+    two.mkdir()
+    pair = [str((two / f"{k}.jsonl").resolve()) for k in range(2)]
+    for f in pair:
+        open(f, "w").write('{"text": "x"}\n')
+    assert prepare.command_of(config(source=pair), out) == f"python data/prepare.py openwebtext --source {two}"
     (src / "extra.parquet").write_bytes(b"")  # the directory now mixes formats: list the files
     assert prepare.command_of(config(source=files), out) == \
         f"python data/prepare.py openwebtext --source {' '.join(files)}"
@@ -55,7 +61,7 @@ def test_command_of_names_local_files_by_their_directory_when_it_holds_just_them
 def made(tmp_path):
     """An embedded-style directory: meta.json listing two train shards and one val shard."""
     from data import sources
-    out = tmp_path / "out"
+    out = tmp_path / "out dir"  # a space in the path: commands quote it, messages keep it whole
     out.mkdir()
     shards = {"embedded_train_000001.bin": np.arange(50), "embedded_train_000002.bin": np.arange(30),
               "embedded_val_000000.bin": np.arange(20)}
@@ -84,7 +90,7 @@ def test_verify_names_every_kind_of_problem(made, capsys):
                         "other_train_000001.bin: not made by the run that meta.json describes"]
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"{out}: 3 problem(s) in 3 shard(s):"
-    assert printed[-1] == f"rebuild with: python data/prepare.py embedded --out-dir {out} --shard-size 50 --force"
+    assert printed[-1] == f"rebuild with: python data/prepare.py embedded --out-dir '{out}' --shard-size 50 --force"
     (out / "embedded_val_000000.bin").write_bytes(b"\0" * 100)  # not a shard at all
     assert prepare.verify(out)[2] == ("embedded_val_000000.bin: 100 bytes is shorter than the 1024-byte header: "
                                       "the file is truncated or not a token shard")
@@ -103,7 +109,7 @@ def test_verify_an_unfinished_run_checks_what_it_wrote(made, capsys):
     (out / "embedded_val_000000.bin").unlink()
     assert prepare.verify(out) == []
     assert capsys.readouterr().out == f"{out}: the 1 shard(s) written so far are intact; the run is unfinished: " \
-                                      f"finish it with python data/prepare.py embedded --out-dir {out} --shard-size 50\n"
+                                      f"finish it with python data/prepare.py embedded --out-dir '{out}' --shard-size 50\n"
 
 
 def fake_datasets(monkeypatch, fail_first=None):
@@ -161,6 +167,12 @@ def test_a_hub_dataset_with_a_loading_script_falls_back_to_its_parquet_conversio
      r"^x/y: no such dataset, or no access to it \(HTTPError: 401 Client Error\); check the name, and for a gated "
      r"dataset log in \(huggingface-cli login, or HF_TOKEN\) and accept its terms on the dataset page$"),
     (type("GatedRepoError", (Exception,), {})("gated"), r"^x/y: no such dataset, or no access to it \(GatedRepoError: gated\)"),
+    (type("RepositoryNotFoundError", (Exception,), {})("r"), r"^x/y: no such dataset, or no access to it \(Repository"),
+    (type("HTTPError", (OSError,), {"response": type("R", (), {"status_code": 403})()})("403"), r"^x/y: no such dataset"),
+    (type("HTTPError", (OSError,), {"response": type("R", (), {"status_code": 404})()})("404"), r"^x/y: no such dataset"),
+    (type("HTTPError", (OSError,), {"response": type("R", (), {"status_code": 405})()})("405"), r"^x/y: cannot open"),
+    (type("DatasetNotFoundError", (Exception,), {})("d" * 400), rf"^x/y: no such dataset, or no access to it "
+                                                                rf"\(DatasetNotFoundError: {'d' * 300}\); check"),
     (ConnectionError("Couldn't reach 'x/y' on the Hub (OfflineModeIsEnabled)"),
      r"^could not reach the Hugging Face hub for x/y \(Couldn't reach .*\)\. Without hub access, download its parquet "
      r"files elsewhere and pass them with --source, or use the offline corpus: python data/prepare.py embedded$"),
@@ -171,3 +183,60 @@ def test_permanent_hub_errors_say_what_to_do(error, message):
     assert isinstance(prepare._permanent(error, "x/y"), prepare.PrepareError)
     with pytest.raises(prepare.PrepareError, match=message):
         raise prepare._permanent(error, "x/y")
+
+
+def test_verify_goes_on_past_each_problem_and_reads_old_meta_files(made):
+    """A missing shard and a broken header do not stop the check of the shards after them; a
+    meta.json from before sha256s were recorded (no "sha256" at all) is read; a stale, damaged
+    progress.json beside a complete run does not matter."""
+    out, meta = made
+    (out / "embedded_train_000001.bin").unlink()
+    (out / "embedded_train_000002.bin").write_bytes(b"\0" * 10)
+    write_shard(out / "embedded_val_000000.bin", np.arange(1, 21))  # same length, other tokens
+    assert prepare.verify(out) == [
+        "embedded_train_000001.bin: missing",
+        "embedded_train_000002.bin: 10 bytes is shorter than the 1024-byte header: the file is truncated or not a "
+        "token shard",
+        "embedded_val_000000.bin: changed (its sha256 differs from the one recorded when it was written)"]
+    (out / "progress.json").write_text("{")
+    for split in meta["splits"].values():
+        del split["sha256"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert prepare.verify(out)[-1] == "embedded_val_000000.bin: meta.json has no sha256 for it (made before they " \
+                                      "were recorded)"
+
+
+def test_parse_faults():
+    """PREPARE_FAULT, the resume tests' interruptions: kind@event:n[xtimes], comma-separated."""
+    assert prepare.parse_faults("") == {}
+    assert prepare.parse_faults("kill@save:2,error@row:40x3") == {("save", 2): ("kill", 1), ("row", 40): ("error", 3)}
+
+
+class Flaky:
+    """open_rows that fails with a connection reset `fails` times, then opens."""
+    def __init__(self, fails):
+        self.fails = fails
+
+    def __call__(self, state):
+        if self.fails:
+            self.fails -= 1
+            raise ConnectionResetError(104, "Connection reset by peer " + "x" * 300)
+        return iter([{"text": "a"}])
+
+
+@pytest.mark.parametrize("base, waits", [(2.0, [2, 4, 8, 16, 32]), (50.0, [50, 100, 120, 120, 120])])
+def test_transient_errors_wait_twice_as_long_each_time_up_to_two_minutes(monkeypatch, capsys, base, waits):
+    slept = []
+    monkeypatch.setattr(prepare, "RETRY_WAIT", base)
+    monkeypatch.setattr(prepare.time, "sleep", slept.append)
+    prepare.DatasetSource(Flaky(5), "x/y")  # five resets, then it opens
+    assert slept == waits
+    lines = capsys.readouterr().out.splitlines()
+    reset = "[Errno 104] Connection reset by peer " + "x" * 300
+    assert lines[0] == f"x/y: ConnectionResetError: {reset[:200]}; retry 1/5 in {waits[0]:g}s"  # cut at 200
+    assert lines[-1].endswith(f"; retry 5/5 in {waits[-1]:g}s")
+    with pytest.raises(prepare.PrepareError, match=r"^x/y: could not open it after 5 retries \(ConnectionResetError: "
+                                                   r"\[Errno 104\] Connection reset by peer x+\); the progress up to "
+                                                   r"the last complete shard is saved: run the same command again to "
+                                                   r"resume$"):
+        prepare.DatasetSource(Flaky(6), "x/y")
