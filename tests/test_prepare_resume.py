@@ -308,3 +308,35 @@ def test_embedded_list_source_resumes_after_an_exception(tmp_path, monkeypatch):
     assert resumed == straight
     for name in straight["train"]["shards"] | straight["val"]["shards"]:
         assert (out_a / name).read_bytes() == (out_b / name).read_bytes()
+
+
+def test_a_resume_refuses_when_what_progress_json_counts_is_gone(jsonl_src, tmp_path):
+    """Killed after the 5th progress save (a shard of each split written, the validation split's
+    tokens since then in a partial file): a deleted shard, or a deleted partial file, cannot be
+    rebuilt from the resume point, so the resume stops and says how to start afresh."""
+    out = tmp_path / "out"
+    args = command("owt", None, jsonl_src, out)
+    assert run_forked(args, "kill@save:5") == -9
+    progress = json.loads((out / "progress.json").read_text())
+    shard = sorted(progress["writers"]["train"]["shards"])[0]
+    partial = next(w["partial"]["file"] for w in progress["writers"].values() if w["partial"])
+    (out / partial).rename(tmp_path / partial)
+    with pytest.raises(SystemExit, match=rf"^error: {out / partial} is missing or damaged; pass --force to start "
+                                         rf"afresh$"):
+        prepare.main(args)
+    (tmp_path / partial).rename(out / partial)
+    (out / shard).unlink()
+    with pytest.raises(SystemExit, match=rf"^error: {out / shard} is missing or damaged, and {out / 'progress.json'} "
+                                         rf"counts it as written: resuming cannot rebuild it; pass --force to start "
+                                         rf"afresh$"):
+        prepare.main(args)
+
+
+def test_a_nul_in_a_document_is_refused_for_bytes(monkeypatch):
+    monkeypatch.setattr(prepare, "_enc", None)  # this process's tokenizer, put back after
+    prepare._init_worker("bytes")
+    text = "x" * 70 + "\0"
+    with pytest.raises(prepare.PrepareError, match=rf"^a document holds a NUL byte, the byte-level document separator: "
+                                                   rf"'{'x' * 60}'\.\.\.; remove NULs from the source, or use "
+                                                   rf"--tokenizer gpt2$"):
+        prepare.tokenize(text)
