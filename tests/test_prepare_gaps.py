@@ -240,3 +240,30 @@ def test_transient_errors_wait_twice_as_long_each_time_up_to_two_minutes(monkeyp
                                                    r"the last complete shard is saved: run the same command again to "
                                                    r"resume$"):
         prepare.DatasetSource(Flaky(6), "x/y")
+
+
+class Breaks:
+    """Rows that read fine, then an error (an open_rows for DatasetSource)."""
+    def __init__(self, error):
+        self.error = error
+
+    def __call__(self, state):
+        return self
+
+    def __iter__(self):
+        yield {"text": "first"}
+        raise self.error
+
+
+@pytest.mark.parametrize("error, message", [
+    (ValueError("bad row group"), r"^x/y: cannot read the next row \(ValueError: bad row group\); check that the files "
+                                  r"are complete and in the format their extension says$"),
+    (type("HTTPError", (OSError,), {"response": type("R", (), {"status_code": 404})()})("gone"),
+     r"^x/y: no such dataset, or no access to it \(HTTPError: gone\)"),
+])
+def test_an_error_in_the_middle_of_the_stream_is_named(error, message):
+    """A malformed row says where and which error; a hub error that will not go away says so."""
+    texts = prepare.DatasetSource(Breaks(error), "x/y").read()
+    assert next(texts) == "first"
+    with pytest.raises(prepare.PrepareError, match=message):
+        next(texts)
