@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing of the core: does the suite FAIL when the code is wrong? mutmut 3 plants small
 # bugs (a changed constant or operator, a dropped argument) one at a time and runs the tests that
-# reach the mutated function; a mutant no test fails on "survived". Not part of CI (about an hour
-# on 2 cores for everything). See docs/testing.md for how to read the result.
+# reach the mutated function; a mutant no test fails on "survived". Not part of CI: a cold run of
+# every module takes hours on 2 cores (results/mutation.md gives each module's time), KEEP=1 after a
+# change minutes. See docs/testing.md for how to read the result.
 #   pip install -r requirements-mutation.txt
 #   bash scripts/mutation.sh                         # every module below, then results/mutation.md
 #   bash scripts/mutation.sh checkpoint.py model.py  # only these
