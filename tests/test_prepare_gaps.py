@@ -267,3 +267,70 @@ def test_an_error_in_the_middle_of_the_stream_is_named(error, message):
     assert next(texts) == "first"
     with pytest.raises(prepare.PrepareError, match=message):
         next(texts)
+
+
+def test_local_files_resume_from_a_snapshot_and_keep_few_of_them(monkeypatch, tmp_path):
+    """The real `datasets` streaming path on two local jsonl files: snapshots every SNAPSHOT rows,
+    none kept further back than the look-behind needs, and a source opened at a snapshot gives
+    the rows from there on."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 8)
+    files = []
+    for k in range(2):
+        path = tmp_path / f"{k}.jsonl"
+        path.write_text("".join(json.dumps({"text": f"doc {50 * k + i}"}) + "\n" for i in range(50)))
+        files.append(str(path))
+    source = prepare.dataset_source(prepare.DATASETS["openwebtext"], "json", files, lookbehind=16)
+    assert source.where == "--source (2 json files)"
+    texts = []
+    for text in source.read():
+        texts.append(text)
+        rows = [r for r, _ in source.snapshots]
+        at = len(texts)
+        assert all(r % 8 == 0 for r in rows) and rows == sorted(set(rows))  # every 8th row, each once
+        assert len(rows) == 1 or rows[1] > at - source.lookbehind  # one snapshot at most that far back
+    assert texts == [f"doc {i}" for i in range(100)]
+    row, state = source.state_at(85)
+    assert row == 80 and state is not None
+    again = prepare.dataset_source(prepare.DATASETS["openwebtext"], "json", files)
+    assert list(again.read(85, (row, state))) == [f"doc {i}" for i in range(85, 100)]
+    assert prepare.dataset_source(prepare.DATASETS["openwebtext"], "json", files[:1]).where == f"--source {files[0]}"
+
+
+def test_local_files_that_cannot_be_opened_say_which(monkeypatch):
+    fake_datasets(monkeypatch, ValueError("not a parquet file"))
+    with pytest.raises(prepare.PrepareError, match=r"^--source a.parquet: cannot open as parquet \(ValueError: not a "
+                                                   r"parquet file\); check that the files are complete"):
+        prepare.dataset_source(prepare.DATASETS["openwebtext"], "parquet", ["a.parquet"])
+
+
+class Resets:
+    """A source of 20 rows (with a state, as datasets' streams have) whose reading is reset 5
+    times in a row at row 3 and 5 times at row 12: each row that failed gets all its retries."""
+    def __init__(self):
+        self.fails = {3: 5, 12: 5}
+
+    def __call__(self, state):
+        stream = self
+
+        class Rows:
+            def __init__(self):
+                self.at = state["at"] if state else 0
+
+            def state_dict(self):
+                return {"at": self.at}
+
+            def __iter__(self):
+                while self.at < 20:
+                    if stream.fails.get(self.at):
+                        stream.fails[self.at] -= 1
+                        raise ConnectionResetError(104, "Connection reset by peer")
+                    self.at += 1
+                    yield {"text": f"doc {self.at - 1}"}
+        return Rows()
+
+
+def test_every_row_that_fails_gets_all_its_retries(monkeypatch):
+    monkeypatch.setattr(prepare.time, "sleep", lambda s: None)
+    monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 4)
+    assert list(prepare.DatasetSource(Resets(), "x/y").read()) == [f"doc {i}" for i in range(20)]
