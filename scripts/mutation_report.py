@@ -9,6 +9,7 @@ and a test process killed by a signal. A mutant is excluded in tests/mutation_eq
 or "GPU-only:" and why the CPU suite cannot reach it); every other survivor is listed with its
 diff, to be killed by a test. Mutants a run did not reach (it was stopped) count as not run.
 """
+import ast
 import fnmatch
 import glob
 import os
@@ -32,22 +33,45 @@ def equivalents():
     return found
 
 
-def module_result(run_dir):
+def functions(path):
+    """{'name' or 'Class.name': its code as an AST dump} of a module's functions and methods."""
+    found = {}
+    for node in ast.parse(open(path).read()).body:
+        for f, prefix in ([(node, "")] if isinstance(node, ast.FunctionDef) else
+                          [(m, node.name + ".") for m in node.body if isinstance(m, ast.FunctionDef)]
+                          if isinstance(node, ast.ClassDef) else []):
+            found[prefix + f.name] = ast.dump(f)
+    return found
+
+
+def function_of(mutant):
+    """'model.xǁGPTǁ__init____mutmut_3' -> 'GPT.__init__'; 'train.x_lr_at__mutmut_2' -> 'lr_at'."""
+    name = mutant.rsplit("__mutmut_", 1)[0].split(".x", 1)[1]
+    return ".".join(filter(None, name.split("ǁ"))) if name.startswith("ǁ") else name[1:]
+
+
+def module_result(run_dir, module):
     """({mutant: status}, seconds, mutant selection, where) of one module's runs, or None if it was not
     run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning.
-    Rerun a changed function whole (MUTANTS='module.x_function*'): an older run's verdict on a
-    mutant of the same name would be about the old code."""
+    A run's verdicts on a function whose code has changed since (its copy of the module differs
+    from the repository's) are dropped: that function's mutants count as not run until rerun."""
     dirs = [d for d in glob.glob(run_dir) + glob.glob(run_dir + ".*") if os.path.exists(os.path.join(d, "results.txt"))]
     dirs.sort(key=lambda d: os.path.getmtime(os.path.join(d, "setup.cfg")))  # by when each run started
     if not dirs:
         return None
     status, seconds, selection = {}, 0, []
+    now = functions(os.path.join(HERE, "..", module))
     for d in dirs:
+        then = functions(os.path.join(d, module))
+        stale = {f for f in now if then.get(f) != now[f]}
         with open(os.path.join(d, "results.txt")) as f:
             for line in f:
                 m = re.match(r"\s*(\S+): (.+)$", line)
-                if m and (m.group(2).strip() != "not checked" or m.group(1) not in status):
-                    status[m.group(1)] = m.group(2).strip()
+                if not m:
+                    continue
+                verdict = "not checked" if function_of(m.group(1)) in stale else m.group(2).strip()
+                if verdict != "not checked" or m.group(1) not in status:
+                    status[m.group(1)] = verdict
         seconds += int(open(os.path.join(d, "seconds")).read().strip())
         chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
         selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 or any("*" in c for c in chosen)
@@ -72,7 +96,7 @@ def main(work, modules):
     rows, survivors, judged = [], [], []
     for module in modules:
         run_dir = os.path.join(work, module.replace("/", "_"))
-        result = module_result(run_dir)
+        result = module_result(run_dir, module)
         if result is None:
             rows.append(f"| {module} | not run | | | | | | {TARGETS[module]} % | |")
             continue
