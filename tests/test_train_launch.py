@@ -197,22 +197,22 @@ def test_run_records_and_wandb(monkeypatch, synth_dir, tmp_path, capsys):
 
 
 def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path, capsys):
-    """A clock that moves only when a micro-batch is drawn (1 s each) or the validation runs (100 s):
-    every timing the loop logs is then known exactly. Two micro-steps of 8 x 32 tokens per step:
-    2 s and 512 tokens a step, so 256 tokens/s once the validation's time is left out; the first
-    step finishes 100 + 2 s after launch; the ETA is what the remaining steps take; MFU is the
-    model's matmul FLOPs at that speed over the (here made-up) peak."""
+    """A clock that moves only when a micro-batch is drawn (60 s each) or the validation runs
+    (1000 s): every timing the loop logs is then known exactly. Two micro-steps of 8 x 32 tokens
+    per step: 120 s and 512 tokens a step, so 512/120 tokens/s once the validation's time is left
+    out; the first step finishes 1000 + 120 s after launch; the ETA is what the remaining steps
+    take; MFU is the model's matmul FLOPs at that speed over the (here made-up) peak."""
     clock = [1000.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(time=lambda: clock[0]))
 
     class Loader(train.TrainLoader):
         def next_batch(self):
-            clock[0] += 1.0
+            clock[0] += 60.0
             return super().next_batch()
     evaluate = train.evaluate
 
     def slow_evaluate(*args):
-        clock[0] += 100.0
+        clock[0] += 1000.0
         return evaluate(*args)
     monkeypatch.setattr(train, "TrainLoader", Loader)
     monkeypatch.setattr(train, "evaluate", slow_evaluate)
@@ -227,15 +227,15 @@ def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path
     train_records = [r for r in records if "loss" in r]
     flops = GPT(GPTConfig(**load_checkpoint(str(out))["model_config"])).flops_per_token(32)["matmul"]
     for r in train_records:
-        assert r["tokens_per_s"] == pytest.approx(256) and r["time_s"] == pytest.approx(2.0), r
-        assert r["mfu"] == pytest.approx(flops * 256 / 1e12)
+        assert r["tokens_per_s"] == pytest.approx(512 / 120) and r["time_s"] == pytest.approx(120.0), r
+        assert r["mfu"] == pytest.approx(flops * 512 / 120 / 1e12)
         assert r["lr"] == pytest.approx(1e-3 * r["step"] / 10)  # the rate the step ran at: warm-up (step) / 10
-    assert train_records[0]["first_step_s"] == pytest.approx(102.0)
+    assert train_records[0]["first_step_s"] == pytest.approx(1120.0)
     assert ["first_step_s" in r for r in train_records] == [True, False, False]
     printed = capsys.readouterr()
     lines = [line for line in printed.out.splitlines() if "tokens/s" in line]
     assert [line.split(":")[0] for line in lines] == ["step 2/5", "step 4/5", "step 5/5"]
-    assert lines[0].endswith(f"lr {2e-4:.2e}, 256 tokens/s, eta 0.1 min")  # 3 steps of 2 s left (validation aside)
+    assert lines[0].endswith(f"lr {2e-4:.2e}, 4 tokens/s, eta 6.0 min")  # 3 steps of 2 min left (validation aside)
     assert lines[2].endswith("eta 0.0 min")
     final = [r for r in records if "val_loss" in r][-1]["val_loss"]
     assert printed.out.splitlines()[-1] == f"step 5: val loss {final:.4f}; checkpoints in {out}"
@@ -246,7 +246,8 @@ def test_logged_speed_and_times_on_a_fake_clock(monkeypatch, synth_dir, tmp_path
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: tqdm's bar instead of the lines
     train.main(tiny_args(synth_dir, tmp_path / "tty", "--max_iters=2", "--log_interval=1"))
     printed = capsys.readouterr()
-    assert "tokens/s" not in printed.out and "100%|" in printed.err  # the bar, filled to max_iters
+    assert "tokens/s" not in printed.out and "100%|" in printed.err and "| 2/2 [" in printed.err  # one per step
+    assert "3/2" not in printed.err and "4/2" not in printed.err
 
 
 def test_ddp_synchronises_on_the_last_micro_step_only(monkeypatch, synth_dir, tmp_path, capsys):
@@ -284,6 +285,12 @@ def test_ddp_synchronises_on_the_last_micro_step_only(monkeypatch, synth_dir, tm
     train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=2", "--total_batch_size=1536"))  # 3 x 8 x 32 x 2
     assert synced == [False, False, True] * 2
     assert "%|" not in capsys.readouterr().err
+    monkeypatch.setattr(train, "setup_distributed", lambda cfg: (0, 0, 2, "cpu"))  # rank 0 logs: MFU per GPU
+    monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)
+    train.main(tiny_args(synth_dir, tmp_path / "rank0", "--max_iters=1", "--total_batch_size=1536"))
+    record = [json.loads(line) for line in open(tmp_path / "rank0" / "metrics.jsonl") if '"loss"' in line][0]
+    flops = GPT(GPTConfig(**load_checkpoint(str(tmp_path / "rank0"))["model_config"])).flops_per_token(32)["matmul"]
+    assert record["mfu"] == pytest.approx(flops * record["tokens_per_s"] / 2e12)  # the tokens of both processes
 
 
 def test_a_non_finite_loss_between_two_logged_steps_still_stops_the_run(monkeypatch, synth_dir, tmp_path):
@@ -348,6 +355,8 @@ def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_pa
                                           r"the same layout for an exact continuation, or add --elastic_resume=True "
                                           r"to continue on 2 process\(es\) with the same tokens per step"):
         launch(2, 1)
+    with pytest.raises(ConfigError, match=r"^the checkpoint was written by 1 processes x 2 micro-steps; resume"):
+        launch(2, 2)  # only the number of processes differs
     _, changed = launch(2, 1, "--elastic_resume=True")
     assert changed["layout"] == ("1 processes x 2 micro-steps", "2 processes x 1 micro-steps")
     _, changed = launch(2, 1, "--elastic_resume=True", "--total_batch_size=0")  # the batch layout may be re-derived
@@ -384,13 +393,13 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
     assert len(val) == cfg.eval_iters * cfg.batch_size
     shaped = load_config(tiny_args(synth_dir, out, "--n_layer=1", "--n_head=2", "--n_embd=32", "--reweight_p=3",
                                    "--rope_base=500", "--attention=lssar", "--attention_backend=reference",
-                                   "--dropout=0.2", "--bias=True", "--seed=7")).resolve_templates()
+                                   "--dropout=0.2", "--bias=False", "--seed=7")).resolve_templates()
     train.fit_vocabulary(shaped, synth_dir)
     state, _ = train.build(shaped, setup(1, 2), None)
     mc = state.model_config
     assert (mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, mc.vocab_size) == (1, 2, 32, 32, shaped.vocab_size)
     assert (mc.attention, mc.reweight_p, mc.rope_base, mc.attention_backend, mc.dropout, mc.bias) == \
-        ("lssar", 3.0, 500.0, "reference", 0.2, True)
+        ("lssar", 3.0, 500.0, "reference", 0.2, False)
     loader = state.loader
     assert (loader.rank, loader.world_size, loader.seed, loader.vocab_size) == (1, 2, 7, shaped.vocab_size)
     drawn = torch.rand(4)  # after the (rank-independent) init, dropout's stream is seeded by rank
@@ -439,6 +448,7 @@ def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_
     saved = load_checkpoint(str(out))
     assert saved["step"] == 7 and saved["world_size"] == 2 and saved["code"] == {"commit": "abc", "dirty": False}
     assert len(saved["rng"]) == 2 and saved["rng"][1]["torch"].tolist() == [1, 2]
+    assert saved["rng"][0]["torch"].dtype == torch.uint8 and len(saved["rng"][0]["torch"]) > 2  # this process's own
     for state.step in (9, 11):
         train.checkpoint(state, cfg, s, {})
     assert sorted(int(p.name[5:-3]) for p in out.glob("ckpt_*.pt")) == [1, 7, 9, 11]  # keep_checkpoints=5
