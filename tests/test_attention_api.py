@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from attention import causal_attention, check_backend, check_reweight_p, describe, reference_attention
+from attention import (ATTENTION_TYPES, attention_weights, causal_attention, check_backend, check_reweight_p, describe,
+                       reference_attention)
 
 
 def qkv(B=1, H=2, T=5, d=4, seed=0):
@@ -72,3 +73,19 @@ def test_describe_names_the_power_of_re_weighted_types_only():
     assert describe("softmax_reweight", 2.5) == "softmax_reweight p=2.5"
     assert describe("lssa", 15.0) == "lssa"
     assert describe("softmax", 3.0) == "softmax"
+
+
+@pytest.mark.parametrize("kind", ATTENTION_TYPES)
+def test_a_padding_mask_gives_each_row_its_own_count(kind):
+    """Left padding, as in a batch of prompts of different lengths (hf_lssa.py): the first two keys
+    are hidden from every query. The real rows' weights over the real keys are then those of the
+    unpadded sequence (n_i counted over the keys a row sees, not its position), and the padding
+    queries, which see no key at all, get all-zero rows rather than NaN."""
+    q, k, _ = qkv(T=7, d=8)
+    pad, T = 2, 7
+    head_scale = torch.full((2,), 0.7) if kind == "ssmax" else None
+    visible = torch.ones(T, T).tril().bool() & (torch.arange(T) >= pad)[None, :]
+    a = attention_weights(q, k, kind, head_scale=head_scale, visible=visible[None, None])
+    unpadded = attention_weights(q[:, :, pad:], k[:, :, pad:], kind, head_scale=head_scale)
+    torch.testing.assert_close(a[:, :, pad:, pad:], unpadded)
+    assert (a[:, :, :pad] == 0).all() and (a[:, :, pad:, :pad] == 0).all()
