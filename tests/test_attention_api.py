@@ -89,3 +89,14 @@ def test_a_padding_mask_gives_each_row_its_own_count(kind):
     unpadded = attention_weights(q[:, :, pad:], k[:, :, pad:], kind, head_scale=head_scale)
     torch.testing.assert_close(a[:, :, pad:, pad:], unpadded)
     assert (a[:, :, :pad] == 0).all() and (a[:, :, pad:, :pad] == 0).all()
+
+
+def test_without_the_kernels_the_error_says_what_they_need(monkeypatch):
+    """An exported Hugging Face folder carries attention.py without kernels/: asking it for a fused
+    kernel names what is missing, and keeps the import error."""
+    import sys
+    from attention import kernel_module
+    monkeypatch.setitem(sys.modules, "kernels", None)  # `from kernels import ...` now fails
+    with pytest.raises(ImportError, match=r"^the fused kernels need this repository's kernels/ package and triton: ") as e:
+        kernel_module()
+    assert isinstance(e.value.__cause__, ImportError)
