@@ -100,3 +100,13 @@ def test_without_the_kernels_the_error_says_what_they_need(monkeypatch):
     with pytest.raises(ImportError, match=r"^the fused kernels need this repository's kernels/ package and triton: ") as e:
         kernel_module()
     assert isinstance(e.value.__cause__, ImportError)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_the_power_reaches_the_reference_on_a_cpu(backend):
+    """p = 3 and p = 15 weigh differently: what causal_attention returns is the reference at the p
+    it was given, whichever backend a CPU run asks for."""
+    q, k, v = qkv(T=9, d=8)
+    got = causal_attention(q, k, v, "lssar", 3.0, backend=backend)
+    torch.testing.assert_close(got, reference_attention(q, k, v, "lssar", 3.0))
+    assert not torch.allclose(got, reference_attention(q, k, v, "lssar", 15.0))
