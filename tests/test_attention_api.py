@@ -41,6 +41,13 @@ def test_backends_on_the_cpu(monkeypatch):
         causal_attention(q, k, v, "lssa", backend="fast")
     check_backend("kernel")  # valid ones pass
 
+    def no_triton():
+        raise ImportError("No module named 'triton'")
+    monkeypatch.setattr(attention, "kernel_module", no_triton)
+    with pytest.raises(RuntimeError, match=r"^the fused lssa kernel cannot run: the Triton kernel module cannot be "
+                                           r"imported \(ImportError: No module named 'triton'\); use backend='auto'"):
+        causal_attention(q, k, v, "lssa", backend="kernel")
+
 
 def test_each_shape_mismatch_is_refused_with_the_shapes():
     q, k, v = qkv()
@@ -89,6 +96,10 @@ def test_a_padding_mask_gives_each_row_its_own_count(kind):
     unpadded = attention_weights(q[:, :, pad:], k[:, :, pad:], kind, head_scale=head_scale)
     torch.testing.assert_close(a[:, :, pad:, pad:], unpadded)
     assert (a[:, :, :pad] == 0).all() and (a[:, :, pad:, :pad] == 0).all()
+    _, _, v = qkv(T=7, d=8, seed=1)  # and the outputs, through the reference (softmax's own path included)
+    out = reference_attention(q, k, v, kind, head_scale=head_scale, visible=visible[None, None])
+    torch.testing.assert_close(out[:, :, pad:], reference_attention(q[:, :, pad:], k[:, :, pad:], v[:, :, pad:], kind,
+                                                                    head_scale=head_scale))
 
 
 def test_without_the_kernels_the_error_says_what_they_need(monkeypatch):
