@@ -74,8 +74,8 @@ def module_result(run_dir, module):
                     status[m.group(1)] = verdict
         seconds += int(open(os.path.join(d, "seconds")).read().strip())
         chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
-        selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 or any("*" in c for c in chosen)
-                         else f"rerun of {len(chosen)} mutants")
+        selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 else
+                         f"rerun of {len(chosen)} mutants" + (" or patterns" if any("*" in c for c in chosen) else ""))
         if os.path.exists(os.path.join(d, "continued")):  # KEEP=1: unchanged functions' verdicts carried over
             selection[-1] = f"continued ({open(os.path.join(d, 'continued')).read().splitlines()[-1]})"
     # the newest run lists every mutant of the code as it is now; names only older runs have are

@@ -147,6 +147,7 @@ def test_the_hub_is_streamed_with_the_datasets_config(monkeypatch):
     assert source.where == "HuggingFaceFW/fineweb sample-10BT"
     assert [t for _, t in zip(range(3), source.read())] == ["doc 0", "doc 1", "doc 2"]
     assert calls[0] == ("HuggingFaceFW/fineweb", {"name": "sample-10BT", "split": "train", "streaming": True})
+    assert list(source.read(3, (2, {"row": 2}))) == ["doc 3", "doc 4"]  # reopened at a snapshot of row 2
 
 
 def test_a_hub_dataset_with_a_loading_script_falls_back_to_its_parquet_conversion(monkeypatch, capsys):
