@@ -92,14 +92,14 @@ def test_a_padding_mask_gives_each_row_its_own_count(kind):
     pad, T = 2, 7
     head_scale = torch.full((2,), 0.7) if kind == "ssmax" else None
     visible = torch.ones(T, T).tril().bool() & (torch.arange(T) >= pad)[None, :]
-    a = attention_weights(q, k, kind, head_scale=head_scale, visible=visible[None, None])
-    unpadded = attention_weights(q[:, :, pad:], k[:, :, pad:], kind, head_scale=head_scale)
+    a = attention_weights(q, k, kind, 3.0, head_scale=head_scale, visible=visible[None, None])  # p = 3, not 15
+    unpadded = attention_weights(q[:, :, pad:], k[:, :, pad:], kind, 3.0, head_scale=head_scale)
     torch.testing.assert_close(a[:, :, pad:, pad:], unpadded)
     assert (a[:, :, :pad] == 0).all() and (a[:, :, pad:, :pad] == 0).all()
     _, _, v = qkv(T=7, d=8, seed=1)  # and the outputs, through the reference (softmax's own path included)
-    out = reference_attention(q, k, v, kind, head_scale=head_scale, visible=visible[None, None])
+    out = reference_attention(q, k, v, kind, 3.0, head_scale=head_scale, visible=visible[None, None])
     torch.testing.assert_close(out[:, :, pad:], reference_attention(q[:, :, pad:], k[:, :, pad:], v[:, :, pad:], kind,
-                                                                    head_scale=head_scale))
+                                                                    3.0, head_scale=head_scale))
 
 
 def test_without_the_kernels_the_error_says_what_they_need(monkeypatch):
