@@ -204,3 +204,44 @@ def test_sigmoid_flops():
     with torch.device("meta"):
         model = GPT(config_from_preset("tiny", vocab_size=64, block_size=16, attention="sigmoid"))
     assert model.flops_per_token(8)["score_ops"] == 3 * 6 * 2 * 2 * 8  # sigmoid, not normalised
+
+
+def test_rope_angles_hold_at_16k_positions():
+    """The tables at the sweep's 16x lengths: cos/sin of t·base^(-2i/d) worked out in Python's
+    float64 for the last positions (an angle formed in float32 is ~1e-3 rad off there)."""
+    from model import rope_tables
+    cos, sin = rope_tables(16384, 64, 10000.0, "cpu")
+    for t in (16383, 12345):
+        for i in (0, 1, 31):
+            angle = t * 10000.0 ** (-2 * i / 64)
+            assert cos[t, i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+            assert sin[t, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_reaches_every_linear_and_layer_norm(bias):
+    model = GPT(config_from_preset("tiny", vocab_size=64, block_size=16, bias=bias))
+    biases = sorted(n for n, _ in model.named_parameters() if n.endswith(".bias"))
+    per_block = ["attn.c_attn.bias", "attn.c_proj.bias", "ln_1.bias", "ln_2.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"]
+    expected = sorted([f"transformer.h.{i}.{b}" for i in range(2) for b in per_block] + ["transformer.ln_f.bias"])
+    assert biases == (expected if bias else [])  # the tied lm_head never has one
+
+
+def test_ssmax_scale_starts_at_one_over_ln_block_size():
+    model = GPT(config_from_preset("tiny", vocab_size=64, block_size=64, attention="ssmax"))
+    for block in model.transformer.h:
+        torch.testing.assert_close(block.attn.ssmax_scale.detach(), torch.full((2,), 1 / math.log(64)))
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match=r"^head_dim=3 must be even for RoPE$"):
+        GPTConfig(n_layer=1, n_head=16, n_embd=48)
+    with pytest.raises(ValueError, match=r"^unknown model preset 'gpt3'; valid presets are: gpt2-124M, gpt2-350M, "
+                                         r"gpt2-774M, gpt2-1.5B, small, mini, micro, tiny$"):
+        config_from_preset("gpt3")
+
+
+def test_softplus_l1_flops():
+    with torch.device("meta"):
+        model = GPT(config_from_preset("tiny", vocab_size=64, block_size=16, attention="softplus_l1"))
+    assert model.flops_per_token(8)["score_ops"] == 3 * (9 + 2) * 2 * 2 * 8  # softplus + l1 normalisation
