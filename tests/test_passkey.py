@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 import torch
@@ -108,6 +109,13 @@ def test_run_on_a_checkpoint(gpt2_vocab_run, tmp_path):
     override = eval_passkey.main([gpt2_vocab_run, "--lengths", "96", "--depths", "0.5", "--trials", "1",
                                   "--attention", "lssa"])
     assert override["runs"][0]["attention"] == "lssa" and override["runs"][0]["overrides"] == {"attention": "lssa"}
+    power = eval_passkey.main([gpt2_vocab_run, "--lengths", "96", "--depths", "0.5", "--trials", "1",
+                               "--attention", "lssar", "--p", "3"])
+    assert power["runs"][0]["reweight_p"] == 3.0 and power["runs"][0]["overrides"] == {"attention": "lssar",
+                                                                                       "reweight_p": 3.0}
+    assert set(report) == {"created", "command", "code", "hardware", "trials", "seed", "runs"}
+    assert report["command"] == "python eval_passkey.py " + " ".join(argv) and report["trials"] == 3
+    assert datetime.fromisoformat(report["created"]).tzinfo is not None
     png = tmp_path / "passkey.png"
     subprocess.run([sys.executable, "scripts/plot_passkey.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
                    capture_output=True)
