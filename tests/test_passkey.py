@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import eval_passkey
+from attention import describe
 from data.tokenizer import get_encoding
+from runinfo import hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +122,44 @@ def test_run_on_a_checkpoint(gpt2_vocab_run, tmp_path):
     subprocess.run([sys.executable, "scripts/plot_passkey.py", str(out), "-o", str(png)], cwd=ROOT, check=True,
                    capture_output=True)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_defaults_and_what_reaches_the_trials(gpt2_vocab_run, monkeypatch, capsys):
+    """Without --lengths: 1, 2, 4 and 8 times the training context (32). The seed, length and cell
+    reach the trial draw; the device and the CPU batch of 4 reach the run; the label names the
+    attention the model runs with."""
+    drawn, ran = [], []  # recorded, not run: 32 tokens are too few for a prompt
+    monkeypatch.setattr(eval_passkey, "draw_trials", lambda *a: drawn.append(a) or [None] * a[3])
+    monkeypatch.setattr(eval_passkey, "run_trials", lambda *a: ran.append((a[2], a[4], a[6])) or 0)
+    report = eval_passkey.main([gpt2_vocab_run, "--depths", "0.5", "--trials", "1", "--seed", "7"])
+    assert [d[:2] for d in drawn] == [(7, 32), (7, 64), (7, 128), (7, 256)] and drawn[0][2:] == ((0.0, 1.0), 1)
+    assert ran == [(32, "cpu", 4), (64, "cpu", 4), (128, "cpu", 4), (256, "cpu", 4)]
+    assert report["runs"][0]["label"] == f"lssar [{describe('lssar', 15.0)}]"
+    assert report["hardware"] == hardware("cpu") and report["seed"] == 7 and set(report["code"]) == {"commit", "dirty"}
+
+
+def test_only_gpt2_token_models_are_run(gpt2_vocab_run, monkeypatch):
+    load = eval_passkey.load_model
+
+    def as_bytes(*a, **kw):
+        model, ckpt = load(*a, **kw)
+        ckpt["config"]["tokenizer"] = "bytes"
+        return model, ckpt
+    monkeypatch.setattr(eval_passkey, "load_model", as_bytes)
+    argv = [gpt2_vocab_run, "--lengths", "96", "--depths", "0.5", "--trials", "1"]
+    with pytest.raises(SystemExit, match=r"ckpt_\d+\.pt: trained on bytes tokens; the passkey test is built for GPT-2 "
+                                         r"tokens \(train on GPT-2 shards, e.g. config/small_gpu.py\)$"):
+        eval_passkey.main(argv)
+
+    def vocabulary(size):
+        def load_with(*a, **kw):
+            model, ckpt = load(*a, **kw)
+            model.config.vocab_size = size
+            return model, ckpt
+        return load_with
+    monkeypatch.setattr(eval_passkey, "load_model", vocabulary(get_encoding().n_vocab))  # exactly GPT-2's: fine
+    eval_passkey.main(argv)
+    monkeypatch.setattr(eval_passkey, "load_model", vocabulary(get_encoding().n_vocab - 1))
+    with pytest.raises(SystemExit, match=rf"ckpt_\d+\.pt: vocabulary of {get_encoding().n_vocab - 1} tokens is not "
+                                         r"GPT-2's$"):
+        eval_passkey.main(argv)
