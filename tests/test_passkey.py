@@ -163,3 +163,11 @@ def test_only_gpt2_token_models_are_run(gpt2_vocab_run, monkeypatch):
     with pytest.raises(SystemExit, match=rf"ckpt_\d+\.pt: vocabulary of {get_encoding().n_vocab - 1} tokens is not "
                                          r"GPT-2's$"):
         eval_passkey.main(argv)
+
+
+def test_the_command_line_types_and_choices():
+    args = eval_passkey.parse_args(["ckpt", "--seed", "7", "--p", "3", "--batch", "2", "--attention", "lssar"])
+    assert (args.seed, args.p, args.batch, args.attention) == (7, 3.0, 2, "lssar")
+    assert isinstance(args.seed, int) and isinstance(args.p, float) and isinstance(args.batch, int)
+    with pytest.raises(SystemExit):
+        eval_passkey.parse_args(["ckpt", "--attention", "flash"])  # not an attention type
