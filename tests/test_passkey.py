@@ -11,6 +11,7 @@ import torch
 
 import eval_passkey
 from attention import describe
+from checkpoint import load_checkpoint
 from data.tokenizer import get_encoding
 from runinfo import hardware
 
@@ -128,12 +129,20 @@ def test_run_defaults_and_what_reaches_the_trials(gpt2_vocab_run, monkeypatch, c
     """Without --lengths: 1, 2, 4 and 8 times the training context (32). The seed, length and cell
     reach the trial draw; the device and the CPU batch of 4 reach the run; the label names the
     attention the model runs with."""
-    drawn, ran = [], []  # recorded, not run: 32 tokens are too few for a prompt
+    drawn, ran = [], []  # recorded, not run: 32 tokens are too few for a prompt; one key of four found
     monkeypatch.setattr(eval_passkey, "draw_trials", lambda *a: drawn.append(a) or [None] * a[3])
-    monkeypatch.setattr(eval_passkey, "run_trials", lambda *a: ran.append((a[2], a[4], a[6])) or 0)
-    report = eval_passkey.main([gpt2_vocab_run, "--depths", "0.5", "--trials", "1", "--seed", "7"])
-    assert [d[:2] for d in drawn] == [(7, 32), (7, 64), (7, 128), (7, 256)] and drawn[0][2:] == ((0.0, 1.0), 1)
+    monkeypatch.setattr(eval_passkey, "run_trials", lambda *a: ran.append((a[2], a[4], a[6])) or 1)
+    report = eval_passkey.main([gpt2_vocab_run, "--depths", "0.5", "--trials", "4", "--seed", "7"])
+    assert [d[:2] for d in drawn] == [(7, 32), (7, 64), (7, 128), (7, 256)] and drawn[0][2:] == ((0.0, 1.0), 4)
     assert ran == [(32, "cpu", 4), (64, "cpu", 4), (128, "cpu", 4), (256, "cpu", 4)]
+    run = report["runs"][0]
+    assert [r["accuracy"] for r in run["results"]] == [0.25] * 4 and run["accuracy_by_length"]["256"] == 0.25
+    assert all(0 <= r["time_s"] < 60 and r["time_s"] == round(r["time_s"], 2) for r in run["results"])
+    ckpt = load_checkpoint(gpt2_vocab_run)
+    assert run["checkpoint"] == ckpt["path"] and run["step"] == ckpt["step"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"  {run['label']:<30} L={32:>6} depth=0.00-1.00  1/4"
+    assert printed[-1] == f"{run['label']}: accuracy by length 32: 25%, 64: 25%, 128: 25%, 256: 25%"
     assert report["runs"][0]["label"] == f"lssar [{describe('lssar', 15.0)}]"
     assert report["hardware"] == hardware("cpu") and report["seed"] == 7 and set(report["code"]) == {"commit", "dirty"}
 
