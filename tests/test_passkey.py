@@ -137,7 +137,8 @@ def test_run_defaults_and_what_reaches_the_trials(gpt2_vocab_run, monkeypatch, c
     assert ran == [(32, "cpu", 4), (64, "cpu", 4), (128, "cpu", 4), (256, "cpu", 4)]
     run = report["runs"][0]
     assert [r["accuracy"] for r in run["results"]] == [0.25] * 4 and run["accuracy_by_length"]["256"] == 0.25
-    assert all(0 <= r["time_s"] < 60 and r["time_s"] == round(r["time_s"], 2) for r in run["results"])
+    # seconds per cell, to 1/100: the stand-in trials take none
+    assert all(isinstance(r["time_s"], float) and 0 <= r["time_s"] < 1 for r in run["results"])
     ckpt = load_checkpoint(gpt2_vocab_run)
     assert run["checkpoint"] == ckpt["path"] and run["step"] == ckpt["step"]
     printed = capsys.readouterr().out.splitlines()
