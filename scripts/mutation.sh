@@ -20,7 +20,6 @@
 # The Triton kernels are mutated separately (Triton parses their source): scripts/mutate_kernels.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 WORK=${MUTATION_DIR:-/tmp/lssa-mutation}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
 source scripts/env.sh

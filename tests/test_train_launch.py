@@ -19,6 +19,22 @@ from model import GPT, GPTConfig
 from helpers import tiny_args
 
 
+def resolved_config(synth_dir, out, *extra):
+    """The config main() trains with for these arguments: templates filled in, the vocabulary
+    fitted to the data (as setup_process does)."""
+    cfg = load_config(tiny_args(synth_dir, out, *extra)).resolve_templates()
+    train.fit_vocabulary(cfg, synth_dir)
+    return cfg
+
+
+def gather_from_others(monkeypatch, *others):
+    """dist.all_gather_object for a stand-in process group: this process's object first, then
+    the other ranks' (`others`; without them, every rank holds this process's)."""
+    def gather(out, obj):
+        out[:] = [obj, *(others or [obj] * (len(out) - 1))]
+    monkeypatch.setattr(train.dist, "all_gather_object", gather)
+
+
 def clear_torchrun(monkeypatch):
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
@@ -281,7 +297,7 @@ def test_ddp_synchronises_on_the_last_micro_step_only(monkeypatch, synth_dir, tm
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     monkeypatch.setattr(train, "DDP", FakeDDP)
     monkeypatch.setattr(train.dist, "all_reduce", lambda t, op=None: t)  # one process's share stands for both
-    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+    gather_from_others(monkeypatch)
     train.main(tiny_args(synth_dir, tmp_path / "run", "--max_iters=2", "--total_batch_size=1536"))  # 3 x 8 x 32 x 2
     assert synced == [False, False, True] * 2
     assert "%|" not in capsys.readouterr().err
@@ -341,8 +357,7 @@ def test_resume_checks_the_layout_and_warns_about_the_schedule(synth_dir, tmp_pa
     capsys.readouterr()
 
     def launch(world, accum, *extra, master=True):
-        cfg = load_config(tiny_args(synth_dir, out, *base, "--init_from=resume", *extra)).resolve_templates()
-        train.fit_vocabulary(cfg, synth_dir)  # as main() and setup_process do
+        cfg = resolved_config(synth_dir, out, *base, "--init_from=resume", *extra)
         s = types.SimpleNamespace(world_size=world, accum=accum, tokens_per_step=accum * 8 * 32 * world,
                                   device="cpu", master=master)
         return train.open_run(cfg, s)
@@ -382,19 +397,17 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
     out = tmp_path / "run"
     train.main(tiny_args(synth_dir, out, "--max_iters=3", "--ckpt_interval=3", "--dropout=0.1"))
     ckpt = load_checkpoint(str(out))
-    cfg = load_config(tiny_args(synth_dir, out, "--dropout=0.1")).resolve_templates()
-    train.fit_vocabulary(cfg, synth_dir)
-    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+    cfg = resolved_config(synth_dir, out, "--dropout=0.1")
+    gather_from_others(monkeypatch)
 
     def setup(rank, world):
         return types.SimpleNamespace(rank=rank, world_size=world, device="cpu", device_type="cpu", dtype="float32",
                                      data_dir=synth_dir)
     _, val = train.build(cfg, setup(0, 1), None)
     assert len(val) == cfg.eval_iters * cfg.batch_size
-    shaped = load_config(tiny_args(synth_dir, out, "--n_layer=1", "--n_head=2", "--n_embd=32", "--reweight_p=3",
-                                   "--rope_base=500", "--attention=lssar", "--attention_backend=reference",
-                                   "--dropout=0.2", "--bias=False", "--seed=7")).resolve_templates()
-    train.fit_vocabulary(shaped, synth_dir)
+    shaped = resolved_config(synth_dir, out, "--n_layer=1", "--n_head=2", "--n_embd=32", "--reweight_p=3",
+                             "--rope_base=500", "--attention=lssar", "--attention_backend=reference",
+                             "--dropout=0.2", "--bias=False", "--seed=7")
     state, _ = train.build(shaped, setup(1, 2), None)
     mc = state.model_config
     assert (mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, mc.vocab_size) == (1, 2, 32, 32, shaped.vocab_size)
@@ -421,12 +434,11 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
     train.main(tiny_args(synth_dir, half, "--max_iters=1", "--dtype=float16"))
     ckpt16 = load_checkpoint(str(half))
     ckpt16["scaler"]["scale"] = 1024.0
-    cfg16 = load_config(tiny_args(synth_dir, half, "--dtype=float16")).resolve_templates()
-    train.fit_vocabulary(cfg16, synth_dir)
+    cfg16 = resolved_config(synth_dir, half, "--dtype=float16")
     state, _ = train.build(cfg16, types.SimpleNamespace(**{**vars(setup(0, 1)), "dtype": "float16"}), ckpt16)
     assert state.scaler.get_scale() == 1024.0
 
-    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, 0]))
+    gather_from_others(monkeypatch, 0)
     with pytest.raises(ConfigError, match=r"^the processes would start from different steps \[3, 0\]: out_dir must "
                                           r"be on a filesystem every node sees$"):
         train.build(cfg, setup(0, 2), ckpt)
@@ -435,15 +447,14 @@ def test_build_deals_the_validation_windows_and_restores_or_reseeds_the_random_s
 def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_state(monkeypatch, synth_dir, tmp_path):
     out = tmp_path / "run"
     train.main(tiny_args(synth_dir, out, "--max_iters=1"))
-    cfg = load_config(tiny_args(synth_dir, out, "--keep_checkpoints=5")).resolve_templates()
-    train.fit_vocabulary(cfg, synth_dir)
+    cfg = resolved_config(synth_dir, out, "--keep_checkpoints=5")
     s = types.SimpleNamespace(rank=0, world_size=2, device="cpu", device_type="cpu", dtype="float32", data_dir=synth_dir,
                               master=True, accum=1)
-    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj] * len(out)))
+    gather_from_others(monkeypatch)
     state, _ = train.build(cfg, s, None)
     state.step = 7
     other = {"torch": torch.tensor([1, 2], dtype=torch.uint8)}
-    monkeypatch.setattr(train.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, other]))
+    gather_from_others(monkeypatch, other)
     train.checkpoint(state, cfg, s, {"commit": "abc", "dirty": False})
     saved = load_checkpoint(str(out))
     assert saved["step"] == 7 and saved["world_size"] == 2 and saved["code"] == {"commit": "abc", "dirty": False}
