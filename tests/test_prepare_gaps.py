@@ -2,6 +2,7 @@
 finish a directory (written out here by hand), --verify's other findings, the hub's error
 messages and the hub path itself (a stand-in `datasets` module: the real hub is not reachable
 here; the local-file path that shares DatasetSource is tests/test_prepare_resume.py's)."""
+import errno
 import json
 import sys
 import types
@@ -290,6 +291,9 @@ def test_local_files_resume_from_a_snapshot_and_keep_few_of_them(monkeypatch, tm
         at = len(texts)
         assert all(r % 8 == 0 for r in rows) and rows == sorted(set(rows))  # every 8th row, each once
         assert len(rows) == 1 or rows[1] > at - source.lookbehind  # one snapshot at most that far back
+        # workers may hold the 16 rows before `at`: a snapshot at or before them is kept, and none older
+        # than the look-behind, two snapshots of margin and the rows read since the last snapshot
+        assert rows[0] <= max(at - 16, 0) and at - rows[0] < 16 + 2 * 8 + 8
     assert texts == [f"doc {i}" for i in range(100)]
     row, state = source.state_at(85)
     assert row == 80 and state is not None
@@ -335,3 +339,71 @@ def test_every_row_that_fails_gets_all_its_retries(monkeypatch):
     monkeypatch.setattr(prepare.time, "sleep", lambda s: None)
     monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 4)
     assert list(prepare.DatasetSource(Resets(), "x/y").read()) == [f"doc {i}" for i in range(20)]
+
+
+def test_source_paths_resolve_to_data_files_of_one_format(tmp_path):
+    """--source takes files, directories (their data files only, any depth) and globs (`**`
+    crosses directories); the files must all be of one format the `datasets` builders read."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/a.jsonl", "d/sub/b.jsonl", "d/README.md", "d/sub/c.txt", "x.csv", "y.parquet"):
+        (tmp_path / name).write_text("{}\n")
+    d = tmp_path / "d"
+    assert prepare.resolve_source([str(d / "sub" / "b.jsonl")]) == ("json", [str(d / "sub" / "b.jsonl")])
+    glob_all = prepare.resolve_source([str(d / "**" / "*.jsonl")])  # a.jsonl at depth 0, b.jsonl at depth 1
+    assert glob_all == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])
+    with pytest.raises(prepare.PrepareError, match=r"^--source: files must all be one of parquet, json/jsonl or txt; "
+                                                   r"got \['.jsonl', '.md', '.txt'\]$"):
+        prepare.resolve_source([str(d / "**" / "*.*")])  # README.md among them
+    (tmp_path / "d" / "sub" / "c.txt").unlink()
+    assert prepare.resolve_source([str(d)]) == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])  # no README
+    with pytest.raises(prepare.PrepareError, match=r"got \['.csv'\]$"):
+        prepare.resolve_source([str(tmp_path / "x.csv")])  # one file, of no format we read
+    with pytest.raises(prepare.PrepareError, match=r"got \['.jsonl', '.parquet'\]$"):
+        prepare.resolve_source([str(d / "a.jsonl"), str(tmp_path / "y.parquet")])  # two formats
+
+
+def test_the_hub_source_keeps_the_look_behind_it_is_given(monkeypatch):
+    """prepare() sizes the snapshots kept to its workers (workers * chunksize * 4 rows in flight)."""
+    fake_datasets(monkeypatch)
+    far = prepare.dataset_source(prepare.DATASETS["fineweb-10B"], lookbehind=100_000)
+    near = prepare.dataset_source(prepare.DATASETS["fineweb-10B"], lookbehind=16)
+    assert far.lookbehind - near.lookbehind == 100_000 - 16
+
+
+def test_a_shard_fault_fires_after_that_many_shards_and_looks_like_a_real_reset(monkeypatch, tmp_path):
+    """PREPARE_FAULT's "error@shard:2" (the resume tests' interruption) after the 2nd shard on disk,
+    raising what a dropped connection raises (errno ECONNRESET, so the retry message is the real one)."""
+    monkeypatch.setattr(prepare, "_FAULTS", prepare.parse_faults("error@shard:2"))
+    w = prepare.ShardWriter(tmp_path, 2, lambda i: f"t_train_{i:06d}.bin")
+    assert w.flush() is False and not list(tmp_path.iterdir())  # nothing to write: no shard, and it says so
+    w.add(np.array([1, 2, 3], dtype=np.uint16))  # one shard written, one token waiting
+    with pytest.raises(ConnectionResetError) as e:
+        w.add(np.array([4], dtype=np.uint16))
+    assert e.value.errno == errno.ECONNRESET and "PREPARE_FAULT at shard 2" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t_train_000000.bin", "t_train_000001.bin"]
+
+
+def test_progress_rewrites_a_split_only_when_its_tokens_changed_and_keeps_only_what_it_names(monkeypatch, tmp_path):
+    """A split that fills slowly (openwebtext's validation) is not written again at every save; an
+    empty one writes no file; a replaced partial file is deleted, and clear() deletes them all."""
+    written, write_atomic = [], prepare.write_atomic
+    monkeypatch.setattr(prepare, "write_atomic", lambda path, data: (written.append(path.name), write_atomic(path, data)))
+    writers = {s: prepare.ShardWriter(tmp_path, 4, lambda i, s=s: f"t_{s}_{i:06d}.bin") for s in ("train", "val")}
+    progress = prepare.Progress(tmp_path)
+    on_disk = lambda: sorted(p.name for p in tmp_path.iterdir())  # noqa: E731
+
+    writers["train"].add(np.array([1, 2, 3], dtype=np.uint16))
+    progress.save({"doc": 1}, writers)
+    assert written == ["progress-train-000001.tokens", "progress.json"]  # val holds nothing yet
+    writers["val"].add(np.array([9], dtype=np.uint16))
+    progress.save({"doc": 2}, writers)
+    assert written[2:] == ["progress-val-000002.tokens", "progress.json"]  # train unchanged: not rewritten
+    writers["train"].add(np.array([4, 5], dtype=np.uint16))  # a full shard, one token over
+    progress.save({"doc": 3}, writers)
+    assert written[4:] == ["progress-train-000003.tokens", "progress.json"]
+    assert on_disk() == ["progress-train-000003.tokens", "progress-val-000002.tokens", "progress.json",
+                         "t_train_000000.bin"]  # progress-train-000001 replaced, so gone
+    assert json.loads((tmp_path / "progress.json").read_text())["writers"]["val"]["partial"]["file"] == \
+        "progress-val-000002.tokens"
+    progress.clear()
+    assert on_disk() == ["t_train_000000.bin"]
