@@ -407,3 +407,81 @@ def test_progress_rewrites_a_split_only_when_its_tokens_changed_and_keeps_only_w
         "progress-val-000002.tokens"
     progress.clear()
     assert on_disk() == ["t_train_000000.bin"]
+
+
+class Bar:
+    """Stands in for tqdm: records the total the progress bar is given."""
+    def __init__(self, totals, total=None, **kwargs):
+        totals.append(total)
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_path, capsys):
+    """prepare() on the hub path (the stand-in `datasets`: rows "doc 0" .. "doc 4", 3 tokens each
+    with the separator) with its defaults (gpt2, no Wikipedia, no --force): what it prints, what
+    meta.json records, the progress bar's total (the dataset card's 10B tokens), a --out-dir whose
+    parents do not exist yet, and a second run finding it done."""
+    calls = fake_datasets(monkeypatch)
+    totals = []
+    monkeypatch.setattr(prepare, "tqdm", lambda **kw: Bar(totals, **kw))
+    out = tmp_path / "new" / "fineweb"
+    meta = prepare.prepare("fineweb-10B", out_dir=out, shard_size=8, workers=1)
+    assert calls == [("HuggingFaceFW/fineweb", {"name": "sample-10BT", "split": "train", "streaming": True})]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tokenizer: tiktoken gpt2 (offline fallback: mlx-whisper==0.4.3, MIT, ")
+    assert lines[1:4] == ["source: https://huggingface.co/datasets/HuggingFaceFW/fineweb (sample-10BT), streamed",
+                          "licence: ODC-By 1.0, subject to Common Crawl's terms of use",
+                          f"wrote {out}: train 7 tokens / 2 docs in 1 shard(s), val 8 tokens / 3 docs in 1 shard(s)"]
+    assert lines[4].startswith("tokenized 15 tokens in ") and len(lines) == 5
+    assert totals == [10_000_000_000]
+    assert json.loads((out / "meta.json").read_text()) == meta
+    assert meta["sources"] == {"hub": "HuggingFaceFW/fineweb", "config": "sample-10BT", "files": None}
+    assert meta["config"] == {"dataset": "fineweb-10B", "shard_size": 8, "val_every": 0,
+                              "source": "HuggingFaceFW/fineweb", "hub_config": "sample-10BT",
+                              "with_wikipedia": False, "tokenizer": "gpt2"}
+    assert (meta["tokenizer"], meta["vocab_size"], meta["separator"]) == ("gpt2", 50257, 50256)
+    assert meta["format"] == "llm.c .bin: 256 x int32 header [20240520, 1, n_tokens, 0...], then n_tokens x uint16"
+    assert meta["validation"] == "the first shard (llm.c's convention)" and meta["workers"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin",
+                                                     "meta.json"]
+    assert prepare.prepare("fineweb-10B", out_dir=out, shard_size=8, workers=1) == meta  # done: not rebuilt
+    assert capsys.readouterr().out.startswith(f"{out} is up to date (train 7 tokens / 2 docs in 1 shard(s), val 8 tokens / 3 ")
+    assert len(calls) == 1
+
+
+def test_prepare_from_local_files_says_which(tmp_path, capsys, monkeypatch):
+    """Local files: the first one named (and "..." when there are more), no token count to show."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    totals = []
+    monkeypatch.setattr(prepare, "tqdm", lambda **kw: Bar(totals, **kw))
+    for k in range(2):
+        (tmp_path / f"{k}.jsonl").write_text("".join(json.dumps({"text": f"doc {3 * k + i}"}) + "\n" for i in range(3)))
+    for n, shown in ((1, f"{tmp_path / '0.jsonl'}"), (2, f"{tmp_path / '0.jsonl'} ...")):
+        source = [str(tmp_path / f"{k}.jsonl") for k in range(n)]
+        prepare.prepare("openwebtext", source, tmp_path / f"out{n}", shard_size=4, workers=1, val_every=2)
+        assert f"source: {n} local json file(s): {shown}\n" in capsys.readouterr().out
+    assert totals == [None, None]
+
+
+def test_prepare_refuses_bad_options_naming_the_fix(tmp_path):
+    with pytest.raises(prepare.PrepareError, match=r"^--tokenizer gpt3: unknown; choose one of gpt2, bytes$"):
+        prepare.prepare("embedded", out_dir=tmp_path, tokenizer="gpt3")
+    with pytest.raises(prepare.PrepareError, match=r"^--with-wikipedia only applies to the embedded dataset$"):
+        prepare.prepare("openwebtext", out_dir=tmp_path, with_wikipedia=True)
+
+
+def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypatch, tmp_path):
+    fake_datasets(monkeypatch)
+    monkeypatch.setattr(prepare, "_FAULTS", prepare.parse_faults("error@save:1"))  # stops at the first save
+    with pytest.raises(ConnectionResetError):
+        prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=8, workers=1)
+    assert json.loads((tmp_path / "progress.json").read_text())["config"]["shard_size"] == 8
+    with pytest.raises(prepare.PrepareError, match=rf"^{tmp_path} holds an unfinished run of another command "
+                                                   r"\(shard_size 8 -> 4, val_every 0 -> 2\); run that command again "
+                                                   r"to finish it, or pass --force to discard it and start afresh$"):
+        prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=4, workers=1, val_every=2)
