@@ -3,6 +3,7 @@ finish a directory (written out here by hand), --verify's other findings, the hu
 messages and the hub path itself (a stand-in `datasets` module: the real hub is not reachable
 here; the local-file path that shares DatasetSource is tests/test_prepare_resume.py's)."""
 import errno
+import os
 import json
 import sys
 import types
@@ -158,6 +159,10 @@ def test_a_hub_dataset_with_a_loading_script_falls_back_to_its_parquet_conversio
                                                    "streaming": True})
     assert "has a loading script (unsupported by datasets>=4): using the hub's parquet conversion" in capsys.readouterr().out
     assert next(iter(source.read())) == "doc 0"
+    calls = fake_datasets(monkeypatch, RuntimeError("Dataset scripts are no longer supported"))
+    prepare.dataset_source(prepare.DATASETS["fineweb-10B"])  # its config is kept on the parquet branch
+    assert calls[1] == ("HuggingFaceFW/fineweb", {"name": "sample-10BT", "revision": "refs/convert/parquet",
+                                                  "split": "train", "streaming": True})
     calls = fake_datasets(monkeypatch, ValueError("something else"))
     with pytest.raises(prepare.PrepareError, match=r"^Skylion007/openwebtext: cannot open \(ValueError: something else\)"):
         prepare.dataset_source(prepare.DATASETS["openwebtext"])
@@ -296,7 +301,7 @@ def test_local_files_resume_from_a_snapshot_and_keep_few_of_them(monkeypatch, tm
         assert rows[0] <= max(at - 16, 0) and at - rows[0] < 16 + 2 * 8 + 8
     assert texts == [f"doc {i}" for i in range(100)]
     row, state = source.state_at(85)
-    assert row == 80 and state is not None
+    assert row == 80 and state is not None and source.state_at(80)[0] == 80 and source.state_at(79)[0] == 72
     again = prepare.dataset_source(prepare.DATASETS["openwebtext"], "json", files)
     assert list(again.read(85, (row, state))) == [f"doc {i}" for i in range(85, 100)]
     assert prepare.dataset_source(prepare.DATASETS["openwebtext"], "json", files[:1]).where == f"--source {files[0]}"
@@ -311,9 +316,9 @@ def test_local_files_that_cannot_be_opened_say_which(monkeypatch):
 
 class Resets:
     """A source of 20 rows (with a state, as datasets' streams have) whose reading is reset 5
-    times in a row at row 3 and 5 times at row 12: each row that failed gets all its retries."""
-    def __init__(self):
-        self.fails = {3: 5, 12: 5}
+    times in a row at each row of `fails` (row -> resets)."""
+    def __init__(self, fails):
+        self.fails = dict(fails)
 
     def __call__(self, state):
         stream = self
@@ -335,26 +340,33 @@ class Resets:
         return Rows()
 
 
-def test_every_row_that_fails_gets_all_its_retries(monkeypatch):
+@pytest.mark.parametrize("fails", [{3: 5, 12: 5}, {0: 5}])
+def test_every_row_that_fails_gets_all_its_retries(monkeypatch, fails):
+    """Five resets in a row at a row (the first one too) are retried; a sixth would stop the run."""
     monkeypatch.setattr(prepare.time, "sleep", lambda s: None)
     monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 4)
-    assert list(prepare.DatasetSource(Resets(), "x/y").read()) == [f"doc {i}" for i in range(20)]
+    assert list(prepare.DatasetSource(Resets(fails), "x/y").read()) == [f"doc {i}" for i in range(20)]
 
 
 def test_source_paths_resolve_to_data_files_of_one_format(tmp_path):
     """--source takes files, directories (their data files only, any depth) and globs (`**`
     crosses directories); the files must all be of one format the `datasets` builders read."""
     (tmp_path / "d" / "sub").mkdir(parents=True)
-    for name in ("d/a.jsonl", "d/sub/b.jsonl", "d/README.md", "d/sub/c.txt", "x.csv", "y.parquet"):
+    for name in ("d/a.jsonl", "d/sub/b.jsonl", "d/README.v2.md", "d/sub/c.txt", "x.csv", "y.parquet"):
         (tmp_path / name).write_text("{}\n")
     d = tmp_path / "d"
     assert prepare.resolve_source([str(d / "sub" / "b.jsonl")]) == ("json", [str(d / "sub" / "b.jsonl")])
     glob_all = prepare.resolve_source([str(d / "**" / "*.jsonl")])  # a.jsonl at depth 0, b.jsonl at depth 1
     assert glob_all == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])
     with pytest.raises(prepare.PrepareError, match=r"^--source: files must all be one of parquet, json/jsonl or txt; "
-                                                   r"got \['.jsonl', '.md', '.txt'\]$"):
+                                                   r"got \['.jsonl', '.txt', '.v2.md'\]$"):
         prepare.resolve_source([str(d / "**" / "*.*")])  # README.md among them
     (tmp_path / "d" / "sub" / "c.txt").unlink()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("")
+    with pytest.raises(prepare.PrepareError, match=rf"^--source {tmp_path / 'docs'}: no such file, or no "
+                                                   r"\.parquet/\.jsonl/\.json/\.jsonl\.gz/\.json\.gz/\.txt files in it$"):
+        prepare.resolve_source([str(tmp_path / "docs")])
     assert prepare.resolve_source([str(d)]) == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])  # no README
     with pytest.raises(prepare.PrepareError, match=r"got \['.csv'\]$"):
         prepare.resolve_source([str(tmp_path / "x.csv")])  # one file, of no format we read
@@ -485,3 +497,63 @@ def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypa
                                                    r"\(shard_size 8 -> 4, val_every 0 -> 2\); run that command again "
                                                    r"to finish it, or pass --force to discard it and start afresh$"):
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=4, workers=1, val_every=2)
+
+
+def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_path):
+    """Without --out-dir the directory is the catalog's for the dataset and tokenizer; without
+    --workers, every core (one where the count is unknown); a shard of one token is allowed."""
+    fake_datasets(monkeypatch)
+    asked = []
+    monkeypatch.setattr(prepare, "default_out_dir", lambda dataset, tokenizer: asked.append((dataset, tokenizer))
+                        or tmp_path / f"{dataset}-{tokenizer}")
+    meta = prepare.prepare("openwebtext", shard_size=1, tokenizer="bytes")  # every 2000th document is val: doc 0
+    assert asked == [("openwebtext", "bytes")] and meta["workers"] == os.cpu_count()
+    assert (meta["splits"]["val"]["tokens"], len(meta["splits"]["train"]["shards"])) == (6, 24)  # NUL + "doc i"
+    assert (tmp_path / "openwebtext-bytes" / "openwebtext_train_000024.bin").exists()
+    monkeypatch.setattr(prepare.os, "cpu_count", lambda: None)
+    assert prepare.prepare("openwebtext", out_dir=tmp_path / "o", shard_size=10)["workers"] == 1
+
+
+def test_the_command_line(monkeypatch, tmp_path, capsys):
+    """What main() passes on: argparse refuses an unknown dataset or tokenizer (exit 2, naming the
+    choices), --source may be given twice, the defaults are 100M-token shards and the dataset's own
+    validation split; --verify looks in the catalog's directory; Ctrl-C says how to resume."""
+    for argv in (["fineweb"], ["openwebtext", "--tokenizer", "gpt3"]):
+        with pytest.raises(SystemExit) as e:
+            prepare.main(argv)
+        assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for k in range(2):
+        (tmp_path / f"{k}.jsonl").write_text(json.dumps({"text": f"doc {k}"}) + "\n")
+    meta = prepare.main(["openwebtext", "--source", str(tmp_path / "0.jsonl"), "--source", str(tmp_path / "1.jsonl"),
+                         "--out-dir", str(tmp_path / "o"), "--workers", "1", "--val-every", "2"])
+    assert meta["sources"]["files"] == [str(tmp_path / "0.jsonl"), str(tmp_path / "1.jsonl")]
+    fake_datasets(monkeypatch)
+    meta = prepare.main(["openwebtext", "--out-dir", str(tmp_path / "hub"), "--workers", "1"])
+    assert (meta["config"]["shard_size"], meta["config"]["val_every"]) == (100_000_000, 2000)
+    asked = []
+    monkeypatch.setattr(prepare, "default_out_dir", lambda dataset, tokenizer: asked.append((dataset, tokenizer))
+                        or tmp_path / "hub")
+    assert prepare.main(["openwebtext", "--tokenizer", "bytes", "--verify"]) == meta
+    assert asked[0] == ("openwebtext", "bytes")  # (then command_of asks for meta.json's own, gpt2)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "prepare", interrupted)
+    with pytest.raises(SystemExit, match=rf"^interrupted: {tmp_path / 'hub'} keeps the shards written so far; run the "
+                                         r"same command again to resume$"):
+        prepare.main(["openwebtext"])
+
+
+def test_a_damaged_progress_file_says_so(tmp_path):
+    (tmp_path / "progress.json").write_text('{"doc": 3}')  # no "saves": not one prepare.py wrote
+    with pytest.raises(prepare.PrepareError, match=rf"^{tmp_path / 'progress.json'} is damaged \('saves'\); pass "
+                                                   r"--force to start afresh$"):
+        prepare.Progress(tmp_path).load()
+
+
+def test_a_nul_first_in_a_document_is_refused_for_bytes(monkeypatch):
+    monkeypatch.setattr(prepare, "_enc", None)  # this process's tokenizer, put back after
+    prepare._init_worker("bytes")
+    with pytest.raises(prepare.PrepareError, match="a document holds a NUL byte"):
+        prepare.tokenize("\0 leading")
