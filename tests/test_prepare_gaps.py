@@ -459,6 +459,9 @@ def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_pa
     assert (meta["tokenizer"], meta["vocab_size"], meta["separator"]) == ("gpt2", 50257, 50256)
     assert meta["format"] == "llm.c .bin: 256 x int32 header [20240520, 1, n_tokens, 0...], then n_tokens x uint16"
     assert meta["validation"] == "the first shard (llm.c's convention)" and meta["workers"] == 1
+    assert meta["licence"] == "ODC-By 1.0, subject to Common Crawl's terms of use"
+    assert meta["created"].endswith("+00:00") and isinstance(meta["seconds"], float)  # UTC; seconds to 1/100
+    assert meta["seconds"] == round(meta["seconds"], 2)
     assert sorted(p.name for p in out.iterdir()) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin",
                                                      "meta.json"]
     assert prepare.prepare("fineweb-10B", out_dir=out, shard_size=8, workers=1) == meta  # done: not rebuilt
@@ -481,6 +484,11 @@ def test_prepare_from_local_files_says_which(tmp_path, capsys, monkeypatch):
 
 
 def test_prepare_refuses_bad_options_naming_the_fix(tmp_path):
+    with pytest.raises(prepare.PrepareError, match=r"^--shard-size must be >= 1 and --val-every >= 0$"):
+        prepare.prepare("openwebtext", out_dir=tmp_path, shard_size=0)
+    with pytest.raises(prepare.PrepareError, match=r"^--source is for the hub datasets \(fineweb\*, openwebtext\); "
+                                                   r"embedded has fixed sources$"):
+        prepare.prepare("embedded", ["x.txt"], out_dir=tmp_path)
     with pytest.raises(prepare.PrepareError, match=r"^--tokenizer gpt3: unknown; choose one of gpt2, bytes$"):
         prepare.prepare("embedded", out_dir=tmp_path, tokenizer="gpt3")
     with pytest.raises(prepare.PrepareError, match=r"^--with-wikipedia only applies to the embedded dataset$"):
@@ -499,7 +507,7 @@ def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypa
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=4, workers=1, val_every=2)
 
 
-def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_path):
+def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_path, capsys):
     """Without --out-dir the directory is the catalog's for the dataset and tokenizer; without
     --workers, every core (one where the count is unknown); a shard of one token is allowed."""
     fake_datasets(monkeypatch)
@@ -507,6 +515,9 @@ def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_pa
     monkeypatch.setattr(prepare, "default_out_dir", lambda dataset, tokenizer: asked.append((dataset, tokenizer))
                         or tmp_path / f"{dataset}-{tokenizer}")
     meta = prepare.prepare("openwebtext", shard_size=1, tokenizer="bytes")  # every 2000th document is val: doc 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "tokenizer: bytes (UTF-8, 256 symbols; NUL separates documents)",
+        "source: https://huggingface.co/datasets/Skylion007/openwebtext (default), streamed"]  # no hub config
     assert asked == [("openwebtext", "bytes")] and meta["workers"] == os.cpu_count()
     assert (meta["splits"]["val"]["tokens"], len(meta["splits"]["train"]["shards"])) == (6, 24)  # NUL + "doc i"
     assert (tmp_path / "openwebtext-bytes" / "openwebtext_train_000024.bin").exists()
@@ -557,3 +568,32 @@ def test_a_nul_first_in_a_document_is_refused_for_bytes(monkeypatch):
     prepare._init_worker("bytes")
     with pytest.raises(prepare.PrepareError, match="a document holds a NUL byte"):
         prepare.tokenize("\0 leading")
+
+
+def test_the_tokenizing_workers_never_outrun_the_snapshots_kept(monkeypatch, tmp_path):
+    """The source keeps snapshots as far back as the rows the workers may hold: workers x 16 (rows
+    sent at a time) x 4 (the in-flight bound), here 3 x 16 x 4 = 192."""
+    fake_datasets(monkeypatch)
+    sources = []
+    real = prepare.dataset_source
+    monkeypatch.setattr(prepare, "dataset_source", lambda *a, **kw: sources.append(real(*a, **kw)) or sources[-1])
+    prepare.prepare("openwebtext", out_dir=tmp_path, workers=3, shard_size=4)
+    assert sources[0].lookbehind == 192 + 2 * prepare.DatasetSource.SNAPSHOT
+
+
+def test_the_embedded_corpus_says_where_each_file_came_from(monkeypatch, tmp_path, capsys):
+    """The embedded path with stand-in pinned files: --with-wikipedia passed on, each file printed
+    and recorded in meta.json (project, version, file, sha256, url, licence)."""
+    pin = types.SimpleNamespace(project="bible", version="1.0", filename="b.whl", sha256="ab" * 32,
+                                page="https://pypi.org/project/bible/1.0/", licence="PD")
+    asked = []
+    monkeypatch.setattr(prepare.sources, "embedded_pins", lambda wiki: asked.append(wiki) or [pin])
+    monkeypatch.setattr(prepare.sources, "embedded_documents", lambda wiki: asked.append(wiki) or [
+        types.SimpleNamespace(title=f"Book {i}", text=f"doc {i}") for i in range(5)])
+    meta = prepare.prepare("embedded", out_dir=tmp_path, with_wikipedia=True, workers=1, val_every=2, shard_size=4)
+    assert asked == [True, True]
+    assert capsys.readouterr().out.splitlines()[1:5] == ["source: bible==1.0 b.whl", f"  sha256 {'ab' * 32}",
+                                                         "  https://pypi.org/project/bible/1.0/", "  licence: PD"]
+    assert meta["sources"] == [{"project": "bible", "version": "1.0", "file": "b.whl", "sha256": "ab" * 32,
+                                "url": "https://pypi.org/project/bible/1.0/", "licence": "PD"}]
+    assert meta["val_documents"] == ["Book 0", "Book 2", "Book 4"] and meta["config"]["with_wikipedia"] is True
