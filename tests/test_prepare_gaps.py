@@ -128,8 +128,8 @@ def fake_datasets(monkeypatch, fail_first=None):
         def __iter__(self):
             start = self.state["row"] if self.state else 0
             for i in range(start, 5):
+                self.row = i + 1  # as datasets' own: the state after a row resumes at the next
                 yield {"text": f"doc {i}"}
-                self.row = i + 1
 
         def state_dict(self):
             return {"row": getattr(self, "row", 0)}
@@ -511,7 +511,9 @@ def test_prepare_refuses_bad_options_naming_the_fix(tmp_path):
 
 
 def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypatch, tmp_path):
-    fake_datasets(monkeypatch)
+    """... and the same command resumes, reopening the dataset at the snapshot saved (row 2)."""
+    calls = fake_datasets(monkeypatch)
+    monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 2)
     monkeypatch.setattr(prepare, "_FAULTS", prepare.parse_faults("error@save:1"))  # stops at the first save
     with pytest.raises(ConnectionResetError):
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=8, workers=1)
@@ -522,6 +524,9 @@ def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypa
                                                    r"\(shard_size 8 -> 4, val_every 0 -> 2\); run that command again "
                                                    r"to finish it, or pass --force to discard it and start afresh$"):
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=4, workers=1, val_every=2)
+    monkeypatch.setattr(prepare, "_FAULTS", {})
+    meta = prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=8, workers=1)
+    assert len(calls) == 3 and meta["splits"]["train"]["tokens"] == 7  # opened, opened again, reopened at row 2
 
 
 def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_path, capsys):
@@ -616,12 +621,15 @@ def test_the_embedded_corpus_says_where_each_file_came_from(monkeypatch, tmp_pat
     assert meta["val_documents"] == ["Book 0", "Book 2", "Book 4"] and meta["config"]["with_wikipedia"] is True
 
 
-def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(monkeypatch, tmp_path):
+@pytest.mark.parametrize("save, where, written", [(1, (3, 3, 0), 12), (5, (9, 9, 0), 36)])
+def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(monkeypatch, tmp_path, save, where,
+                                                                              written):
     """Documents of 4 tokens (a NUL and 3 bytes), every 2nd to validation, in shards of 8: document 2
     ends exactly with the first validation shard, so the progress saved there points at document 3,
     offset 0, with train's first document waiting in a partial file. The resumed run starts its
     progress bar at the 12 tokens written and adds its time to the first run's; the result is
-    that of a run never stopped."""
+    that of a run never stopped. The 5th save is the last, after validation's last (shorter) shard:
+    it points past the last document."""
     texts = [f"{i:03d}" for i in range(9)]
     bars = []
 
@@ -634,14 +642,14 @@ def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(
                                     progress, progress.load(), {"test": 1})
     straight = go(tmp_path / "a", 1000)
     assert straight["seconds"] % 1000 == 0  # what the clock says, nothing added
-    monkeypatch.setitem(prepare._FAULTS, ("save", 1), ("error", 1))
+    monkeypatch.setitem(prepare._FAULTS, ("save", save), ("error", 1))
     with pytest.raises(ConnectionResetError):
         go(tmp_path / "b", 1000)
     saved = json.loads((tmp_path / "b" / "progress.json").read_text())
-    assert (saved["doc"], saved["row"], saved["offset"]) == (3, 3, 0)
+    assert (saved["doc"], saved["row"], saved["offset"]) == where
     assert 1000 <= saved["seconds"] < 10**5
     resumed = go(tmp_path / "b", 1)
-    assert bars[-1].initial == 12
+    assert bars[-1].initial == written
     assert saved["seconds"] < resumed["seconds"] < saved["seconds"] + 100
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in straight.items() if k != "seconds"}
     for name in straight["train"]["shards"] | straight["val"]["shards"]:
