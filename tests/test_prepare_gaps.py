@@ -6,6 +6,7 @@ import errno
 import os
 import json
 import sys
+import time
 import types
 
 import numpy as np
@@ -654,3 +655,30 @@ def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in straight.items() if k != "seconds"}
     for name in straight["train"]["shards"] | straight["val"]["shards"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_the_worker_pool_reads_ahead_a_bounded_number_of_documents(monkeypatch):
+    """workers processes (each loading the tokenizer itself: nothing inherited), fed at most
+    workers x chunksize x 4 documents ahead of the consumer: 2 x 4 x 4 = 32."""
+    monkeypatch.setattr(prepare, "_enc", None)  # a worker must not rely on this process's tokenizer
+    pools, read, real_pool = [], [], prepare.mp.Pool
+    monkeypatch.setattr(prepare.mp, "Pool", lambda *a, **kw: pools.append((a, kw)) or real_pool(*a, **kw))
+
+    def texts():
+        for i in range(1000):
+            read.append(i)
+            yield f"doc {i}"
+    gen = prepare.tokenized(texts(), workers=2, chunksize=4, tokenizer="bytes")
+    assert next(gen)[1:].tolist() == list(b"doc 0")
+    time.sleep(1.0)  # time for the feeding thread to run ahead as far as it may
+    assert 17 <= len(read) <= 34  # the one taken, 32 in flight, one drawn and waiting for room; it did read ahead
+    gen.close()
+    assert pools == [((2,), {"initializer": prepare._init_worker, "initargs": ("bytes",)})]
+
+
+def test_an_empty_train_split_says_which_option_to_change(tmp_path):
+    progress = prepare.Progress(tmp_path)
+    with pytest.raises(prepare.PrepareError, match=r"^the train split is empty \(3 documents with --val-every 1: give "
+                                                   r"more documents or a smaller --val-every\)$"):
+        prepare.write_splits(prepare.ListSource(["a", "b", "c"]), tmp_path, "t", 8, 1, 1, 1, None, "bytes", progress,
+                             None, {})
