@@ -1,7 +1,9 @@
 """data/prepare.py's paths the resume tests do not reach: the command line it prints to rebuild or
 finish a directory (written out here by hand), --verify's other findings, the hub's error
 messages and the hub path itself (a stand-in `datasets` module: the real hub is not reachable
-here; the local-file path that shares DatasetSource is tests/test_prepare_resume.py's)."""
+here; the local-file path that shares DatasetSource is tests/test_prepare_resume.py's), --source's
+resolution, prepare() and main() in this process (what they print and record, their defaults and
+refusals), the progress file, the tokenizing pool, and a resume at a document's very end."""
 import errno
 import os
 import json
@@ -361,7 +363,7 @@ def test_source_paths_resolve_to_data_files_of_one_format(tmp_path):
     assert glob_all == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])
     with pytest.raises(prepare.PrepareError, match=r"^--source: files must all be one of parquet, json/jsonl or txt; "
                                                    r"got \['.jsonl', '.txt', '.v2.md'\]$"):
-        prepare.resolve_source([str(d / "**" / "*.*")])  # README.md among them
+        prepare.resolve_source([str(d / "**" / "*.*")])  # README.v2.md among them
     (tmp_path / "d" / "sub" / "c.txt").unlink()
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.md").write_text("")
