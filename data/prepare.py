@@ -143,7 +143,7 @@ def _fault(event, n):
         os.kill(os.getpid(), 9)
     if left > 0:
         _FAULTS[(event, n)] = (kind, left - 1)
-        raise ConnectionResetError(104, f"Connection reset by peer (PREPARE_FAULT at {event} {n})")
+        raise ConnectionResetError(errno.ECONNRESET, f"Connection reset by peer (PREPARE_FAULT at {event} {n})")
 
 
 def parse_faults(text: str) -> dict:

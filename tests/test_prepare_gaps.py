@@ -5,8 +5,8 @@ here; the local-file path that shares DatasetSource is tests/test_prepare_resume
 resolution, prepare() and main() in this process (what they print and record, their defaults and
 refusals), the progress file, the tokenizing pool, and a resume at a document's very end."""
 import errno
-import os
 import json
+import re
 import sys
 import time
 import types
@@ -367,7 +367,7 @@ def test_source_paths_resolve_to_data_files_of_one_format(tmp_path):
     (tmp_path / "d" / "sub" / "c.txt").unlink()
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "notes.md").write_text("")
-    with pytest.raises(prepare.PrepareError, match=rf"^--source {tmp_path / 'docs'}: no such file, or no "
+    with pytest.raises(prepare.PrepareError, match=rf"^--source {re.escape(str(tmp_path / 'docs'))}: no such file, or no "
                                                    r"\.parquet/\.jsonl/\.json/\.jsonl\.gz/\.json\.gz/\.txt files in it$"):
         prepare.resolve_source([str(tmp_path / "docs")])
     assert prepare.resolve_source([str(d)]) == ("json", [str(d / "a.jsonl"), str(d / "sub" / "b.jsonl")])  # no README
@@ -382,11 +382,11 @@ def test_the_hub_source_keeps_the_look_behind_it_is_given(monkeypatch):
     fake_datasets(monkeypatch)
     far = prepare.dataset_source(prepare.DATASETS["fineweb-10B"], lookbehind=100_000)
     near = prepare.dataset_source(prepare.DATASETS["fineweb-10B"], lookbehind=16)
-    assert far.lookbehind - near.lookbehind == 100_000 - 16
+    assert (far.lookbehind, near.lookbehind) == (100_000 + 512, 16 + 512)  # + 2 snapshots of 256 rows
 
 
 def test_a_shard_fault_fires_after_that_many_shards_and_looks_like_a_real_reset(monkeypatch, tmp_path):
-    """PREPARE_FAULT's "error@shard:2" (the resume tests' interruption) after the 2nd shard on disk,
+    """PREPARE_FAULT's "error@shard:2" (the hook the resume tests' interruptions use) after the 2nd shard on disk,
     raising what a dropped connection raises (errno ECONNRESET, so the retry message is the real one)."""
     monkeypatch.setattr(prepare, "_FAULTS", prepare.parse_faults("error@shard:2"))
     w = prepare.ShardWriter(tmp_path, 2, lambda i: f"t_train_{i:06d}.bin")
@@ -439,10 +439,10 @@ class Bar:
     """Stands in for tqdm: records the total the progress bar is given (and where it starts)."""
     def __init__(self, totals, total=None, initial=0, **kwargs):
         totals.append(total)
-        self.initial = initial
+        self.initial, self.updates = initial, []
 
     def update(self, n):
-        pass
+        self.updates.append(n)
 
     def close(self):
         pass
@@ -523,7 +523,7 @@ def test_an_unfinished_run_of_another_command_is_named_change_by_change(monkeypa
     saved = json.loads((tmp_path / "progress.json").read_text())
     assert saved["config"]["shard_size"] == 8
     assert (saved["doc"], saved["row"], saved["offset"]) == (2, 2, 2)  # 8 tokens: docs 0, 1 and 2 of doc 2's 3
-    with pytest.raises(prepare.PrepareError, match=rf"^{tmp_path} holds an unfinished run of another command "
+    with pytest.raises(prepare.PrepareError, match=rf"^{re.escape(str(tmp_path))} holds an unfinished run of another command "
                                                    r"\(shard_size 8 -> 4, val_every 0 -> 2\); run that command again "
                                                    r"to finish it, or pass --force to discard it and start afresh$"):
         prepare.prepare("fineweb-10B", out_dir=tmp_path, shard_size=4, workers=1, val_every=2)
@@ -536,6 +536,7 @@ def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_pa
     """Without --out-dir the directory is the catalog's for the dataset and tokenizer; without
     --workers, every core (one where the count is unknown); a shard of one token is allowed."""
     fake_datasets(monkeypatch)
+    monkeypatch.setattr(prepare.os, "cpu_count", lambda: 3)
     asked = []
     monkeypatch.setattr(prepare, "default_out_dir", lambda dataset, tokenizer: asked.append((dataset, tokenizer))
                         or tmp_path / f"{dataset}-{tokenizer}")
@@ -543,7 +544,7 @@ def test_prepare_defaults_out_dir_workers_and_smallest_shard(monkeypatch, tmp_pa
     assert capsys.readouterr().out.splitlines()[:2] == [
         "tokenizer: bytes (UTF-8, 256 symbols; NUL separates documents)",
         "source: https://huggingface.co/datasets/Skylion007/openwebtext (default), streamed"]  # no hub config
-    assert asked == [("openwebtext", "bytes")] and meta["workers"] == os.cpu_count()
+    assert asked == [("openwebtext", "bytes")] and meta["workers"] == 3
     assert (meta["splits"]["val"]["tokens"], len(meta["splits"]["train"]["shards"])) == (6, 24)  # NUL + "doc i"
     assert (tmp_path / "openwebtext-bytes" / "openwebtext_train_000024.bin").exists()
     monkeypatch.setattr(prepare.os, "cpu_count", lambda: None)
@@ -576,14 +577,14 @@ def test_the_command_line(monkeypatch, tmp_path, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt
     monkeypatch.setattr(prepare, "prepare", interrupted)
-    with pytest.raises(SystemExit, match=rf"^interrupted: {tmp_path / 'hub'} keeps the shards written so far; run the "
+    with pytest.raises(SystemExit, match=rf"^interrupted: {re.escape(str(tmp_path / 'hub'))} keeps the shards written so far; run the "
                                          r"same command again to resume$"):
         prepare.main(["openwebtext"])
 
 
 def test_a_damaged_progress_file_says_so(tmp_path):
     (tmp_path / "progress.json").write_text('{"doc": 3}')  # no "saves": not one prepare.py wrote
-    with pytest.raises(prepare.PrepareError, match=rf"^{tmp_path / 'progress.json'} is damaged \('saves'\); pass "
+    with pytest.raises(prepare.PrepareError, match=rf"^{re.escape(str(tmp_path / 'progress.json'))} is damaged \('saves'\); pass "
                                                    r"--force to start afresh$"):
         prepare.Progress(tmp_path).load()
 
@@ -595,7 +596,7 @@ def test_a_nul_first_in_a_document_is_refused_for_bytes(monkeypatch):
         prepare.tokenize("\0 leading")
 
 
-def test_the_tokenizing_workers_never_outrun_the_snapshots_kept(monkeypatch, tmp_path):
+def test_the_look_behind_is_the_rows_the_tokenizing_workers_may_hold(monkeypatch, tmp_path):
     """The source keeps snapshots as far back as the rows the workers may hold: workers x 16 (rows
     sent at a time) x 4 (the in-flight bound), here 3 x 16 x 4 = 192."""
     fake_datasets(monkeypatch)
@@ -603,7 +604,7 @@ def test_the_tokenizing_workers_never_outrun_the_snapshots_kept(monkeypatch, tmp
     real = prepare.dataset_source
     monkeypatch.setattr(prepare, "dataset_source", lambda *a, **kw: sources.append(real(*a, **kw)) or sources[-1])
     prepare.prepare("openwebtext", out_dir=tmp_path, workers=3, shard_size=4)
-    assert sources[0].lookbehind == 192 + 2 * prepare.DatasetSource.SNAPSHOT
+    assert sources[0].lookbehind == 192 + 512  # + 2 snapshots of 256 rows
 
 
 def test_the_embedded_corpus_says_where_each_file_came_from(monkeypatch, tmp_path, capsys):
@@ -652,7 +653,9 @@ def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(
     assert (saved["doc"], saved["row"], saved["offset"]) == where
     assert 1000 <= saved["seconds"] < 10**5
     resumed = go(tmp_path / "b", 1)
-    assert bars[-1].initial == written
+    assert bars[-1].initial == written and sum(bars[-1].updates) == 36 - written  # 9 documents of 4 tokens
+    assert {s: (d["documents"], list(d["shards"].values())) for s, d in straight.items() if s != "seconds"} == {
+        "val": (5, [8, 8, 4]), "train": (4, [8, 8])}  # documents 0, 2, .., 8 to validation
     assert saved["seconds"] < resumed["seconds"] < saved["seconds"] + 100
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in straight.items() if k != "seconds"}
     for name in straight["train"]["shards"] | straight["val"]["shards"]:
@@ -660,7 +663,7 @@ def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(
 
 
 def test_the_worker_pool_reads_ahead_a_bounded_number_of_documents(monkeypatch):
-    """workers processes (each loading the tokenizer itself: nothing inherited), fed at most
+    """workers processes (each loading the tokenizer in its initializer), fed at most
     workers x chunksize x 4 documents ahead of the consumer: 2 x 4 x 4 = 32."""
     monkeypatch.setattr(prepare, "_enc", None)  # a worker must not rely on this process's tokenizer
     pools, read, real_pool = [], [], prepare.mp.Pool
@@ -672,7 +675,10 @@ def test_the_worker_pool_reads_ahead_a_bounded_number_of_documents(monkeypatch):
             yield f"doc {i}"
     gen = prepare.tokenized(texts(), workers=2, chunksize=4, tokenizer="bytes")
     assert next(gen)[1:].tolist() == list(b"doc 0")
-    time.sleep(1.0)  # time for the feeding thread to run ahead as far as it may
+    deadline = time.time() + 30
+    while len(read) < 17 and time.time() < deadline:  # the feeding thread runs ahead...
+        time.sleep(0.05)
+    time.sleep(0.5)  # ... as far as it may
     assert 17 <= len(read) <= 34  # the one taken, 32 in flight, one drawn and waiting for room; it did read ahead
     gen.close()
     assert pools == [((2,), {"initializer": prepare._init_worker, "initargs": ("bytes",)})]
@@ -684,3 +690,20 @@ def test_an_empty_train_split_says_which_option_to_change(tmp_path):
                                                    r"more documents or a smaller --val-every\)$"):
         prepare.write_splits(prepare.ListSource(["a", "b", "c"]), tmp_path, "t", 8, 1, 1, 1, None, "bytes", progress,
                              None, {})
+
+
+def test_a_full_disk_and_a_progress_file_without_its_command(monkeypatch, tmp_path):
+    """The disk-full message sizes a shard (625 tokens x 2 bytes = 1.25e-6 GB, printed to two
+    digits); a progress.json that names no command (hand-edited) is another command's."""
+    fake_datasets(monkeypatch)
+
+    def full(path, tokens):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(prepare, "write_shard", full)
+    with pytest.raises(prepare.PrepareError, match=r"free space \(a shard takes 1\.3e-06 GB\) and run the same"):
+        prepare.prepare("fineweb-10B", out_dir=tmp_path / "full", shard_size=625, workers=1)
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "progress.json").write_text('{"saves": 1}')
+    with pytest.raises(prepare.PrepareError, match=r"holds an unfinished run of another command \(dataset None -> "
+                                                   r"'fineweb-10B', shard_size None -> 8, "):
+        prepare.prepare("fineweb-10B", out_dir=tmp_path / "edited", shard_size=8, workers=1)
