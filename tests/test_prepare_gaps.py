@@ -436,10 +436,9 @@ class Clock:
 
 
 class Bar:
-    """Stands in for tqdm: records the total the progress bar is given (and where it starts)."""
-    def __init__(self, totals, total=None, initial=0, **kwargs):
-        totals.append(total)
-        self.initial, self.updates = initial, []
+    """Stands in for tqdm: records the progress bar's total, where it starts, and its updates."""
+    def __init__(self, total=None, initial=0, **kwargs):
+        self.total, self.initial, self.updates = total, initial, []
 
     def update(self, n):
         self.updates.append(n)
@@ -448,14 +447,20 @@ class Bar:
         pass
 
 
+def fake_tqdm(monkeypatch):
+    """prepare.py's progress bars from now on, as Bars, in the order made."""
+    bars = []
+    monkeypatch.setattr(prepare, "tqdm", lambda **kw: bars.append(Bar(**kw)) or bars[-1])
+    return bars
+
+
 def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_path, capsys):
     """prepare() on the hub path (the stand-in `datasets`: rows "doc 0" .. "doc 4", 3 tokens each
     with the separator) with its defaults (gpt2, no Wikipedia, no --force): what it prints, what
     meta.json records, the progress bar's total (the dataset card's 10B tokens), a --out-dir whose
     parents do not exist yet, and a second run finding it done."""
     calls = fake_datasets(monkeypatch)
-    totals = []
-    monkeypatch.setattr(prepare, "tqdm", lambda **kw: Bar(totals, **kw))
+    bars = fake_tqdm(monkeypatch)
     monkeypatch.setattr(prepare, "time", types.SimpleNamespace(time=Clock(1000, 0.1)))
     out = tmp_path / "new" / "fineweb"
     meta = prepare.prepare("fineweb-10B", out_dir=out, shard_size=8, workers=1)
@@ -468,7 +473,7 @@ def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_pa
     assert lines[4].startswith("tokenized 15 tokens in ") and len(lines) == 5
     assert float(lines[4].rpartition("total wall time ")[2][:-2]) < 10  # a tenth of a second per clock reading
     assert meta["tokens_per_second"] == round(15 / meta["seconds"])  # the clock's seconds are whole tenths
-    assert totals == [10_000_000_000]
+    assert [b.total for b in bars] == [10_000_000_000]
     assert json.loads((out / "meta.json").read_text()) == meta
     assert meta["sources"] == {"hub": "HuggingFaceFW/fineweb", "config": "sample-10BT", "files": None}
     assert meta["config"] == {"dataset": "fineweb-10B", "shard_size": 8, "val_every": 0,
@@ -490,15 +495,14 @@ def test_prepare_from_the_hub_says_where_from_and_records_it(monkeypatch, tmp_pa
 def test_prepare_from_local_files_says_which(tmp_path, capsys, monkeypatch):
     """Local files: the first one named (and "..." when there are more), no token count to show."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    totals = []
-    monkeypatch.setattr(prepare, "tqdm", lambda **kw: Bar(totals, **kw))
+    bars = fake_tqdm(monkeypatch)
     for k in range(2):
         (tmp_path / f"{k}.jsonl").write_text("".join(json.dumps({"text": f"doc {3 * k + i}"}) + "\n" for i in range(3)))
     for n, shown in ((1, f"{tmp_path / '0.jsonl'}"), (2, f"{tmp_path / '0.jsonl'} ...")):
         source = [str(tmp_path / f"{k}.jsonl") for k in range(n)]
         prepare.prepare("openwebtext", source, tmp_path / f"out{n}", shard_size=4, workers=1, val_every=2)
         assert f"source: {n} local json file(s): {shown}\n" in capsys.readouterr().out
-    assert totals == [None, None]
+    assert [b.total for b in bars] == [None, None]
 
 
 def test_prepare_refuses_bad_options_naming_the_fix(tmp_path):
@@ -635,11 +639,10 @@ def test_a_run_stopped_where_a_document_ends_with_its_shard_resumes_at_the_next(
     that of a run never stopped. The 5th save is the last, after validation's last (shorter) shard:
     it points past the last document."""
     texts = [f"{i:03d}" for i in range(9)]
-    bars = []
+    bars = fake_tqdm(monkeypatch)
 
     def go(out, step):
         monkeypatch.setattr(prepare, "time", types.SimpleNamespace(time=Clock(10**6, step)))
-        monkeypatch.setattr(prepare, "tqdm", lambda **kw: bars.append(Bar([], **kw)) or bars[-1])
         out.mkdir(exist_ok=True)
         progress = prepare.Progress(out)
         return prepare.write_splits(prepare.ListSource(texts), out, "t", 8, 2, 1, 1, None, "bytes",
