@@ -37,10 +37,12 @@ def functions(path):
     """{'name' or 'Class.name': its code as an AST dump} of a module's functions and methods."""
     found = {}
     for node in ast.parse(open(path).read()).body:
-        for f, prefix in ([(node, "")] if isinstance(node, ast.FunctionDef) else
-                          [(m, node.name + ".") for m in node.body if isinstance(m, ast.FunctionDef)]
-                          if isinstance(node, ast.ClassDef) else []):
-            found[prefix + f.name] = ast.dump(f)
+        if isinstance(node, ast.FunctionDef):
+            found[node.name] = ast.dump(node)
+        elif isinstance(node, ast.ClassDef):
+            for m in node.body:
+                if isinstance(m, ast.FunctionDef):
+                    found[f"{node.name}.{m.name}"] = ast.dump(m)
     return found
 
 
