@@ -48,7 +48,7 @@ def test_every_launch_runs_on_q_device(L, monkeypatch):
 
     class Guard:   # torch.cuda.device's stand-in: what is current while it is entered
         def __init__(self, device):
-            self.device = torch.device(device)
+            self.device = device
 
         def __enter__(self):
             current.append(self.device)
