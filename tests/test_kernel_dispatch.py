@@ -261,11 +261,12 @@ def test_every_lssa_triton_variable_is_validated():
     with open(os.path.join(REPO, "kernels", "lssa_triton.py"), encoding="utf-8") as fh:
         source = fh.read()
     validated = set(re.findall(r'env_choice\("(LSSA_TRITON_\w+)"', source))
-    assert names == validated and len(validated) >= 3, (names, validated)
+    assert names == validated and "LSSA_TRITON_FP32_DOT" in validated, (names, validated)
     assert not re.search(r"environ(\.get)?[\[(]\s*[\"']LSSA_TRITON", source)
 
-    bad = {"LSSA_TRITON_AUTOTUNE": "false", "LSSA_TRITON_FP32_DOT": "tf32", "LSSA_TRITON_OP": "triton"}
-    assert set(bad) == validated
+    # "false" once meant autotuning on, "tf32" gave fp32 inputs the 16-bit fast paths
+    misread = {"LSSA_TRITON_AUTOTUNE": "false", "LSSA_TRITON_FP32_DOT": "tf32"}
+    bad = {name: misread.get(name, "bogus") for name in sorted(validated)}
     proc = _child(_BAD_ENV_CHILD, BAD=repr(bad))
     errors = [line for line in proc.stdout.splitlines() if line.startswith("LSSA_TRITON_") or line.startswith("IMPORTED")]
     assert proc.returncode == 0 and len(errors) == len(bad), f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
