@@ -268,7 +268,7 @@ def test_every_lssa_triton_variable_is_validated():
     misread = {"LSSA_TRITON_AUTOTUNE": "false", "LSSA_TRITON_FP32_DOT": "tf32"}
     bad = {name: misread.get(name, "bogus") for name in sorted(validated)}
     proc = _child(_BAD_ENV_CHILD, BAD=repr(bad))
-    errors = [line for line in proc.stdout.splitlines() if line.startswith("LSSA_TRITON_") or line.startswith("IMPORTED")]
+    errors = [line for line in proc.stdout.splitlines() if line.startswith(("LSSA_TRITON_", "IMPORTED"))]
     assert proc.returncode == 0 and len(errors) == len(bad), f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     for line, (name, value) in zip(errors, bad.items()):
         assert line.startswith(f"{name}={value!r} is not valid; set it to one of: ") and "NEWLINE" not in line, line
@@ -334,7 +334,7 @@ def test_a_test_that_leaves_tf32_on_fails(tmp_path):
     (tmp_path / "conftest.py").write_text(
         "import importlib.util, sys\n"
         f"sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]\n"
-        f"spec = importlib.util.spec_from_file_location('repo_conftest', {os.path.join(REPO, 'tests', 'conftest.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('repo_conftest', {REPO + '/tests/conftest.py'!r})\n"
         "repo_conftest = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(repo_conftest)\n"
         "precision_unchanged = repo_conftest.precision_unchanged\n")
