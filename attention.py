@@ -28,9 +28,13 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from kernels import KERNEL_PHIS  # the positive-weight functions the fused kernels implement
+    # the positive-weight functions and head dims the fused kernels implement
+    from kernels import KERNEL_PHIS, SUPPORTED_HEAD_DIMS, EnvError
 except ImportError:  # this file alone, in an exported Hugging Face model folder (hf_lssa.py): no kernels there
-    KERNEL_PHIS = ()
+    KERNEL_PHIS, SUPPORTED_HEAD_DIMS = (), ()
+
+    class EnvError(ValueError):
+        pass
 
 # type: (positive weights from scores, l1-normalise rows, re-weight)       source
 RECIPES = {
@@ -217,6 +221,29 @@ def kernel_module():
     return lssa_triton
 
 
+# (kind, head_dim) pairs check_head_dim has warned about in this process
+_HEAD_DIM_WARNED = set()
+
+
+def check_head_dim(kind, head_dim, backend="auto"):
+    """Warn once per process (for each type and head dim) when a type with a fused kernel gets a
+    head dim that kernel has no tile class for: backend="auto" then trains on the reference,
+    which holds every T x T weight matrix, where the kernel would hold O(T·d). Called when a
+    model is built, so that the memory is not first met as an out-of-memory error at 16K
+    tokens. Not padded to the next class: the scales need the true head dim inside the op, 80
+    would pay for 128, and 256 has no larger class to pad to."""
+    if backend != "auto" or kind not in KERNEL_TYPES or head_dim in SUPPORTED_HEAD_DIMS:
+        return
+    if (kind, head_dim) in _HEAD_DIM_WARNED:
+        return
+    _HEAD_DIM_WARNED.add((kind, head_dim))
+    warnings.warn(f"head_dim {head_dim} has no fused {kind} kernel (supported head dims: "
+                  f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}): {kind} will run on the reference "
+                  f"attention, whose T x T weights take O(T^2) memory in training (4·T^2 bytes per "
+                  f"head and sequence in fp32: 1 GiB at T = 16384). Choose n_embd / n_head among "
+                  f"the supported head dims for the fused kernel.", RuntimeWarning, stacklevel=2)
+
+
 # backend="auto" on a GPU: (kind, p, device, dtype, head_dim) -> None where the fused kernel
 # runs, else why it does not. Filled by check_kernel, the first time each key is seen.
 _KERNEL_STATUS = {}
@@ -232,12 +259,15 @@ def _fallback_warning(kind, reason):
 def check_kernel(kind, p, device, dtype, head_dim):
     """For backend="auto": None when the fused kernel runs on this device, dtype and head dim,
     else the reason it does not. The first call for each combination launches the kernel's
-    forward and backward once on a tiny input (compiling them), so an unsupported GPU or a
-    Triton that cannot compile them is found before training depends on it; such a failure is
-    warned about once and remembered (inputs the kernel does not cover, a head dim of 48 say,
-    are not a failure: "auto" takes the reference for them silently). Inside a torch.compile
-    trace nothing can be launched: an unchecked combination is taken to work (train.py checks
-    before compiling)."""
+    forward and backward once on a small input (compiling them) and waits for them to finish,
+    so an unsupported GPU, a Triton that cannot compile them or a kernel that faults is found
+    before training depends on it; such a failure is warned about once and remembered (inputs
+    the kernel does not cover, a head dim of 48 say, are not a failure: "auto" takes the
+    reference for them silently; check_head_dim warns about those when the model is built).
+    The probe is two blocks of the largest tile long (lssa_triton.probe_length), so the
+    unmasked blocks below the diagonal run too. An invalid LSSA_TRITON_* value is an error,
+    not a fallback. Inside a torch.compile trace nothing can be launched: an unchecked
+    combination is taken to work (train.py checks before compiling)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:   # "cuda" and "cuda:0" are one device
         device = torch.device("cuda", torch.cuda.current_device())
@@ -248,11 +278,17 @@ def check_kernel(kind, p, device, dtype, head_dim):
         return None
     try:
         lssa_triton = kernel_module()
+        T = lssa_triton.probe_length()
         with torch.enable_grad(), torch.autocast(device_type=device.type, enabled=False):
-            x = [torch.randn(1, 1, 32, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+            x = [torch.randn(1, 1, T, head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
             reason = lssa_triton.unsupported_reason(*x, RECIPES[kind])
             if reason is None:
                 _fused(lssa_triton, *x, kind, p).float().sum().backward()
+                # launches are asynchronous: a fault surfaces at the next sync, which must be this
+                # one, inside the try (torch.cuda.synchronize; torch.cpu's, under the interpreter)
+                getattr(torch, device.type).synchronize(device)
+    except EnvError:   # a mistyped LSSA_TRITON_* value: the user's to fix, not a reason to fall back
+        raise
     except Exception as e:  # no triton, a compile error, no kernel image for this GPU, out of resources...
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         _fallback_warning(kind, reason)

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import (KERNEL_TYPES, RECIPES, causal_attention, check_attention_type, check_backend, check_kernel,
-                       check_reweight_p)
+from attention import (KERNEL_TYPES, RECIPES, causal_attention, check_attention_type, check_backend, check_head_dim,
+                       check_kernel, check_reweight_p)
 
 
 @dataclass
@@ -87,6 +87,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attention, self.p = config.attention, config.reweight_p
         self.backend = config.attention_backend
+        check_head_dim(config.attention, config.n_embd // config.n_head, config.attention_backend)
         if config.attention == "ssmax":
             # ssmax's learned per-head s_h (Nakanishi 2025). Initialised to 1/ln(block_size):
             # s_h·ln n = 1 for the last row of a training window (plain softmax), < 1 before it.

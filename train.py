@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,6 +38,28 @@ from model import GPT, config_from_preset
 from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
 
 
+def precision_flags():
+    """torch's process-wide fp32 matmul precision: whether TF32 may be used (matmuls, cuDNN)."""
+    return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+@contextmanager
+def precision_kept():
+    """precision_flags() as they were on entry, put back on exit (also as a decorator). train.main
+    runs inside it: called in-process (the tests, a notebook) it must not leave later fp32 work
+    in TF32 (~1e-3 error), which would make fp32 comparisons fail by test order."""
+    flags = precision_flags()
+    try:
+        yield flags
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flags["cuda.matmul.allow_tf32"]
+        torch.backends.cudnn.allow_tf32 = flags["cudnn.allow_tf32"]
+        torch.set_float32_matmul_precision(flags["float32_matmul_precision"])   # last: it overrides the first
+
+
+@precision_kept()   # setup_process may switch TF32 on for the whole process: put back on the way out
 def main(argv):
     """The table of contents: each step is a function below, in the order it runs."""
     t_start = time.time()   # for the time to the first step (start-up: building, compiling, autotuning)

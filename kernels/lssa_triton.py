@@ -92,8 +92,9 @@ Registration: with torch >= 2.6 the forward and backward are `torch.library.trit
 (kernels launched through `wrap_triton`, so torch.compile sees them as ordinary ops and
 Inductor may call the kernels directly); torch 2.4/2.5 get opaque `torch.library.custom_op`s;
 older torch a plain `torch.autograd.Function`. LSSA_TRITON_OP=triton_op|custom_op|function
-forces one (for debugging a compile problem).
+(default auto) forces one (for debugging a compile problem).
 """
+import contextlib
 import functools
 import math
 import os
@@ -102,10 +103,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import KERNEL_PHIS
+from kernels import KERNEL_PHIS, SUPPORTED_HEAD_DIMS, env_choice
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # a recipe's positive-weight function -> the kernels' PHI constant (softplus_fixed is softplus
 # with a constant length: only its score scale ρ differs)
@@ -115,11 +115,16 @@ NORM_EPS = 1e-12       # F.normalize's default eps, the reference's QK-norm
 MAX_INT_POWER = 64     # integer p up to this uses repeated squaring; larger p uses exp2/log2
 MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x heads here)
 
+# Every LSSA_TRITON_* variable is read here, through env_choice: a value outside its choices is a
+# one-line error at import, never a silent default (LSSA_TRITON_AUTOTUNE=false once meant "on").
 # Autotuning on the GPU (set False, or LSSA_TRITON_AUTOTUNE=0, to launch one fixed config).
-AUTOTUNE = os.environ.get("LSSA_TRITON_AUTOTUNE", "1") != "0"
+AUTOTUNE = env_choice("LSSA_TRITON_AUTOTUNE", ("1", "0")) == "1"
 # tl.dot precision for fp32 inputs: "tf32x3" (three tf32 tensor-core products, close to fp32
-# accuracy) or "ieee" (exact fp32 on the FMA units: much slower, spills registers).
-FP32_DOT_PRECISION = os.environ.get("LSSA_TRITON_FP32_DOT", "tf32x3")
+# accuracy) or "ieee" (exact fp32 on the FMA units: much slower, spills registers). Plain "tf32"
+# is refused: fp32 inputs are matched to the fp32 reference, and the kernels read DOT_PREC ==
+# "tf32" as "16-bit inputs" (the fast log2 and softplus polynomial), so it would quietly give fp32
+# inputs bf16-level errors; use bf16 inputs for speed.
+FP32_DOT_PRECISION = env_choice("LSSA_TRITON_FP32_DOT", ("tf32x3", "ieee"))
 # Fixed tiles under the interpreter; tests may change them to exercise other block layouts.
 INTERPRET_BLOCKS = {"fwd": (16, 16), "dkdv": (16, 16), "dq": (16, 16)}
 
@@ -878,6 +883,16 @@ def _pick(which, dtype, head_dim, device):
     return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
 
 
+def probe_length():
+    """The sequence length attention.check_kernel probes at: two blocks of the largest tile that
+    can launch here (any entry of any table on a GPU, INTERPRET_BLOCKS under the interpreter), so
+    that for every tile the unmasked loop below the diagonal runs as well as the masked diagonal
+    block. With today's tables (largest 128) that is 256, the autotuner's shortest T bucket."""
+    tiles = INTERPRET_BLOCKS.values() if INTERPRET else [
+        tile[:2] for table in _TABLES.values() for entries in table.values() for tile in entries]
+    return 2 * max(max(tile) for tile in tiles)
+
+
 def _t_bucket(T):
     for bucket in (256, 1024, 4096):
         if T <= bucket:
@@ -935,11 +950,35 @@ def _identity(kernel):
     return kernel
 
 
+def _on_q_device(launch):
+    """Triton launches on the *current* CUDA device, not on the one its pointers live on: from a
+    process whose current device is cuda:0, tensors on cuda:1 (eval_length.py --device cuda:1)
+    would be read by a kernel running on GPU 0. _forward and _backward (every launch of this
+    file) run with q's device made current."""
+    @functools.wraps(launch)
+    def on_q_device(q, *args, **kwargs):
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+            return launch(q, *args, **kwargs)
+    return on_q_device
+
+
+def _dense(*side):
+    """The per-row side tensors (norms, ρ, κ, β, stats, D/E, U) are indexed without strides, as
+    dense (B, H, ...) rows: bh·T + i. Eager mode makes them so; stats and U come back to the
+    backward from outside (autograd, or a torch.compile graph whose layout Inductor chose), so
+    every side tensor is made dense here: a no-op where it is, one copy of a small per-row tensor
+    where it is not. Passing their strides instead would add address arithmetic to every kernel
+    for a layout eager mode never produces. (Under torch.compile, Inductor keeps the layout
+    traced here: its default for user Triton kernels, needs_fixed_stride_order.)"""
+    return tuple(t.contiguous() for t in side)
+
+
+@_on_q_device
 def _forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad, wrap=_identity):
     """Launch the forward. Returns (out, stats, u); stats/u are what the backward needs."""
     B, H, T, D = q.shape
     store_u = reweighted and need_grad
-    _, _, rho, kappa, beta = _scales(q, k, phi, fixed_length)
+    rho, kappa, beta = _dense(*_scales(q, k, phi, fixed_length)[2:])
     n_stats = _n_stats(phi, normalised, reweighted)
     out = torch.empty_like(q, dtype=v.dtype)   # q's memory layout, v's dtype
     stats = torch.empty((B, H, max(n_stats, 1), T), device=q.device, dtype=torch.float32)
@@ -959,13 +998,14 @@ def _forward(q, k, v, phi, normalised, reweighted, p, fixed_length, need_grad, w
     return out, stats, u
 
 
+@_on_q_device
 def _backward(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixed_length, wrap=_identity):
     """Launch the backward kernels. Returns (dq, dk, dv) in the inputs' dtypes and layouts."""
     B, H, T, D = q.shape
     n_stats = _n_stats(phi, normalised, reweighted)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
-    nq, nk, rho, kappa, beta = _scales(q, k, phi, fixed_length)
+    nq, nk, rho, kappa, beta, stats, u = _dense(*_scales(q, k, phi, fixed_length), stats, u)
     de = torch.empty((B, H, 2, T), device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if normalised:   # D = dO·y (and E): without normalisation dL/dw is dP alone
@@ -1004,10 +1044,8 @@ def _backward(q, k, v, out, stats, u, dout, phi, normalised, reweighted, p, fixe
 # ----------------------------------------------------------------------------- autograd / ops
 
 def _op_kind():
-    forced = os.environ.get("LSSA_TRITON_OP")
-    if forced:
-        if forced not in ("triton_op", "custom_op", "function"):
-            raise ValueError(f"LSSA_TRITON_OP must be triton_op, custom_op or function, got {forced!r}")
+    forced = env_choice("LSSA_TRITON_OP", ("auto", "triton_op", "custom_op", "function"))
+    if forced != "auto":
         return forced
     if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton"):
         return "triton_op"

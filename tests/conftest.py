@@ -15,6 +15,18 @@ def pytest_sessionstart(session):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@pytest.fixture(autouse=True)
+def precision_unchanged():
+    """Every test leaves torch's TF32 flags as it found them (put back either way; the test fails
+    if it changed them): a test that left TF32 on would make later fp32 comparisons run against a
+    TF32 reference (~1e-3), order-dependent failures that would look like kernel bugs."""
+    from train import precision_flags, precision_kept
+    with precision_kept() as before:
+        yield
+        after = precision_flags()
+    assert after == before, f"the test left torch's TF32 flags changed: {before} -> {after}; restore them"
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A learnable token stream: a fixed Markov chain where each token has two likely successors."""
