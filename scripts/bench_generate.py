@@ -100,7 +100,7 @@ def cached(model, prompt, new, device):
         for _ in range(new):
             token = model.lm_head(model.hidden_states(token, cache)[:, -1]).argmax(-1, keepdim=True)
     cache_mib = round((cache.k.nelement() + cache.v.nelement()) * cache.k.element_size() / 2**20, 1)
-    return {"prefill_tokens_per_s": round(B * L / pre.seconds, 1), "prefill_s": round(pre.seconds, 3),
+    return {"prefill_tokens_per_s": round(B * L / pre.seconds, 1), "prefill_s": round(pre.seconds, 6),
             "prefill_memory": pre.memory, "decode_tokens_per_s": round(B * new / dec.seconds, 2),
             "decode_ms_per_step": round(1000 * dec.seconds / new, 2), "decode_memory": dec.memory,
             "kv_cache_mib": cache_mib}
