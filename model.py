@@ -102,9 +102,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x, cos, sin, cache=None):
-        if cache is not None:
-            return self.cached(x, cos, sin, *cache)
+    def forward(self, x, cos, sin):
         B, T, C = x.size()
         q, k, v = self.qkv(x, cos, sin)
         # No dropout on the attention weights: the fused kernels have none, and the attention
@@ -187,7 +185,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, cache=None):
-        x = x + self.attn(self.ln_1(x), cos, sin, cache)
+        """cache: (KVCache, this block's layer index) when generating."""
+        h = self.ln_1(x)
+        x = x + (self.attn(h, cos, sin) if cache is None else self.attn.cached(h, cos, sin, *cache))
         return x + self.mlp(self.ln_2(x))
 
 

@@ -12,6 +12,8 @@ initialisation, one per attention type: speed does not depend on the weights. A 
 tokens is a random prompt of L tokens; decode then adds --new tokens (greedy, whatever they are),
 and the no-cache path --no_cache_new (each one a full pass over L + t tokens: slow by design).
 Prefill tokens/s counts the prompt's B x L tokens; decode tokens/s the B new tokens per step.
+With --hf, whole generate calls (prompt and --new tokens) of ours and of transformers' are timed
+side by side.
 Memory: on a GPU the peak allocated during each phase; on the CPU the KV cache's size and the
 process's peak resident memory so far (the CPU allocator keeps no per-phase peak).
 Writes JSON with the command, code version and hardware (runinfo).
@@ -43,7 +45,8 @@ def parse_args(argv):
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--new", type=int, default=32, help="tokens decoded with the cache")
     p.add_argument("--no_cache_new", type=int, default=4, help="tokens decoded without it (0: skip)")
-    p.add_argument("--hf", action="store_true", help="also time the exported Hugging Face model's generate")
+    p.add_argument("--hf", action="store_true", help="also time whole generate calls, ours and the exported "
+                   "Hugging Face model's (needs transformers)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); on a machine "
                    "shared with other work, 1 keeps the threads from waiting on each other")
     p.add_argument("--device", default="auto")
@@ -117,19 +120,22 @@ def no_cache(model, prompt, new, device):
 
 
 @torch.no_grad()
-def hf_generate(hf, prompt, new, device):
-    """transformers' generate (greedy, its own cache) for 1 and for `new` tokens: the difference
-    is the decode steps'; the first call, the prefill's."""
-    def run(n):
-        with Meter(device) as m:
-            hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                        do_sample=False, eos_token_id=None, pad_token_id=0)
-        return m
-    one, many = run(1), run(new)
-    B, L = prompt.shape
-    step = (many.seconds - one.seconds) / (new - 1)
-    return {"prefill_tokens_per_s": round(B * L / one.seconds, 1), "decode_tokens_per_s": round(B / step, 2),
-            "decode_ms_per_step": round(1000 * step, 2), "memory": many.memory}
+def generate_s(generate, prompt, new, device):
+    """Wall time of a whole generate call: the prompt, then `new` greedy tokens."""
+    with Meter(device) as m:
+        generate(prompt, new)
+    B = prompt.size(0)
+    return {"seconds": round(m.seconds, 4), "new_tokens_per_s": round(B * new / m.seconds, 2), "memory": m.memory}
+
+
+def ours(model):
+    return lambda prompt, n: model.generate(prompt, n, temperature=0)
+
+
+def hf_generate(hf):
+    """transformers' generate, greedy, its own cache, exactly n new tokens."""
+    return lambda prompt, n: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                         min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
 def export(model, cfg, folder):
@@ -175,15 +181,17 @@ def main(argv=None):
                     row["no_cache"] = no_cache(model, prompt, args.no_cache_new, device)
                     row["decode_speedup"] = round(row["cached"]["decode_tokens_per_s"] /
                                                   row["no_cache"]["decode_tokens_per_s"], 1)
-                if hf is not None:
-                    row["hf"] = hf_generate(hf, prompt, args.new, device)
+                if hf is not None:   # whole generate calls, ours (cached) and transformers', prompt included
+                    row["generate"] = {"ours": generate_s(ours(model), prompt, args.new, device),
+                                       "hf": generate_s(hf_generate(hf), prompt, args.new, device)}
                 report["results"].append(row)
                 c = row["cached"]
                 print(f"{kind:<8} L={L:<6} B={B:<3} prefill {c['prefill_tokens_per_s']:>10.0f} tok/s   decode "
                       f"{c['decode_tokens_per_s']:>8.1f} tok/s"
                       + (f"   no cache {row['no_cache']['decode_tokens_per_s']:>7.2f} tok/s "
                          f"({row['decode_speedup']}x)" if "no_cache" in row else "")
-                      + (f"   hf decode {row['hf']['decode_tokens_per_s']:>8.1f} tok/s" if "hf" in row else ""),
+                      + (f"   generate: ours {row['generate']['ours']['seconds']:.2f} s, transformers "
+                         f"{row['generate']['hf']['seconds']:.2f} s" if "generate" in row else ""),
                       flush=True)
                 if args.out:   # after every row: an interrupted run keeps what it measured
                     write_json(report, args.out)

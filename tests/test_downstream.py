@@ -107,19 +107,20 @@ def test_rolling_loglikelihood_scores_every_token_once(harness, gpt2_vocab_run):
 
 
 def greedy_by_hand(model, tokens, until, limit, vocab):
-    """Greedy text after token ids by the no-cache forward: the argmax over the tokenizer's real
-    tokens of the whole sequence's last logits, one token at a time, cut at the first stop."""
+    """(greedy text, tokens it took) after token ids by the no-cache forward: the argmax over the
+    tokenizer's real tokens of the whole sequence's last logits, one token at a time, cut at the
+    first stop."""
     enc, new = get_encoding(), []
     for _ in range(limit):
         with torch.no_grad():
             token = int(model(torch.tensor([tokens + new]))[0][0, -1, :vocab].argmax())
         if token == EOT:
-            break
+            return enc.decode(new), len(new) + 1
         new.append(token)
         if any(s in enc.decode(new) for s in until):
             break
     text = enc.decode(new)
-    return text[:min((text.find(s) for s in until if s in text), default=len(text))]
+    return text[:min((text.find(s) for s in until if s in text), default=len(text))], len(new)
 
 
 def test_generate_until_batches_by_length_and_stops_per_request(harness, gpt2_vocab_run):
@@ -127,25 +128,36 @@ def test_generate_until_batches_by_length_and_stops_per_request(harness, gpt2_vo
     model, _ = load_model(gpt2_vocab_run)
     prompts = ["And God said", "In the beginning God created the heaven and the earth", "A",
                "The quick brown fox jumps", "Question: What do bees make?\nAnswer:"]
-    free = [greedy_by_hand(model, [EOT] + lm.tok.encode(p), [], 10, lm.tok.vocab_size) for p in prompts]
+    free = [greedy_by_hand(model, [EOT] + lm.tok.encode(p), [], 10, lm.tok.vocab_size)[0] for p in prompts]
     # each request's own stop: the second and third characters of its free text; its own limit
     kwargs = [{"until": [f[1:3]], "max_gen_toks": 10} for f in free]
     kwargs[2] = {"until": "never appears", "max_gen_toks": 4}
     calls = []
     generate = lm.model.generate
-    lm.model.generate = lambda idx, *a, **k: (calls.append((idx.clone(), k["pad"].tolist())), generate(idx, *a, **k))[1]
+
+    def spy(idx, *a, **k):
+        out = generate(idx, *a, **k)
+        calls.append((idx.clone(), k["pad"].tolist(), out.size(1) - idx.size(1)))
+        return out
+    lm.model.generate = spy
     out = lm.generate_until([request(p, k) for p, k in zip(prompts, kwargs)])
     lm.model.generate = generate
+    steps = []
     for text, p, k, f in zip(out, prompts, kwargs, free):
         until = [k["until"]] if isinstance(k["until"], str) else k["until"]
-        assert text == greedy_by_hand(model, [EOT] + lm.tok.encode(p), until, k["max_gen_toks"], lm.tok.vocab_size)
-        assert f.startswith(text)
+        expected, n = greedy_by_hand(model, [EOT] + lm.tok.encode(p), until, k["max_gen_toks"], lm.tok.vocab_size)
+        assert text == expected and f.startswith(text)
+        steps.append(n)
     assert [len(o) for o in out[:2]] == [1, 1]   # cut before the stop, which starts at the second character
-    # two batches (batch_size 3), longest prompts first, left-padded with the separator
-    lengths = sorted((len(lm.tok.encode(p)) + 1 for p in prompts), reverse=True)
-    assert [idx.shape for idx, _ in calls] == [(3, lengths[0]), (2, lengths[3])]
-    assert calls[0][1] == [lengths[0] - n for n in lengths[:3]] and calls[1][1] == [0, lengths[3] - lengths[4]]
+    # two batches (batch_size 3), longest prompts first, left-padded with the separator; each
+    # ends when its last row has met its own stop or limit
+    lengths = [len(lm.tok.encode(p)) + 1 for p in prompts]
+    order = sorted(range(5), key=lambda i: -lengths[i])
+    assert [idx.shape for idx, _, _ in calls] == [(3, lengths[order[0]]), (2, lengths[order[3]])]
+    assert calls[0][1] == [lengths[order[0]] - lengths[i] for i in order[:3]]
+    assert calls[1][1] == [0, lengths[order[3]] - lengths[order[4]]]
     assert (calls[0][0][2, :calls[0][1][2]] == EOT).all()
+    assert [c[2] for c in calls] == [max(steps[i] for i in order[:3]), max(steps[i] for i in order[3:])]
 
 
 def test_generate_until_sampling_options(harness, gpt2_vocab_run):
