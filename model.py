@@ -118,7 +118,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         q, k, v = self.qkv(x, cos, sin)
         keys, values = cache.store(layer, k, v)
-        if cache.visible is None:   # an unpadded prompt from the start: the causal path (fused kernel where one applies)
+        # an unpadded prompt from the start: the causal path (the fused kernel where one applies)
+        if cache.visible is None:
             y = causal_attention(q, k, v, self.attention, self.p, self.backend, head_scale=self.ssmax_scale)
         else:   # rows at an offset, or padding: n_i counted from the visible keys
             y = reference_attention(q, keys, values, self.attention, self.p, head_scale=self.ssmax_scale,
@@ -345,7 +346,8 @@ class GPT(nn.Module):
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if pad is not None and (max_context is not None or not use_cache):
-            raise ValueError("left padding (pad) needs the cache: it cannot be combined with max_context or use_cache=False")
+            raise ValueError("left padding (pad) needs the cache: it cannot be combined with max_context "
+                             "or use_cache=False")
         B, T = idx.shape
         cache = None
         if use_cache and max_context is None and max_new_tokens:

@@ -115,7 +115,8 @@ def no_cache(model, prompt, new, device):
     with Meter(device) as dec:
         model.generate(prompt, new, temperature=0, use_cache=False)
     B = prompt.size(0)
-    return {"decode_tokens_per_s": round(B * new / dec.seconds, 2), "decode_ms_per_step": round(1000 * dec.seconds / new, 2),
+    return {"decode_tokens_per_s": round(B * new / dec.seconds, 2),
+            "decode_ms_per_step": round(1000 * dec.seconds / new, 2),
             "decode_memory": dec.memory}
 
 

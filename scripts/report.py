@@ -223,7 +223,8 @@ def generation_table(runs):
         cells = [run["run"], evaluated_as(run)]
         for t, m in columns:
             v = run["results"].get(t, {}).get(m)
-            cells.append("–" if v is None else f"{v['value']:.4f}" + (f" ± {fmt(v['stderr'], 4)}" if v["stderr"] is not None else ""))
+            stderr = "" if v is None or v["stderr"] is None else f" ± {fmt(v['stderr'], 4)}"
+            cells.append("–" if v is None else f"{v['value']:.4f}{stderr}")
         cells += [str(paper.GENERATION[t].get(evaluated_as(run), "–")) for t in reported]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -330,7 +331,9 @@ def build(folder):
         out += ["## Passkey retrieval", "", passkey_tables(passkeys), "", "![passkey](passkey.png)", ""]
     downstream = runs_of(found, "eval_downstream.py")
     if downstream:
-        out += ["## Zero-shot downstream tasks (lm-eval)", "", downstream_table(downstream)]
+        accuracy = downstream_table(downstream)
+        if accuracy:
+            out += ["## Zero-shot downstream tasks (lm-eval)", "", accuracy]
         generation = generation_table(downstream)
         if generation:
             out += ["## Generation tasks (lm-eval)", "", generation]

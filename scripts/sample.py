@@ -35,7 +35,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    for bad, message in ((args.tokens <= 0, f"--tokens must be a positive number of tokens to generate, got {args.tokens}"),
+    for bad, message in ((args.tokens <= 0,
+                          f"--tokens must be a positive number of tokens to generate, got {args.tokens}"),
                          (args.samples <= 0, f"--samples must be a positive number, got {args.samples}"),
                          (args.temperature < 0, f"--temperature must be >= 0 (0: greedy), got {args.temperature}"),
                          (args.top_k <= 0, f"--top_k must be a positive number of candidate tokens, got {args.top_k}")):
