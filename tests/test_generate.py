@@ -25,8 +25,9 @@ def one_thread():
 def model_of(kind, seed=0, uniform_head=False):
     """A tiny random model whose attention is sharp (weights 6x GPT-2's init), so that the types
     differ and lssar's threshold matters. uniform_head: head 0's queries are zero, so its scores
-    are all equal: every row of it past the third sits exactly at the uniform level, the
-    re-weighted types' fallback rows."""
+    are all equal and every row of it past the third sits at the uniform level: most of those
+    rows are the re-weighting's fallback rows (relu(w - tau) is 0 throughout; in the others tau
+    rounds an ulp below w and the row is uniform all the same)."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=BLOCK, vocab_size=64, n_layer=2, n_head=2, n_embd=32, attention=kind)).eval()
     with torch.no_grad():
