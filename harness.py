@@ -6,18 +6,21 @@ Our checkpoints as an lm-evaluation-harness model type, registered as "lssa-gpt"
 
 lm-eval asks a model three things, as text: the log-probability of a continuation after a
 context (multiple-choice tasks compare the choices' log-probabilities: acc, acc_norm), the
-log-probability of a whole text (perplexity tasks), and a greedy generation up to a stop
-sequence. Here each is a forward pass of model.GPT on token ids:
+log-probability of a whole text (perplexity tasks), and a generation up to a stop sequence
+(greedy unless the task samples). Here each is a forward pass of model.GPT on token ids:
 
 - Text becomes tokens with the checkpoint's own tokenizer (GPT-2's BPE, or bytes:
   checkpoint.tokenizer_of). Every text starts with the document separator (<|endoftext|>, or
   NUL for bytes), which precedes every document in training, so a prompt looks like the start
   of a document to the model.
 - A window holds at most `max_length` tokens (default: the training context; up to 16x, as
-  far as the length sweep checks RoPE). Longer contexts lose their left end.
+  far as the length sweep checks RoPE). Longer contexts lose their left end; a prompt to
+  generate from keeps its last max_length - max_gen_toks, as lm-eval's own hf model does.
 - Log-probabilities are fp32 over the model's whole output vocabulary, the distribution that
   training's cross-entropy uses; greedy choices look only at the tokenizer's real tokens
   (GPT-2's 50,257 of the padded 50,304).
+- Generation (generate_until) is batched: prompts with the same sampling options, longest
+  first, left-padded, through GPT.generate's KV cache; greedy unless a task asks to sample.
 - bf16 autocast on a GPU, fp32 on the CPU, as in eval_length.py.
 
 Needs lm-eval (`pip install -r requirements-eval.txt`); nothing else in the repository does.
@@ -33,6 +36,7 @@ from lm_eval.api.registry import register_model
 from checkpoint import evaluation_overrides, load_model, tokenizer_of
 from runinfo import pick_device
 
+DEFAULT_GEN_TOKS = 256  # lm-eval's max_gen_toks when a task gives none
 MAX_MULTIPLIER = 16  # how far past the training context max_length may go (eval_length.py's longest sweep)
 
 
@@ -161,34 +165,102 @@ class LssaGPT(LM):
         return totals
 
     # -------------------------------------------------------------- generation
+    def context_tokens(self, context, max_gen_toks):
+        """The prompt's tokens, the document separator first, cut to the last max_length -
+        max_gen_toks so that prompt and generation fit in a window (as lm-eval's own hf model cuts)."""
+        room = self.max_length - max_gen_toks
+        if room < 1:
+            raise ValueError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in max_length "
+                             f"{self.max_length}; raise max_length or lower max_gen_toks")
+        return ([self.tok.eot] + self.tok.encode(context))[-room:]
+
     @torch.no_grad()
-    def greedy_until(self, context, until=(), max_gen_toks=256, do_sample=False, temperature=0.0, **_):
-        """Greedy continuation of context, cut before the first stop sequence in `until`; it
-        also ends at the document separator or after max_gen_toks tokens. The input is the last
-        max_length tokens. One request at a time: there is no KV cache to batch around."""
-        if do_sample or (temperature or 0) > 0:
-            raise ValueError("lssa-gpt decodes greedily only: use do_sample=False, temperature=0")
-        stops = [until] if isinstance(until, str) else [s for s in until if s]
-        tokens, new = [self.tok.eot] + self.tok.encode(context), []
-        text = ""
-        for _ in range(int(max_gen_toks)):
-            x = torch.tensor([(tokens + new)[-self.max_length:]], device=self._device)
-            with self.autocast:
-                logits, _ = self.model(x)
-            token = int(logits[0, -1, :self.tok.vocab_size].argmax())
-            if token == self.tok.eot:
-                break
-            new.append(token)
-            text = self.tok.decode(new)
-            if any(s in text for s in stops):
-                break
-        cut = min((text.find(s) for s in stops if s in text), default=len(text))
-        return text[:cut]
+    def generate_batch(self, prompts, until, limits, temperature=0.0, top_k=None):
+        """Continuations (text) of token-id prompts, decoded together: left-padded to the longest
+        and run through GPT.generate's KV cache. Row b ends at the document separator, at its
+        first stop sequence of until[b] (cut off) or after limits[b] tokens; the batch ends when
+        every row has."""
+        width = max(len(p) for p in prompts)
+        idx = torch.full((len(prompts), width), self.tok.eot, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            idx[b, width - len(p):] = torch.tensor(p)
+        pad = torch.tensor([width - len(p) for p in prompts])
+        done = [False] * len(prompts)
+
+        def finished(new):   # called after every step with the tokens so far (B, t)
+            for b, row in enumerate(new.tolist()):
+                if not done[b]:
+                    done[b] = (len(row) >= limits[b] or row[-1] == self.tok.eot
+                               or any(s in self.tok.decode(row) for s in until[b]))
+            return all(done)
+
+        with self.autocast:
+            out = self.model.generate(idx.to(self._device), max(limits), temperature=temperature, top_k=top_k,
+                                      pad=pad, stop=finished, vocab=self.tok.vocab_size)
+        texts = []
+        for row, stops, limit in zip(out[:, width:].tolist(), until, limits):
+            row = row[:limit]
+            row = row[:row.index(self.tok.eot)] if self.tok.eot in row else row
+            text = self.tok.decode(row)
+            texts.append(text[:min((text.find(s) for s in stops if s in text), default=len(text))])
+        return texts
 
     def generate_until(self, requests, disable_tqdm=False):
-        results = []
+        """lm-eval's generation requests, batch_size at a time: requests with the same sampling
+        options together, longest prompt first (a batch that does not fit fails at once, and
+        padding stays small); stop sequences and token limits per request."""
+        from tqdm import tqdm
+        items = []
         for req in requests:
             context, gen_kwargs = req.args
-            results.append(self.greedy_until(context, **gen_kwargs))
-            self.cache_hook.add_partial("generate_until", req.args, results[-1])
+            options = generation_options(gen_kwargs)
+            items.append((self.context_tokens(context, options["max_gen_toks"]), options))
+        groups = {}
+        for n, (_, options) in enumerate(items):
+            groups.setdefault((options["temperature"], options["top_k"]), []).append(n)
+        results = [None] * len(items)
+        bar = tqdm(total=len(items), desc="generate_until", disable=disable_tqdm or not sys.stderr.isatty())
+        for (temperature, top_k), members in groups.items():
+            members.sort(key=lambda n: -len(items[n][0]))
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start:start + self.batch_size]
+                texts = self.generate_batch([items[n][0] for n in batch], [items[n][1]["until"] for n in batch],
+                                            [items[n][1]["max_gen_toks"] for n in batch], temperature, top_k)
+                for n, text in zip(batch, texts):
+                    results[n] = text
+                bar.update(len(batch))
+        bar.close()
+        for req, result in zip(requests, results):
+            self.cache_hook.add_partial("generate_until", req.args, result)
         return results
+
+
+def generation_options(gen_kwargs):
+    """lm-eval's generation arguments as GPT.generate takes them: until (a list of stop strings),
+    max_gen_toks (lm-eval's default 256), and greedy decoding (temperature 0) unless do_sample
+    (then temperature, default 1, and top_k, default none); a temperature > 0 without do_sample
+    samples too, as lm-eval reads it."""
+    kwargs = dict(gen_kwargs or {})
+    until = kwargs.pop("until", None) or []
+    until = [until] if isinstance(until, str) else [s for s in until if s]
+    limits = [kwargs.pop(k, None) for k in ("max_gen_toks", "max_new_tokens")]   # lm-eval's order of aliases
+    max_gen_toks = int(next((v for v in limits if v is not None), DEFAULT_GEN_TOKS))
+    temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+    do_sample = kwargs.pop("do_sample", None)
+    do_sample = temperature > 0 if do_sample is None else bool(do_sample)
+    top_k = kwargs.pop("top_k", None)
+    top_p = kwargs.pop("top_p", None)
+    if max_gen_toks < 1:
+        raise ValueError(f"max_gen_toks must be at least 1, got {max_gen_toks}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_p not in (None, 1, 1.0):
+        raise ValueError(f"top_p={top_p} is not supported by lssa-gpt: sample with temperature and top_k")
+    if top_k is not None and int(top_k) < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    if not do_sample:
+        temperature, top_k = 0.0, None
+    elif temperature == 0:
+        temperature = 1.0   # do_sample with no temperature: the model's own distribution
+    return {"until": until, "max_gen_toks": max_gen_toks, "temperature": temperature,
+            "top_k": None if top_k is None else int(top_k)}

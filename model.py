@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attention import (KERNEL_TYPES, RECIPES, causal_attention, check_attention_type, check_backend, check_head_dim,
-                       check_kernel, check_reweight_p)
+                       check_kernel, check_reweight_p, reference_attention)
 
 
 @dataclass
@@ -112,6 +112,59 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def cached(self, x, cos, sin, cache, layer):
+        """forward for new tokens x after those in `cache` (generation): their keys and values
+        join the cache, and their rows attend over every key so far. Exact, because row i of
+        every type depends only on q_i, keys and values 1..i and n_i, the row's visible keys."""
+        B, T, C = x.size()
+        q, k, v = self.qkv(x, cos, sin)
+        keys, values = cache.store(layer, k, v)
+        # an unpadded prompt from the start: the causal path (the fused kernel where one applies)
+        if cache.visible is None:
+            y = causal_attention(q, k, v, self.attention, self.p, self.backend, head_scale=self.ssmax_scale)
+        else:   # rows at an offset, or padding: n_i counted from the visible keys
+            y = reference_attention(q, keys, values, self.attention, self.p, head_scale=self.ssmax_scale,
+                                    visible=cache.visible)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class KVCache:
+    """The keys and values of every layer for a batch being generated, in buffers of `capacity`
+    positions filled left to right, and per row its number of left-padding tokens `pad` (B,):
+    a row's tokens start after its padding, at RoPE position 0, and no real token sees a pad
+    (so n_i counts only real keys, and a padded row equals its unpadded self)."""
+
+    def __init__(self, config, batch, capacity, pad, device, dtype):
+        head_dim = config.n_embd // config.n_head
+        self.k = torch.empty(config.n_layer, batch, config.n_head, capacity, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.capacity, self.length, self.visible = capacity, 0, None
+        self.pad = torch.zeros(batch, dtype=torch.long, device=device) if pad is None else pad.to(device)
+        self.padded = bool(self.pad.any())
+
+    def begin(self, T):
+        """Prepare a step of T new tokens; returns their RoPE positions (B, T)."""
+        if self.length + T > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions; {self.length} + {T} do not fit")
+        cols = torch.arange(self.length, self.length + T, device=self.pad.device)
+        if self.length == 0 and not self.padded:
+            self.visible = None
+        else:   # query column c sees key j <= c that is not padding; a pad sees itself only (never NaN)
+            keys = torch.arange(self.length + T, device=self.pad.device)
+            real = keys[None, None, :] >= self.pad[:, None, None]
+            self.visible = ((keys[None, :] <= cols[:, None]) & (real | (keys[None, :] == cols[:, None])))[:, None]
+        return (cols[None, :] - self.pad[:, None]).clamp_min(0)
+
+    def store(self, layer, k, v):
+        """Write a layer's new keys and values; returns that layer's keys and values so far."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T):
+        self.length += T
+
 
 class MLP(nn.Module):
     def __init__(self, config):
@@ -133,8 +186,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.ln_1(x), cos, sin)
+    def forward(self, x, cos, sin, cache=None):
+        """cache: (KVCache, this block's layer index) when generating."""
+        h = self.ln_1(x)
+        x = x + (self.attn(h, cos, sin) if cache is None else self.attn.cached(h, cos, sin, *cache))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -193,12 +248,22 @@ class GPT(nn.Module):
             self._rope[key] = rope_tables(T, head_dim, self.config.rope_base, device)
         return self._rope[key]
 
-    def hidden_states(self, idx):
-        """Final-LayerNorm hidden states (B, T, n_embd) for token ids idx (B, T)."""
-        cos, sin = self.rope(idx.size(1), idx.device)
+    def hidden_states(self, idx, cache=None):
+        """Final-LayerNorm hidden states (B, T, n_embd) for token ids idx (B, T); with a KVCache,
+        of tokens that follow those already in it (which it then holds too)."""
         x = self.transformer.drop(self.transformer.wte(idx))
-        for block in self.transformer.h:
-            x = block(x, cos, sin)
+        if cache is None:
+            cos, sin = self.rope(idx.size(1), idx.device)
+            for block in self.transformer.h:
+                x = block(x, cos, sin)
+            return self.transformer.ln_f(x)
+        # absolute positions per row, also past block_size: RoPE extrapolates
+        pos = cache.begin(idx.size(1))
+        cos, sin = self.rope(cache.capacity, idx.device)
+        cos, sin = cos[pos][:, None], sin[pos][:, None]   # (B, 1, T, head_dim / 2)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cos, sin, (cache, layer))
+        cache.advance(idx.size(1))
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None):
@@ -266,20 +331,51 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None):
-        """Sample max_new_tokens after idx (B, T); temperature 0 is greedy. The context is not cropped to block_size
-        (RoPE runs past it: that is the point); max_context crops it if given."""
-        for _ in range(max_new_tokens):
-            cond = idx if max_context is None else idx[:, -max_context:]
-            logits, _ = self(cond)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:  # greedy decoding
-                idx_next = logits.argmax(dim=-1, keepdim=True)
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, max_context=None, pad=None, stop=None,
+                 vocab=None, use_cache=True):
+        """Sample max_new_tokens after idx (B, T); temperature 0 is greedy. The context is not
+        cropped to block_size (RoPE runs past it: that is the point).
+
+        The prompt runs once and each new token then attends over a cache of keys and values
+        (KVCache): O(T) per token, not the O(T^2) of running the whole prefix again, which
+        use_cache=False or a max_context (crop the context to its last max_context tokens, a
+        sliding window no cache can keep exact) still do.
+        pad: (B,) left-padding tokens per row of idx (their ids are ignored): a batch of prompts
+        of different lengths, right-aligned. stop: a function of the tokens generated so far
+        (B, t) that returns True to end early. vocab: sample from the first `vocab` logits only
+        (a tokenizer's real tokens; the vocabulary is padded to a multiple of 64)."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if pad is not None and (max_context is not None or not use_cache):
+            raise ValueError("left padding (pad) needs the cache: it cannot be combined with max_context "
+                             "or use_cache=False")
+        B, T = idx.shape
+        cache = None
+        if use_cache and max_context is None and max_new_tokens:
+            dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) \
+                else self.lm_head.weight.dtype
+            cache = KVCache(self.config, B, T + max_new_tokens - 1, pad, idx.device, dtype)
+        new = idx[:, :0]
+        for step in range(max_new_tokens):
+            if cache is not None:   # the prompt first, then one token at a time
+                x = self.hidden_states(idx if step == 0 else new[:, -1:], cache)[:, -1]
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+                whole = torch.cat((idx, new), dim=1)
+                x = self.hidden_states(whole if max_context is None else whole[:, -max_context:])[:, -1]
+            logits = self.lm_head(x).float()
+            new = torch.cat((new, sample(logits if vocab is None else logits[:, :vocab], temperature, top_k)), dim=1)
+            if stop is not None and stop(new):
+                break
+        return torch.cat((idx, new), dim=1)
+
+
+def sample(logits, temperature=1.0, top_k=None):
+    """Next tokens (B, 1) from logits (B, V): argmax at temperature 0, else softmax(logits /
+    temperature) restricted to the top_k most likely."""
+    if temperature == 0:  # greedy decoding
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)

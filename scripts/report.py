@@ -193,8 +193,52 @@ def passkey_tables(runs):
     return "\n".join(lines)
 
 
+def scored_by(runs, accuracy):
+    """The tasks of the runs that report accuracy (multiple choice), or that do not (generation)."""
+    tasks = dict.fromkeys(t for run in runs for t in run["results"])
+    return [t for t in tasks if accuracy == any({"acc", "acc_norm"} & set(run["results"].get(t, {})) for run in runs)]
+
+
+def stand_in_note(runs, tasks):
+    """A line naming the local tasks that ran in place of these (eval_downstream.py --stand_in)."""
+    stand_ins = {t: local for run in runs for t, local in run.get("stand_ins", {}).items() if t in tasks}
+    if not stand_ins:
+        return []
+    return ["Stand-ins (local tasks run in place of these: a test of the pipeline, not of the model): "
+            + ", ".join(f"{t} ran {local}" for t, local in stand_ins.items()) + ".", ""]
+
+
+def generation_table(runs):
+    """Generation tasks (SummScreen's ROUGE, exact match...), every metric lm-eval reports, with
+    the paper's figure beside ours where it gives one; a stand-in task says so."""
+    tasks = scored_by(runs, accuracy=False)
+    if not tasks:
+        return ""
+    columns = list(dict.fromkeys((t, m) for t in tasks for run in runs for m in run["results"].get(t, {})))
+    head = ["run", "evaluated as"] + [f"{t} {m}" for t, m in columns]
+    reported = [t for t in tasks if t in paper.GENERATION]
+    head += [f"{t} (paper)" for t in reported]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in runs:
+        cells = [run["run"], evaluated_as(run)]
+        for t, m in columns:
+            v = run["results"].get(t, {}).get(m)
+            stderr = "" if v is None or v["stderr"] is None else f" ± {fmt(v['stderr'], 4)}"
+            cells.append("–" if v is None else f"{v['value']:.4f}{stderr}")
+        cells += [str(paper.GENERATION[t].get(evaluated_as(run), "–")) for t in reported]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += stand_in_note(runs, tasks)
+    if reported:
+        lines += ["The paper's SummScreen figure is one ROUGE number per type (which ROUGE is not stated); "
+                  "lm-eval reports ROUGE-1, ROUGE-2 and ROUGE-L.", ""]
+    return "\n".join(lines)
+
+
 def downstream_table(runs):
-    tasks = list(dict.fromkeys(t for run in runs for t in run["results"]))
+    tasks = scored_by(runs, accuracy=True)
+    if not tasks:
+        return ""
     lines = []
     for metric in ("acc", "acc_norm"):
         head = ["run", "evaluated as"] + tasks
@@ -208,6 +252,7 @@ def downstream_table(runs):
                 cells.append("–" if m is None else f"{m['value']:.4f} ± {fmt(m['stderr'], 4)}" + (f" (n={n})" if n else ""))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += stand_in_note(runs, tasks)
     reported = [t for t in tasks if t in paper.DOWNSTREAM]
     if reported:
         lines += ["The paper (percent; whether acc or acc_norm is not stated): " + "; ".join(
@@ -286,7 +331,12 @@ def build(folder):
         out += ["## Passkey retrieval", "", passkey_tables(passkeys), "", "![passkey](passkey.png)", ""]
     downstream = runs_of(found, "eval_downstream.py")
     if downstream:
-        out += ["## Zero-shot downstream tasks (lm-eval)", "", downstream_table(downstream)]
+        accuracy = downstream_table(downstream)
+        if accuracy:
+            out += ["## Zero-shot downstream tasks (lm-eval)", "", accuracy]
+        generation = generation_table(downstream)
+        if generation:
+            out += ["## Generation tasks (lm-eval)", "", generation]
     stats = runs_of(found, "attention_stats.py")
     if stats:
         out += ["## Attention statistics", "", "Mean over layers, heads and sampled rows (scripts/attention_stats.py): "

@@ -5,7 +5,9 @@ Generate text from a checkpoint, also past the training context.
     python scripts/sample.py out/small-lssar --tokens 2000 --temperature 0.8   # 8x a 256 context
 
 RoPE lets every model run past its training length; what the text looks like out there is
-the qualitative side of the length sweep.
+the qualitative side of the length sweep. The samples are generated together (--samples rows
+of one batch) through GPT.generate's KV cache: each new token costs one step over the cached
+keys and values, not a pass over the whole text so far.
 """
 import argparse
 import os
@@ -33,6 +35,13 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    for bad, message in ((args.tokens <= 0,
+                          f"--tokens must be a positive number of tokens to generate, got {args.tokens}"),
+                         (args.samples <= 0, f"--samples must be a positive number, got {args.samples}"),
+                         (args.temperature < 0, f"--temperature must be >= 0 (0: greedy), got {args.temperature}"),
+                         (args.top_k <= 0, f"--top_k must be a positive number of candidate tokens, got {args.top_k}")):
+        if bad:
+            raise SystemExit(f"error: {message}")
 
     overrides = evaluation_overrides(args.attention, args.p)
     device = pick_device(args.device)
@@ -50,7 +59,7 @@ def main(argv=None):
     idx = torch.tensor([prompt] * args.samples, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
     with autocast:
-        out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k)
+        out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, vocab=tok.vocab_size)
     for row in out.tolist():
         print(tok.decode(row[1:]))
         print("-" * 60)

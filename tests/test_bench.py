@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
+import bench_generate  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_train  # noqa: E402
 from helpers import VOCAB, optional_module  # noqa: E402
@@ -49,6 +50,27 @@ def test_bench_train_keeps_each_type_as_it_is_measured(tmp_path, monkeypatch):
     assert [(r["attention"], r["ratio"], r["mem_ratio"]) for r in rows] == [("softmax", 1.0, 1.0), ("sigmoid", 0.8, 1.0)]
     with pytest.raises(SystemExit):   # a type that does not exist is refused before anything runs
         bench_train.main(["--attention", "softmax", "cosine"])
+
+
+def test_bench_generate_reports_cached_and_no_cache_decoding(tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    report = bench_generate.main(["config/demo_cpu.py", "--attention", "softmax", "lssar", "--contexts", "16", "24",
+                                  "--batches", "1", "2", "--new", "3", "--no_cache_new", "2", "--threads", "1",
+                                  "--out", str(out)])
+    assert json.load(open(out)) == report and {"command", "code", "hardware", "config"} <= set(report)
+    rows = report["results"]
+    assert [(r["attention"], r["context"], r["batch"]) for r in rows] == [
+        (a, L, B) for a in ("softmax", "lssar") for L in (16, 24) for B in (1, 2)]
+    for r in rows:
+        c = r["cached"]
+        assert r["model"]["n_embd"] == 128 and r["model"]["vocab_size"] == 256   # the demo's model, bytes
+        assert c["prefill_tokens_per_s"] == pytest.approx(r["batch"] * r["context"] / c["prefill_s"], rel=0.01)
+        # the cache: layers x (k, v) x batch x (context + new) positions x width, fp32
+        assert c["kv_cache_mib"] == round(4 * 2 * r["batch"] * (r["context"] + 3) * 128 * 4 / 2**20, 1)
+        assert r["decode_speedup"] == round(c["decode_tokens_per_s"] / r["no_cache"]["decode_tokens_per_s"], 1)
+    assert "lssar    L=24" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_generate.main(["--contexts", "0"])
 
 
 def test_bench_memory_measures_the_command_alone(tmp_path):

@@ -106,23 +106,99 @@ def test_rolling_loglikelihood_scores_every_token_once(harness, gpt2_vocab_run):
     assert cut != pytest.approx(total, abs=1e-3)
 
 
-def test_generate_until_stops_at_its_stop_sequence(harness, gpt2_vocab_run):
-    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
-    prompt = "And God said"
-    free = lm.greedy_until(prompt, until=[], max_gen_toks=12)
-    first = lm.greedy_until(prompt, until=[], max_gen_toks=1)
-    assert len(first) >= 1 and free.startswith(first) and len(free) > len(first) + 1
-    stop = free[len(first) - 1:len(first) + 1]  # spans the first two generated tokens
+def greedy_by_hand(model, tokens, until, limit, vocab):
+    """(greedy text, tokens it took) after token ids by the no-cache forward: the argmax over the
+    tokenizer's real tokens of the whole sequence's last logits, one token at a time, cut at the
+    first stop."""
+    enc, new = get_encoding(), []
+    for _ in range(limit):
+        with torch.no_grad():
+            token = int(model(torch.tensor([tokens + new]))[0][0, -1, :vocab].argmax())
+        if token == EOT:
+            return enc.decode(new), len(new) + 1
+        new.append(token)
+        if any(s in enc.decode(new) for s in until):
+            break
+    text = enc.decode(new)
+    return text[:min((text.find(s) for s in until if s in text), default=len(text))], len(new)
+
+
+def test_generate_until_batches_by_length_and_stops_per_request(harness, gpt2_vocab_run):
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=3)
+    model, _ = load_model(gpt2_vocab_run)
+    prompts = ["And God said", "In the beginning God created the heaven and the earth", "A",
+               "The quick brown fox jumps", "Question: What do bees make?\nAnswer:"]
+    free = [greedy_by_hand(model, [EOT] + lm.tok.encode(p), [], 10, lm.tok.vocab_size)[0] for p in prompts]
+    # each request's own stop: the second and third characters of its free text; its own limit
+    kwargs = [{"until": [f[1:3]], "max_gen_toks": 10} for f in free]
+    kwargs[2] = {"until": "never appears", "max_gen_toks": 4}
     calls = []
-    forward = lm.model.forward
-    lm.model.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
-    out, = lm.generate_until([request(prompt, {"until": [stop], "max_gen_toks": 12, "do_sample": False})])
-    assert out == free[:free.find(stop)]
-    assert len(calls) <= 2  # generation stopped there, not after max_gen_toks
-    lm.model.forward = forward
-    assert lm.greedy_until(prompt, until="never appears", max_gen_toks=12) == free
-    with pytest.raises(ValueError, match="greedily only"):
-        lm.greedy_until(prompt, do_sample=True)
+    generate = lm.model.generate
+
+    def spy(idx, *a, **k):
+        out = generate(idx, *a, **k)
+        calls.append((idx.clone(), k["pad"].tolist(), out.size(1) - idx.size(1)))
+        return out
+    lm.model.generate = spy
+    out = lm.generate_until([request(p, k) for p, k in zip(prompts, kwargs)])
+    lm.model.generate = generate
+    steps = []
+    for text, p, k, f in zip(out, prompts, kwargs, free):
+        until = [k["until"]] if isinstance(k["until"], str) else k["until"]
+        expected, n = greedy_by_hand(model, [EOT] + lm.tok.encode(p), until, k["max_gen_toks"], lm.tok.vocab_size)
+        assert text == expected and f.startswith(text)
+        steps.append(n)
+    assert [len(o) for o in out[:2]] == [1, 1]   # cut before the stop, which starts at the second character
+    # two batches (batch_size 3), longest prompts first, left-padded with the separator; each
+    # ends when its last row has met its own stop or limit
+    lengths = [len(lm.tok.encode(p)) + 1 for p in prompts]
+    order = sorted(range(5), key=lambda i: -lengths[i])
+    assert [idx.shape for idx, _, _ in calls] == [(3, lengths[order[0]]), (2, lengths[order[3]])]
+    assert calls[0][1] == [lengths[order[0]] - lengths[i] for i in order[:3]]
+    assert calls[1][1] == [0, lengths[order[3]] - lengths[order[4]]]
+    assert (calls[0][0][2, :calls[0][1][2]] == EOT).all()
+    assert [c[2] for c in calls] == [max(steps[i] for i in order[:3]), max(steps[i] for i in order[3:])]
+
+
+def test_generate_until_sampling_options(harness, gpt2_vocab_run):
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    options = harness.generation_options
+    assert options({"until": "\n"}) == {"until": ["\n"], "max_gen_toks": 256, "temperature": 0.0, "top_k": None}
+    assert options({"do_sample": False, "temperature": 0.7, "top_k": 5})["temperature"] == 0.0   # greedy
+    assert options({"temperature": 0.7})["temperature"] == 0.7            # lm-eval: a temperature samples
+    assert options({"do_sample": True, "top_k": 3}) == {"until": [], "max_gen_toks": 256, "temperature": 1.0,
+                                                        "top_k": 3}
+    assert options({"max_new_tokens": 7})["max_gen_toks"] == 7
+    for bad, message in (({"top_p": 0.9, "do_sample": True}, "top_p=0.9 is not supported"),
+                         ({"temperature": -1}, "temperature must be >= 0"),
+                         ({"top_k": 0, "do_sample": True}, "top_k must be a positive integer"),
+                         ({"max_gen_toks": 0}, "max_gen_toks must be at least 1")):
+        with pytest.raises(ValueError, match=message):
+            options(bad)
+    prompt = "And God said"
+    greedy, = lm.generate_until([request(prompt, {"max_gen_toks": 6})])
+    torch.manual_seed(0)   # sampling from the top 1 is greedy; from more, with a high temperature, it is not
+    assert lm.generate_until([request(prompt, {"max_gen_toks": 6, "do_sample": True, "top_k": 1})]) == [greedy]
+    sampled = {lm.generate_until([request(prompt, {"max_gen_toks": 6, "temperature": 5.0})])[0] for _ in range(3)}
+    assert len(sampled) > 1
+    with pytest.raises(ValueError, match="max_gen_toks 32 leaves no room for a prompt in max_length 32"):
+        lm.generate_until([request(prompt, {"max_gen_toks": 32})])
+    # a long prompt keeps its last max_length - max_gen_toks tokens (lm-eval's hf model cuts there too)
+    long = " ".join(["the sky is blue"] * 20)
+    assert lm.context_tokens(long, 8) == ([EOT] + lm.tok.encode(long))[-24:]
+
+
+def test_tiny_generation_task_end_to_end(harness, gpt2_vocab_run):
+    report = eval_downstream.main([gpt2_vocab_run, "--include_path", TASKS, "--tasks", "tiny_gen", "--device", "cpu",
+                                   "--limit", "12"])
+    run = report["runs"][0]
+    assert run["samples"] == {"tiny_gen": 12}
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    docs = [json.loads(line) for line in open(os.path.join(TASKS, "tiny_mc", "tiny_mc.jsonl"))][:12]
+    texts = lm.generate_until([request(f"Question: {d['question']}\nAnswer:", {"until": ["\n", "."], "max_gen_toks": 8})
+                               for d in docs])
+    right = sum(t.strip().lower() == d["choices"][d["answer"]].lower() for t, d in zip(texts, docs))
+    assert run["results"]["tiny_gen"]["exact_match"]["value"] == right / 12
 
 
 def test_registered_under_one_name(harness, gpt2_vocab_run):

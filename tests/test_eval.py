@@ -130,6 +130,24 @@ def test_sample_generates_past_the_training_context(gpt2_vocab_run):
     assert proc.stdout.startswith("Hello") and len(proc.stdout) > len("Hello")
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--tokens", "0", "--tokens must be a positive number of tokens to generate, got 0"),
+    ("--tokens", "-5", "--tokens must be a positive number of tokens to generate, got -5"),
+    ("--temperature", "-0.5", "--temperature must be >= 0 (0: greedy), got -0.5"),
+    ("--top_k", "0", "--top_k must be a positive number of candidate tokens, got 0"),
+    ("--samples", "0", "--samples must be a positive number, got 0")])
+def test_sample_bad_options_are_one_line(option, value, message):
+    import runpy
+    argv = sys.argv
+    sys.argv = ["sample.py", "no-such-run", option, value]
+    try:   # checked before anything is loaded: the checkpoint need not exist
+        with pytest.raises(SystemExit) as exit:
+            runpy.run_path(os.path.join(ROOT, "scripts", "sample.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert str(exit.value) == f"error: {message}"
+
+
 def test_sample_refuses_a_non_gpt2_vocabulary(trained_runs):
     proc = subprocess.run([sys.executable, "scripts/sample.py", trained_runs["lssar"], "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True)

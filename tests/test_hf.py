@@ -326,6 +326,25 @@ def test_lm_eval_hf_model_scores_like_ours(gpt2_export, gpt2_vocab_run):
            {k: v for k, v in scores[1].items() if k.startswith("acc")}
 
 
+def test_lm_eval_hf_model_generates_like_ours(gpt2_export, gpt2_vocab_run):
+    """tiny_gen (generate_until, batched and left-padded on both sides): lm-eval's own hf model on
+    the exported checkpoint writes the same texts, so the scores are equal."""
+    lm_eval = optional_module("lm_eval", eval_downstream.INSTALL)
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import harness
+    hf = HFLM.create_from_arg_string(
+        f"pretrained={gpt2_export},trust_remote_code=True,dtype=float32", {"batch_size": 8, "device": "cpu"})
+    ours = harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=8)
+    tasks = TaskManager(include_path=TASKS, include_defaults=False)
+    runs = [lm_eval.simple_evaluate(model=lm, tasks=["tiny_gen"], task_manager=tasks, limit=16, log_samples=True)
+            for lm in (hf, ours)]
+    texts = [[s["resps"][0][0] for s in sorted(r["samples"]["tiny_gen"], key=lambda s: s["doc_id"])] for r in runs]
+    assert texts[0] == texts[1] and len(texts[0]) == 16 and any(texts[0])
+    assert runs[0]["results"]["tiny_gen"] == runs[1]["results"]["tiny_gen"]
+
+
 # ----------------------------------------------------------------- GPU: the fused kernel inside transformers
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

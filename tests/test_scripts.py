@@ -105,7 +105,9 @@ def test_reproduce_paper_runs_every_type_and_evaluation(tmp_path, ngpu):
     passkey = next(c for c in commands if c[1] == "eval_passkey.py")
     assert passkey[passkey.index("--lengths") + 1:passkey.index("--trials")] == ["1024", "1536", "4096", "8192", "16384"]
     tasks = next(c for c in commands if c[1] == "eval_downstream.py")
-    assert {"arc_easy", "hellaswag", "piqa", "sciq"} <= set(tasks[tasks.index("--tasks") + 1].split(","))
+    assert {"arc_easy", "hellaswag", "piqa", "sciq", "mmlu", "scrolls_summscreenfd"} <= \
+        set(tasks[tasks.index("--tasks") + 1].split(","))
+    assert tasks[tasks.index("--max_length") + 1] == "16384"   # SummScreen's 5-10K-token inputs fit
     # the lssa model re-weighted at inference, kept apart from the curves
     assert ["python", "eval_length.py", "out/paper_124m-lssa", "--attention", "lssar", "--p", "15", "--out",
             "results/paper_124m/lssa_reweighted.json"] in commands
