@@ -34,6 +34,7 @@ from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff,
 from data.catalog import shards_tokenizer
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
 from data.tokenizer import VOCAB_SIZES
+from dirlock import DirectoryBusy, lock_dir
 from model import GPT, config_from_preset
 from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
 
@@ -43,15 +44,18 @@ def main(argv):
     t_start = time.time()   # for the time to the first step (start-up: building, compiling, autotuning)
     cfg = load_config(argv).resolve_templates()
     s = setup_process(cfg)                                  # rank, device, precision, batch layout
-    ckpt, resumed_with = open_run(cfg, s)                   # refuse to overwrite, or pick up where it stopped
-    state, val = build(cfg, s, ckpt)                        # model, optimizer, data (restored from ckpt)
-    if ckpt is not None and state.step >= cfg.max_iters:
-        if s.master:
-            print(f"{cfg.out_dir} is complete (step {state.step} of max_iters={cfg.max_iters}); nothing to do")
-    else:
-        model = compile_and_wrap(state.model, cfg, s)           # torch.compile, DDP
-        run_info, wandb = record_launch(cfg, s, state, resumed_with)   # what makes a result traceable
-        training_loop(cfg, s, state, model, val, run_info, wandb, t_start)
+    # one launch per out_dir: rank 0 is the process that writes it (checkpoints, metrics), so it
+    # alone locks it; a refused rank 0 ends its torchrun, whose other ranks torchrun then stops
+    with lock_dir(cfg.out_dir) if s.master else nullcontext():
+        ckpt, resumed_with = open_run(cfg, s)               # refuse to overwrite, or pick up where it stopped
+        state, val = build(cfg, s, ckpt)                    # model, optimizer, data (restored from ckpt)
+        if ckpt is not None and state.step >= cfg.max_iters:
+            if s.master:
+                print(f"{cfg.out_dir} is complete (step {state.step} of max_iters={cfg.max_iters}); nothing to do")
+        else:
+            model = compile_and_wrap(state.model, cfg, s)       # torch.compile, DDP
+            run_info, wandb = record_launch(cfg, s, state, resumed_with)   # what makes a result traceable
+            training_loop(cfg, s, state, model, val, run_info, wandb, t_start)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -462,6 +466,8 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except DirectoryBusy as e:
+        sys.exit(f"error: {e}")
     except ShardError as e:
         sys.exit(f"data error: {e}")
     except FloatingPointError as e:

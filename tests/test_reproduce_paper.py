@@ -25,13 +25,14 @@ def meta_model(preset):
         return GPT(config_from_preset(preset, vocab_size=50304))
 
 
-def bench_file(folder, **tokens_per_s):
+def bench_file(folder, gpu="Some GPU", **tokens_per_s):
     """A bench_train.json as scripts/bench_train.py writes it: 124M at context 1024; one type failed."""
     results = [{"attention": a, "tokens_per_s": t, "config": {"model": "gpt2-124M", "batch_size": 16,
                                                               "block_size": 1024}} for a, t in tokens_per_s.items()]
     results.append({"attention": "relu", "error": "InductorError: ..."})
-    os.makedirs(folder / "Some-GPU")
-    (folder / "Some-GPU" / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": "Some GPU"}, "results": results}))
+    os.makedirs(folder / gpu.replace(" ", "-"))
+    (folder / gpu.replace(" ", "-") / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": gpu},
+                                                                                 "results": results}))
 
 
 def test_estimate_uses_each_measured_figure_and_the_slowest_for_the_rest(tmp_path):
@@ -58,6 +59,36 @@ def test_estimate_scales_to_another_model_by_flops_per_token(tmp_path):
     flops = {m: meta_model(m).flops_per_token(1024)["matmul"]
              for m in ("gpt2-124M", "gpt2-350M")}
     assert e["rows"][0]["tokens_per_s"] == pytest.approx(500_000 * flops["gpt2-124M"] / flops["gpt2-350M"])
+
+
+def test_estimate_uses_one_gpu_only_the_one_named_or_found_else_one_borrowed(tmp_path, monkeypatch, capsys):
+    """Two GPUs measured: the estimate never mixes their figures. The H100 folder sorts first,
+    so reading every folder with the last file winning would cost lssa at the H100's figure."""
+    bench_file(tmp_path, "NVIDIA H200", softmax=400_000.0)
+    bench_file(tmp_path, "NVIDIA H100 80GB HBM3", softmax=300_000.0, lssa=200_000.0)
+    runs = [("softmax", "softmax"), ("lssa", "lssa")]
+
+    def figures(**kw):
+        e = paper_plan.estimate(["config/paper_124m.py"], 8, runs, str(tmp_path), **kw)
+        return e, [(r["tokens_per_s"], r["measured"]) for r in e["rows"]]
+    monkeypatch.setattr(paper_plan, "local_gpu", lambda: "NVIDIA H200")   # what nvidia-smi would say
+    e, rows = figures()
+    assert rows == [(400_000.0, True), (400_000.0, False)] and e["gpu"] == "NVIDIA-H200" and e["note"] is None
+    assert all("NVIDIA-H200/bench_train.json" in r["figure"] for r in e["rows"])
+    e, rows = figures(gpu="NVIDIA H100 80GB HBM3")   # --gpu wins over nvidia-smi
+    assert rows == [(300_000.0, True), (200_000.0, True)] and e["note"] is None
+    assert all("NVIDIA-H100-80GB-HBM3/bench_train.json" in r["figure"] for r in e["rows"])
+    # a GPU never measured: all of one other GPU's figures (the one with more types), said in one line
+    e, rows = figures(gpu="NVIDIA A100-SXM4-80GB")
+    assert rows == [(300_000.0, True), (200_000.0, True)] and e["gpu"] == "NVIDIA-H100-80GB-HBM3"
+    assert "NVIDIA A100-SXM4-80GB" in e["note"] and "NVIDIA-H100-80GB-HBM3's" in e["note"]
+    assert "results/gpu/NVIDIA-A100-SXM4-80GB/bench_train.json" in e["note"] and "\n" not in e["note"]
+    paper_plan.print_estimate(e)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"# {e['note']}" and sum("tokens/s in " in line for line in out) == 2
+    monkeypatch.setattr(paper_plan, "local_gpu", lambda: None)   # no GPU here, none named
+    e, rows = figures()
+    assert e["gpu"] == "NVIDIA-H100-80GB-HBM3" and "--gpu NAME" in e["note"]
 
 
 def test_estimate_without_measurements_says_how_to_make_one(tmp_path):
