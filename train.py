@@ -160,11 +160,7 @@ def build(cfg, s, ckpt):
     """The model, optimizer and data, restored from the checkpoint if there is one. Returns
     (State, this process's validation windows)."""
     torch.manual_seed(cfg.seed)
-    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
-    model_config = config_from_preset(
-        cfg.model, **shape, block_size=cfg.block_size, vocab_size=cfg.vocab_size, attention=cfg.attention,
-        reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
-        dropout=cfg.dropout, bias=cfg.bias)
+    model_config = model_config_of(cfg)
     model = GPT(model_config).to(s.device)
     torch.manual_seed(cfg.seed + s.rank)  # the same init everywhere; dropout differs across ranks
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), s.device_type)
@@ -378,6 +374,15 @@ def checkpoint(state, cfg, s, code):
                  "step": state.step, "config": asdict(cfg), "model_config": asdict(state.model_config),
                  "world_size": s.world_size, "accum": s.accum, "code": code}
         save_checkpoint(saved, cfg.out_dir, state.step, keep=cfg.keep_checkpoints)
+
+
+def model_config_of(cfg):
+    """The GPTConfig a training config builds (scripts/preflight.py checks its kernel up front)."""
+    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
+    return config_from_preset(
+        cfg.model, **shape, block_size=cfg.block_size, vocab_size=cfg.vocab_size, attention=cfg.attention,
+        reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
+        dropout=cfg.dropout, bias=cfg.bias)
 
 
 def setup_distributed(cfg):
