@@ -88,7 +88,7 @@ def data_problems(cfg, tokenizer):
                     f"shards; fix: make them with data/prepare.py --out-dir {cfg.data_dir}, or point data_dir at "
                     f"prepared shards"]
         return []
-    dataset = cfg.dataset[:-len("-bytes")] if cfg.dataset.endswith("-bytes") else cfg.dataset
+    dataset = cfg.dataset.removesuffix("-bytes")
     if (default_out_dir(dataset, tokenizer) / "meta.json").exists():
         return []   # prepared (prepare.py checks that it is up to date, in seconds)
     spec = DATASETS.get(dataset)
@@ -96,8 +96,9 @@ def data_problems(cfg, tokenizer):
         return [f"data: unknown dataset {cfg.dataset!r}; fix: one of {', '.join(DATASETS)}, or data_dir=<shards>"]
     if spec.hub:
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-            return [f"data: {dataset} is not prepared and the hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); "
-                    f"fix: unset them, or prepare the shards elsewhere and copy {default_out_dir(dataset, tokenizer)}"]
+            return [f"data: {dataset} is not prepared and the hub is switched off (HF_HUB_OFFLINE, "
+                    f"HF_DATASETS_OFFLINE); fix: unset them, or prepare the shards elsewhere and copy "
+                    f"{default_out_dir(dataset, tokenizer)}"]
         hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         if not reachable(hub):
             return [f"data: {dataset} is not prepared and {hub} does not answer; fix: check the network, or prepare "
@@ -138,7 +139,8 @@ def writable_problems(folders):
     for folder in folders:
         base = _existing(folder)
         if not os.path.isdir(base):
-            problems.append(f"writable: {folder} cannot be made: {base} is a file; fix: move it, or choose another folder")
+            problems.append(f"writable: {folder} cannot be made: {base} is a file; fix: move it, or choose another "
+                            f"folder")
             continue
         try:
             with tempfile.TemporaryFile(dir=base):
@@ -177,8 +179,8 @@ def gpu_problems(cfg, ngpu):
     if cfg.device == "cpu":
         return []   # processes on the CPU: nothing to count
     if count == 0 and (ngpu > 1 or cfg.device.startswith("cuda")):
-        return [f"gpus: {ngpu} GPU(s) asked for, torch {torch.__version__} sees none; fix: run on the GPU machine with a "
-                f"CUDA build of torch (`python -m pip install torch`), or --device=cpu in TRAIN_ARGS"]
+        return [f"gpus: {ngpu} GPU(s) asked for, torch {torch.__version__} sees none; fix: run on the GPU machine "
+                f"with a CUDA build of torch (`python -m pip install torch`), or --device=cpu in TRAIN_ARGS"]
     if ngpu > count > 0:
         return [f"gpus: {ngpu} GPU(s) asked for, this machine has {count} ({torch.cuda.get_device_name(0)}); fix: ask "
                 f"for {count} (bash scripts/reproduce_paper.sh {count}), or run on a machine with {ngpu}"]
@@ -222,7 +224,8 @@ def run_configs(config_argv, runs, ngpu):
     for line in runs:
         name, attention, *options = shlex.split(line)
         try:
-            cfg = load_config(config_argv + [f"--attention={attention}"] + options, check_model=not missing_modules(("torch",)))
+            cfg = load_config(config_argv + [f"--attention={attention}"] + options,
+                              check_model=not missing_modules(("torch",)))   # (without torch: names unchecked)
             grad_accum_steps(cfg, ngpu)
             cfgs.append((name, cfg))
         except (ConfigError, ValueError) as e:
@@ -289,7 +292,8 @@ def main(argv=None):
                      lambda name: os.path.join(args.out_root, args.prefix + name), args.tokenizer,
                      no_install=os.environ.get("NO_INSTALL") == "1")
     if problems:
-        print(f"preflight: {len(problems)} problem(s), found before any training (nothing was trained):", file=sys.stderr)
+        print(f"preflight: {len(problems)} problem(s), found before any training (nothing was trained):",
+              file=sys.stderr)
         for line in problems:
             print(f"  {line}", file=sys.stderr)
         sys.exit(1)

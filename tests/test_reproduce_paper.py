@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -101,7 +102,8 @@ def toy_env(synth_dir, tmp_path):
     shards (so passkey prompts and lm-eval's local task fit), a few steps, small evaluations."""
     train = (f"--data_dir={synth_dir} --model=tiny --vocab_size=50304 --block_size=32 --batch_size=8 --eval_iters=1 "
              "--max_iters=6 --eval_interval=3 --ckpt_interval=6 --log_interval=2 --learning_rate=1e-2")
-    return {**os.environ, "NO_INSTALL": "1", "CONFIG": "config/demo_cpu.py", "NAME": "toy", "TYPES": "softmax lssar",
+    return {**os.environ, "NO_INSTALL": "1", "SKIP_PREFLIGHT": "1", "TMPDIR": str(tmp_path),
+            "CONFIG": "config/demo_cpu.py", "NAME": "toy", "TYPES": "softmax lssar",
             "RESULTS": str(tmp_path / "toy"), "OUT_ROOT": str(tmp_path / "out"), "TRAIN_ARGS": train,
             "SWEEP_ARGS": "--multipliers 1 2 4 --tokens 512", "STATS_ARGS": "--multipliers 1 4 --windows 1 --rows 4",
             "MAPS_ARGS": "--multipliers 1 4 --rows 8", "PASSKEY_LENGTHS": "64 96", "PASSKEY_TRIALS": "1",
@@ -163,3 +165,28 @@ def test_reproduce_paper_end_to_end_at_toy_scale(synth_dir, tmp_path):
     ran = [shlex.split(line[2:])[1] for line in proc.stdout.splitlines() if line.startswith("+ ")]
     assert ran == ["train.py", "train.py", "scripts/report.py"]
     assert proc.stdout.count("exists: skipped") == 10
+
+
+@pytest.mark.slow   # about 30 s: two toy passes of one type (train.py and eval_length.py starting up is most of it)
+def test_the_toy_pass_runs_first_in_a_scratch_folder_and_stops_the_run_when_it_fails(synth_dir, tmp_path):
+    env = {**toy_env(synth_dir, tmp_path), "TYPES": "softmax", "EVALS": "sweep"}
+    del env["SKIP_PREFLIGHT"]
+    results, out = tmp_path / "toy", tmp_path / "out"
+    # a stage that fails (here eval_length.py on an option it does not know) fails in the toy pass,
+    # before the real run trains anything
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "SWEEP_ARGS": "--no_such_option"}, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "[preflight] the toy pass failed" in proc.stdout and "+ python train.py" in proc.stdout   # the toy's
+    assert not out.exists() and sorted(os.listdir(results)) == [".lock", "run.log"]
+    # PREFLIGHT=1: the pass alone; it leaves nothing that a full run could take for its own work
+    for scratch in tmp_path.glob("reproduce_paper-preflight.*"):
+        shutil.rmtree(scratch)
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "PREFLIGHT": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert re.search(r"\[preflight\] the toy pass finished in \d+ s", proc.stdout)
+    assert re.search(r"--max_iters=4 .*--out_dir=|--out_dir=.*--max_iters=4", proc.stdout)   # tiny, and ...
+    assert "wrote " in proc.stdout and "report.md" in proc.stdout                            # the report too
+    assert not out.exists() and sorted(os.listdir(results)) == [".lock", "run.log"]
+    assert not list(tmp_path.glob("reproduce_paper-preflight.*"))   # the scratch folder is gone
