@@ -119,12 +119,21 @@ def release(fd):
 
 @contextmanager
 def lock_dir(path):
-    """`with lock_dir(path):` one writer in path for the block (DirectoryBusy if another has it)."""
+    """`with lock_dir(path):` one writer in path for the block (DirectoryBusy if another has it).
+    A folder the block was refused in (bad arguments, say) is not left behind: if this made it and
+    nothing but the lock file is in it at the end, both go."""
+    made = not os.path.isdir(path)
     fd = acquire(path)
     try:
         yield
     finally:
         os.ftruncate(fd, 0)   # a writer no more: an empty record (a finished run's folder has the same files as before)
+        if made and os.listdir(path) == [LOCK_NAME]:
+            try:   # still locked here: one that opened the file meanwhile finds its folder gone, and fails
+                os.unlink(os.path.join(path, LOCK_NAME))
+                os.rmdir(path)
+            except OSError:
+                pass
         release(fd)
 
 

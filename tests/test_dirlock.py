@@ -50,6 +50,10 @@ def test_a_killed_holder_does_not_block_the_resume(tmp_path):
     assert (tmp_path / ".lock").read_text() == ""     # released: no writer recorded
     with dirlock.lock_dir(str(tmp_path)):             # and taken again in the same process
         pass
+    # a folder made for the lock, and left empty (the writer stopped on bad arguments), is not left behind
+    with pytest.raises(ValueError), dirlock.lock_dir(str(tmp_path / "new")):
+        raise ValueError("bad arguments")
+    assert sorted(os.listdir(tmp_path)) == [".lock"]
 
 
 def test_a_shell_holds_the_lock_through_its_fd_and_an_orphan_child_is_named(tmp_path):
