@@ -136,3 +136,21 @@ def test_reproduce_paper_stops_before_training_on_a_planted_missing_package_and_
     assert "  disk: " in out and " needed on the filesystem of " in out and ", 0.0 GB free; fix: " in out
     assert "+ python train.py" not in out and not (tmp_path / "out").exists()   # nothing trained, no toy pass either
     assert sorted(os.listdir(tmp_path)) == ["results", "site"]
+
+
+def test_data_to_prepare_needs_its_source_to_answer(tmp_path, monkeypatch):
+    """FineWeb not prepared here (no data/fineweb-10B/meta.json in a checkout): the hub must answer."""
+    asked = []
+    monkeypatch.setattr(preflight, "reachable", lambda url: asked.append(url) or False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    cfg = preflight.load_config(["config/paper_124m.py"], check_model=False)
+    assert preflight.data_problems(cfg, "gpt2") == [
+        "data: fineweb-10B is not prepared and https://huggingface.co does not answer; fix: check the network, or "
+        "prepare the shards elsewhere (python data/prepare.py fineweb-10B) and copy data/fineweb-10B"]
+    assert asked == ["https://huggingface.co"]
+    monkeypatch.setattr(preflight, "reachable", lambda url: True)
+    assert preflight.data_problems(cfg, "gpt2") == []
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")   # the hub switched off: said so, without asking it
+    assert preflight.data_problems(cfg, "gpt2")[0].startswith("data: fineweb-10B is not prepared and the hub is "
+                                                             "switched off")
