@@ -190,3 +190,6 @@ def test_the_toy_pass_runs_first_in_a_scratch_folder_and_stops_the_run_when_it_f
     assert "wrote " in proc.stdout and "report.md" in proc.stdout                            # the report too
     assert not out.exists() and sorted(os.listdir(results)) == [".lock", "run.log"]
     assert not list(tmp_path.glob("reproduce_paper-preflight.*"))   # the scratch folder is gone
+    # and the report of the real run will not count the pass as one of its invocations
+    assert "[toy] [reproduce_paper] wall time" in proc.stdout
+    assert not re.search(r"^\[reproduce_\w+\] wall time", (results / "run.log").read_text(), re.M)
