@@ -28,7 +28,6 @@ import argparse
 import ast
 import glob
 import json
-import math
 import os
 import re
 import subprocess
