@@ -228,11 +228,13 @@ class GPT(nn.Module):
         """With attention_backend "auto" on a GPU, make sure the fused kernel compiles and runs
         there for q, k, v of `dtype` (autocast's), else warn once and use the reference
         (attention.check_kernel). An eager model does this on its first call; a compiled one
-        cannot launch the check inside its graph, so call this before torch.compile."""
+        cannot launch the check inside its graph, so call this before torch.compile. Returns
+        check_kernel's reason the kernel cannot run here, or None."""
         cfg = self.config
         device = torch.device(device)
         if cfg.attention_backend == "auto" and cfg.attention in KERNEL_TYPES and device.type == "cuda":
-            check_kernel(cfg.attention, cfg.reweight_p, device, dtype, cfg.n_embd // cfg.n_head)
+            return check_kernel(cfg.attention, cfg.reweight_p, device, dtype, cfg.n_embd // cfg.n_head)
+        return None   # nothing to check: no fused kernel applies
 
     def num_params(self):
         """Parameter count (the tied embedding counted once; there are no position embeddings)."""

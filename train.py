@@ -34,6 +34,7 @@ from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff,
 from data.catalog import shards_tokenizer
 from data.shards import ShardError, TrainLoader, load_tokens, val_windows
 from data.tokenizer import VOCAB_SIZES
+from dirlock import DirectoryBusy, lock_dir
 from model import GPT, config_from_preset
 from runinfo import code_version, hardware, keep_freed_memory, peak_flops, pick_device
 
@@ -65,15 +66,18 @@ def main(argv):
     t_start = time.time()   # for the time to the first step (start-up: building, compiling, autotuning)
     cfg = load_config(argv).resolve_templates()
     s = setup_process(cfg)                                  # rank, device, precision, batch layout
-    ckpt, resumed_with = open_run(cfg, s)                   # refuse to overwrite, or pick up where it stopped
-    state, val = build(cfg, s, ckpt)                        # model, optimizer, data (restored from ckpt)
-    if ckpt is not None and state.step >= cfg.max_iters:
-        if s.master:
-            print(f"{cfg.out_dir} is complete (step {state.step} of max_iters={cfg.max_iters}); nothing to do")
-    else:
-        model = compile_and_wrap(state.model, cfg, s)           # torch.compile, DDP
-        run_info, wandb = record_launch(cfg, s, state, resumed_with)   # what makes a result traceable
-        training_loop(cfg, s, state, model, val, run_info, wandb, t_start)
+    # one launch per out_dir: rank 0 is the process that writes it (checkpoints, metrics), so it
+    # alone locks it; a refused rank 0 ends its torchrun, whose other ranks torchrun then stops
+    with lock_dir(cfg.out_dir) if s.master else nullcontext():
+        ckpt, resumed_with = open_run(cfg, s)               # refuse to overwrite, or pick up where it stopped
+        state, val = build(cfg, s, ckpt)                    # model, optimizer, data (restored from ckpt)
+        if ckpt is not None and state.step >= cfg.max_iters:
+            if s.master:
+                print(f"{cfg.out_dir} is complete (step {state.step} of max_iters={cfg.max_iters}); nothing to do")
+        else:
+            model = compile_and_wrap(state.model, cfg, s)       # torch.compile, DDP
+            run_info, wandb = record_launch(cfg, s, state, resumed_with)   # what makes a result traceable
+            training_loop(cfg, s, state, model, val, run_info, wandb, t_start)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -178,11 +182,7 @@ def build(cfg, s, ckpt):
     """The model, optimizer and data, restored from the checkpoint if there is one. Returns
     (State, this process's validation windows)."""
     torch.manual_seed(cfg.seed)
-    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
-    model_config = config_from_preset(
-        cfg.model, **shape, block_size=cfg.block_size, vocab_size=cfg.vocab_size, attention=cfg.attention,
-        reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
-        dropout=cfg.dropout, bias=cfg.bias)
+    model_config = model_config_of(cfg)
     model = GPT(model_config).to(s.device)
     torch.manual_seed(cfg.seed + s.rank)  # the same init everywhere; dropout differs across ranks
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), s.device_type)
@@ -398,6 +398,15 @@ def checkpoint(state, cfg, s, code):
         save_checkpoint(saved, cfg.out_dir, state.step, keep=cfg.keep_checkpoints)
 
 
+def model_config_of(cfg):
+    """The GPTConfig a training config builds (scripts/preflight.py checks its kernel up front)."""
+    shape = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
+    return config_from_preset(
+        cfg.model, **shape, block_size=cfg.block_size, vocab_size=cfg.vocab_size, attention=cfg.attention,
+        reweight_p=cfg.reweight_p, rope_base=cfg.rope_base, attention_backend=cfg.attention_backend,
+        dropout=cfg.dropout, bias=cfg.bias)
+
+
 def setup_distributed(cfg):
     """(rank, local_rank, world_size, device). torchrun sets RANK/WORLD_SIZE; else one process."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -484,6 +493,8 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except DirectoryBusy as e:
+        sys.exit(f"error: {e}")
     except ShardError as e:
         sys.exit(f"data error: {e}")
     except FloatingPointError as e:

@@ -58,6 +58,7 @@ from data import sources
 from data.catalog import DATASETS, DatasetSpec, default_out_dir, prepare_command, read_meta
 from data.shards import SPLITS, ShardError, read_header, write_shard
 from data.tokenizer import RANKS_PIN, VOCAB_SIZES, load_tokenizer
+from dirlock import DirectoryBusy, lock_dir
 
 
 class PrepareError(ValueError):
@@ -811,9 +812,10 @@ def main(argv=None) -> dict:
             if verify(out_dir):
                 raise SystemExit(1)
             return read_meta(out_dir)
-        return prepare(args.dataset, args.source, args.out_dir, args.shard_size, args.workers,
-                       args.val_every, args.with_wikipedia, args.force, args.tokenizer)
-    except (PrepareError, ShardError, sources.PinError) as e:
+        with lock_dir(out_dir):   # one writer: a second prepare.py here is refused, naming the first
+            return prepare(args.dataset, args.source, args.out_dir, args.shard_size, args.workers,
+                           args.val_every, args.with_wikipedia, args.force, args.tokenizer)
+    except (PrepareError, ShardError, sources.PinError, DirectoryBusy) as e:
         raise SystemExit(f"error: {e}") from e
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted: {out_dir} keeps the shards written so far; run the same command again to "

@@ -1,7 +1,9 @@
-# Sourced by scripts/test.sh and scripts/demo.sh: enter a Python environment that has
+# Sourced by scripts/test.sh, scripts/demo.sh and the reproduction scripts: enter a Python environment that has
 # torch and requirements.txt. Uses the active virtual environment (or conda environment) if
 # there is one, else creates ./.venv. Set PYTHON to choose the interpreter, TORCH_SPEC to choose the torch build,
-# NO_INSTALL=1 to use the python on PATH as it is.
+# EXTRA_REQUIREMENTS to install more requirement files (requirements-eval.txt: lm-eval, for
+# downstream evaluations), NO_INSTALL=1 to use the python on PATH as it is (scripts/preflight.py
+# then names what is missing and its install command).
 
 PYTHON=${PYTHON:-python3}
 if [ "${NO_INSTALL:-0}" = 1 ]; then
@@ -33,8 +35,10 @@ else
         echo "[env] installing ${torch_args[*]}"
         python -m pip install -q "${torch_args[@]}"
     fi
-    echo "[env] installing requirements.txt"
-    python -m pip install -q -r requirements.txt
+    for requirements in requirements.txt ${EXTRA_REQUIREMENTS:-}; do
+        echo "[env] installing $requirements"
+        python -m pip install -q -r "$requirements"
+    done
 fi
 
 # The first line of a script's log: when, what, and the code version that runinfo.py records

@@ -5,13 +5,18 @@ What scripts/reproduce_paper.sh will cost before it runs: GPU-hours per run and 
     python3 scripts/paper_plan.py types          # the attention types of attention.RECIPES, one a line
 
 Training throughput comes from the measurements committed under results/gpu/<GPU>/bench_train*.json
-(scripts/bench_train.py: train.py itself, 124M at context 1024, bf16, compiled, one GPU). A type
-measured there uses its own figure; a type never measured uses the slowest measured figure (the
-kernels and the reference types are slower than softmax's FlashAttention, so this errs low),
-and is marked "estimate". A model or context other than the measured one scales the figure by
-the FLOPs per token (6N + 12·L·d·T, model.flops_per_token's formula). GPU-hours assume the
-per-GPU figure holds on every GPU (data parallel, no loss from communication) and count training
-only; the evaluations are forward passes over a few million tokens per run.
+(scripts/bench_train.py: train.py itself, 124M at context 1024, bf16, compiled, one GPU), of one
+GPU only: the one this machine has (nvidia-smi's name, spelled as results/gpu/ spells folders:
+"NVIDIA H100 80GB HBM3" -> NVIDIA-H100-80GB-HBM3), or the one --gpu NAME names (GPU=NAME in
+scripts/reproduce_paper.sh's dry run). Where that GPU has no measurement, the estimate says so in
+one line and borrows every figure from one other GPU (the one with the most types measured):
+two GPUs' figures are never mixed. A type measured there uses its own figure; a type never
+measured uses the slowest measured figure of the same GPU (the kernels and the reference types
+are slower than softmax's FlashAttention, so this errs low), and is marked "estimate". A model
+or context other than the measured one scales the figure by the FLOPs per token (6N + 12·L·d·T,
+model.flops_per_token's formula). GPU-hours assume the per-GPU figure holds on every GPU (data
+parallel, no loss from communication) and count training only; the evaluations are forward
+passes over a few million tokens per run.
 
 Disk: the token shards (2 bytes a token) and each run's checkpoints: keep_checkpoints of them,
 plus one being written, of fp32 weights and AdamW's two fp32 moments (12 bytes a parameter).
@@ -23,8 +28,9 @@ import argparse
 import ast
 import glob
 import json
-import math
 import os
+import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,14 +77,32 @@ def flops_per_token(params, n_layer, n_embd, T):
     return 6 * params + 12 * n_layer * n_embd * T
 
 
-def measured_throughput(gpu_results):
-    """{attention: (tokens/s per GPU, FLOPs per token of the measured model, source)} from every
-    bench_train*.json under gpu_results; where a type was measured more than once, the latest file."""
+def gpu_folder(name):
+    """The folder of results/gpu/ for a GPU name as nvidia-smi or torch report it (as
+    scripts/gpu_check.py names the folders it writes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip())
+
+
+def local_gpu():
+    """The name of this machine's first GPU from nvidia-smi, or None (no nvidia-smi, no GPU)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return names[0].strip() if names else None
+
+
+def measured_throughput(folder):
+    """{attention: (tokens/s per GPU, FLOPs per token of the measured model, source)} from the
+    bench_train*.json files of one GPU's folder; where a type was measured more than once, the
+    file last in name order."""
     found = {}
-    for path in sorted(glob.glob(os.path.join(gpu_results, "*", "bench_train*.json"))):
+    for path in sorted(glob.glob(os.path.join(folder, "bench_train*.json"))):
         with open(path) as f:
             report = json.load(f)
-        gpu = report.get("hardware", {}).get("gpu", os.path.basename(os.path.dirname(path)))
+        gpu = report.get("hardware", {}).get("gpu", os.path.basename(folder))
         for r in report.get("results", []):
             if "tokens_per_s" not in r:
                 continue   # a type that failed there (its error is in the file)
@@ -89,40 +113,63 @@ def measured_throughput(gpu_results):
     return found
 
 
-def estimate(config_argv, ngpu, runs, gpu_results=os.path.join(ROOT, "results", "gpu")):
-    """The cost of training `runs` [(run name, attention)] with the config of `config_argv` (a
-    config file and overrides, as train.py takes them) on `ngpu` GPUs: a dict with per-run rows,
-    totals and the figures used."""
+def pick_gpu(gpu_results, gpu):
+    """(folder name, its measurements, a note or None): the measurements of GPU `gpu` (a name or
+    a folder name; None: this machine's), else all of one other GPU's, with a one-line note
+    saying so."""
+    measured = {os.path.basename(d): measured_throughput(d) for d in sorted(glob.glob(os.path.join(gpu_results, "*")))
+                if os.path.isdir(d)}
+    measured = {name: m for name, m in measured.items() if m}
+    how = "--gpu" if gpu else "nvidia-smi"
+    gpu = gpu or local_gpu()
+    if gpu and gpu_folder(gpu) in measured:
+        return gpu_folder(gpu), measured[gpu_folder(gpu)], None
+    if not measured:
+        raise SystemExit(f"no training throughput measured under {gpu_results} (scripts/bench_train.py --attention all "
+                         f"--out {gpu_results}/<GPU>/bench_train.json measures one)")
+    borrowed = max(sorted(measured), key=lambda name: len(measured[name]))
+    mine = f"{gpu} ({how})" if gpu else "this machine's GPU (no nvidia-smi here; name one with --gpu NAME)"
+    return borrowed, measured[borrowed], (
+        f"no training throughput measured for {mine} under {os.path.relpath(gpu_results, ROOT)}/: every figure below "
+        f"is {borrowed}'s (measure yours: python scripts/bench_train.py --attention all --out "
+        f"results/gpu/{gpu_folder(gpu) if gpu else '<GPU>'}/bench_train.json)")
+
+
+def footprint(config_argv, ngpu, runs):
+    """What `runs` [(run name, attention)] with the config of `config_argv` (a config file and
+    overrides, as train.py takes them) on `ngpu` GPUs amount to: the step layout, the training
+    tokens, the model's size and the disk (shards, checkpoints). Needs no measurement."""
     cfg = load_config(config_argv, check_model=False)
     accum = grad_accum_steps(cfg, ngpu)
     step_tokens = cfg.total_batch_size or cfg.batch_size * cfg.block_size * ngpu
-    tokens = cfg.max_iters * step_tokens
     bytes_vocab = cfg.dataset.endswith("-bytes") or cfg.tokenizer == "bytes"
     params, n_layer, n_embd = model_shape(cfg.model, cfg.vocab_size or (256 if bytes_vocab else GPT2_VOCAB),
                                           n_layer=cfg.n_layer, n_embd=cfg.n_embd)
-    fpt = flops_per_token(params, n_layer, n_embd, cfg.block_size)
-    measured = measured_throughput(gpu_results)
-    if not measured:
-        raise SystemExit(f"no training throughput measured under {gpu_results} (scripts/bench_train.py --out "
-                         f"{gpu_results}/<GPU>/bench_train.json measures one)")
+    spec = DATASETS.get(cfg.dataset)
+    ckpt_bytes = params * CKPT_BYTES_PER_PARAM
+    return {"config": " ".join(config_argv), "ngpu": ngpu, "grad_accum": accum, "tokens_per_run": cfg.max_iters * step_tokens,
+            "params": params, "flops_per_token": flops_per_token(params, n_layer, n_embd, cfg.block_size),
+            "dataset": cfg.dataset, "data_bytes": spec.approx_tokens * 2 if spec and spec.approx_tokens else None,
+            "ckpt_bytes": ckpt_bytes, "ckpt_total_bytes": len(runs) * (cfg.keep_checkpoints + 1) * ckpt_bytes,
+            "keep_checkpoints": cfg.keep_checkpoints, "runs": len(runs)}
+
+
+def estimate(config_argv, ngpu, runs, gpu_results=os.path.join(ROOT, "results", "gpu"), gpu=None):
+    """The cost of training `runs` [(run name, attention)] with the config of `config_argv` on
+    `ngpu` GPUs, from the measurements of one GPU (pick_gpu): footprint()'s dict with per-run
+    rows, totals, the GPU used and the note when it is not `gpu`."""
+    e = footprint(config_argv, ngpu, runs)
+    used, measured, note = pick_gpu(gpu_results, gpu)
     slowest = min(measured, key=lambda a: measured[a][0])
     rows = []
     for run, attention in runs:
         source = attention if attention in measured else slowest
         tok_s, measured_fpt, where = measured[source]
-        tok_s *= measured_fpt / fpt          # another model size or context: the same FLOP/s
-        hours = tokens / tok_s / 3600
-        rows.append({"run": run, "attention": attention, "tokens_per_s": tok_s, "gpu_hours": hours,
-                     "measured": attention in measured,
+        tok_s *= measured_fpt / e["flops_per_token"]          # another model size or context: the same FLOP/s
+        rows.append({"run": run, "attention": attention, "tokens_per_s": tok_s,
+                     "gpu_hours": e["tokens_per_run"] / tok_s / 3600, "measured": attention in measured,
                      "figure": f"{source}'s {measured[source][0]:,.0f} tokens/s in {where}"})
-    spec = DATASETS.get(cfg.dataset)
-    data_bytes = spec.approx_tokens * 2 if spec and spec.approx_tokens else None
-    ckpt_bytes = params * CKPT_BYTES_PER_PARAM
-    ckpt_total = len(runs) * (cfg.keep_checkpoints + 1) * ckpt_bytes
-    return {"config": " ".join(config_argv), "ngpu": ngpu, "grad_accum": accum, "tokens_per_run": tokens, "params": params,
-            "rows": rows, "gpu_hours": sum(r["gpu_hours"] for r in rows), "dataset": cfg.dataset,
-            "data_bytes": data_bytes, "ckpt_bytes": ckpt_bytes, "ckpt_total_bytes": ckpt_total,
-            "keep_checkpoints": cfg.keep_checkpoints}
+    return {**e, "rows": rows, "gpu_hours": sum(r["gpu_hours"] for r in rows), "gpu": used, "note": note}
 
 
 def gb(n):
@@ -131,7 +178,9 @@ def gb(n):
 
 def print_estimate(e):
     print(f"# cost estimate ({e['config']}, {e['ngpu']} GPU(s)): {e['params'] / 1e6:,.1f}M parameters, "
-          f"{e['tokens_per_run'] / 1e9:,.2f}B training tokens per run")
+          f"{e['tokens_per_run'] / 1e9:,.2f}B training tokens per run; figures of {e['gpu']}")
+    if e["note"]:
+        print(f"# {e['note']}")
     print(f"# {'run':<24} {'attention':<22} {'tokens/s/GPU':>13} {'GPU-hours':>10}  figure used")
     for r in e["rows"]:
         kind = "measured" if r["measured"] else "estimate: not measured, the slowest measured type's"
@@ -154,6 +203,8 @@ def main(argv=None):
     c.add_argument("ngpu", type=int)
     c.add_argument("runs", nargs="+", help="RUN:ATTENTION pairs, then -- and the config file with its overrides")
     c.add_argument("--gpu_results", default=os.path.join(ROOT, "results", "gpu"))
+    c.add_argument("--gpu", default=os.environ.get("GPU") or None,
+                   help="the GPU to cost (its nvidia-smi name or results/gpu/ folder; default $GPU, else nvidia-smi's)")
     argv = sys.argv[1:] if argv is None else argv
     config_argv = argv[argv.index("--") + 1:] if "--" in argv else []
     args = p.parse_args(argv[:len(argv) - len(config_argv) - (1 if config_argv else 0)])
@@ -163,7 +214,7 @@ def main(argv=None):
     if not config_argv:
         p.error("cost needs -- and a config file after the runs")
     runs = [tuple(r.split(":", 1)) for r in args.runs]
-    print_estimate(estimate(config_argv, args.ngpu, runs, args.gpu_results))
+    print_estimate(estimate(config_argv, args.ngpu, runs, args.gpu_results, args.gpu))
 
 
 if __name__ == "__main__":

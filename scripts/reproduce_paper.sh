@@ -9,6 +9,12 @@
 #   DRY_RUN=1 bash scripts/reproduce_paper.sh 8              # every command and the cost estimate, nothing run
 #   TYPES="softmax lssar" bash scripts/reproduce_paper.sh 8  # a subset of the runs below
 #   CONFIG=config/paper_124m_owt.py bash scripts/reproduce_paper.sh 8
+#   PREFLIGHT=1 bash scripts/reproduce_paper.sh 8            # the toy pass alone (below), minutes
+# Before any training: scripts/preflight.py checks what every stage will need (packages, data,
+# disk, writable folders, GPUs, the config, each fused kernel on this GPU) and stops with every
+# problem at once; then the toy pass: every planned type trained a few steps at a tiny size, every
+# evaluation at a tiny budget and the report, in a scratch folder that is deleted after
+# (SKIP_PREFLIGHT=1 skips the pass). One invocation per results folder (a second is refused).
 # An interrupted run picks up where it stopped: training resumes from its newest checkpoint
 # (--init_from=auto), and an evaluation whose output file exists is skipped (delete it to redo it).
 # More knobs (evaluation sizes, tasks, toy-scale overrides): docs/reproducing.md.
@@ -25,9 +31,10 @@ read -r -a stats_args <<< "${STATS_ARGS:-}"        # extra scripts/attention_sta
 read -r -a maps_args <<< "${MAPS_ARGS:-}"          # extra scripts/plot_attention_maps.py options
 read -r -a passkey_lengths <<< "${PASSKEY_LENGTHS:-1024 1536 4096 8192 16384}"
 passkey_trials=${PASSKEY_TRIALS:-20}               # per length and depth cell (5 cells): 100 prompts a length
-# the paper's four zero-shot tasks, its MMLU and SummScreen (generation from 5-10K-token inputs,
-# ROUGE), then the rest of eval_downstream.py's defaults. Windows of up to 16K tokens (16x the
-# paper's context) so SummScreen's inputs fit; the other tasks' prompts are short.
+# The downstream tasks (lm-eval names), one list: the paper's four zero-shot tasks, its MMLU and
+# SummScreen (generation from 5-10K-token inputs, ROUGE), then the rest of eval_downstream.py's
+# defaults. Windows of up to 16K tokens (16x the paper's context) so SummScreen's inputs fit; the
+# other tasks' prompts are short.
 tasks=${TASKS:-arc_easy,hellaswag,piqa,sciq,mmlu,scrolls_summscreenfd,arc_challenge,winogrande,lambada_openai}
 read -r -a downstream_args <<< "${DOWNSTREAM_ARGS---max_length 16384}${TASKS_PATH:+ --include_path $TASKS_PATH}"
 evals=" ${EVALS:-sweep passkey downstream stats maps} "
@@ -52,8 +59,11 @@ step() { if [ -e "$1" ]; then echo "= $1 exists: skipped"; else run "${@:2}"; fi
 start=$(date +%s)
 if [ -z "${DRY_RUN:-}" ]; then   # every invocation, with its wall time, appended beside the results
     mkdir -p "$results"
+    exec 9<>"$results/.lock"     # one writer per results folder: held by this shell (and its children) until it exits
+    python3 dirlock.py "$results" --fd 9 --pid $$ -- bash scripts/reproduce_paper.sh "$@" || exit 1
     exec > >(tee -a "$results/run.log") 2>&1
-    source scripts/env.sh        # the active environment, else ./.venv
+    if [[ $evals == *" downstream "* ]]; then EXTRA_REQUIREMENTS=requirements-eval.txt; fi   # lm-eval
+    source scripts/env.sh        # the active environment, else ./.venv; installs what the stages need
     log_start reproduce_paper bash scripts/reproduce_paper.sh "$@"
 fi
 
@@ -99,9 +109,43 @@ for wanted in ${TYPES:-}; do
     [[ $names == *" $wanted "* ]] || { echo "error: TYPES names unknown run $wanted; runs:$names" >&2; exit 2; }
 done
 
-pairs=()
-for line in "${selected[@]}"; do read -r run_name attention _ <<< "$line"; pairs+=("$run_name:$attention"); done
-python3 scripts/paper_plan.py cost "$ngpu" "${pairs[@]}" -- "$config" "${train_args[@]}"
+pairs=() preflight=()
+for line in "${selected[@]}"; do
+    read -r run_name attention _ <<< "$line"
+    pairs+=("$run_name:$attention") preflight+=(--run "$line")
+done
+python3 scripts/paper_plan.py cost "$ngpu" "${pairs[@]}" ${GPU:+--gpu "$GPU"} -- "$config" "${train_args[@]}"
+if [ -n "${DRY_RUN:-}" ]; then   # (a dry run checks nothing: it may be in a shell without the environment)
+    echo "# then scripts/preflight.py's checks, and the toy pass unless SKIP_PREFLIGHT=1"
+else
+    python scripts/preflight.py "$ngpu" "${preflight[@]}" --evals "$evals" --results "$results" --out_root "$out" \
+        --prefix "$name-" --tokenizer "$tokenizer" -- "$config" "${train_args[@]}" || exit 1
+fi
+
+# The toy pass: this script on the same GPUs, every planned type for a few steps of a tiny model,
+# every evaluation at a tiny budget, the report; in a scratch folder, deleted after, so that a
+# killed pass leaves nothing that the full run could take for finished work. On the config's own
+# data_dir when it names one, else the embedded corpus (prepared in a minute; not hours of FineWeb).
+if [ -z "${SKIP_PREFLIGHT:-}" ] && [ -z "${DRY_RUN:-}" ]; then
+    scratch=$(mktemp -d "${TMPDIR:-/tmp}/reproduce_paper-preflight.XXXXXX")
+    toy_data=()
+    if [ "$data_dir" = - ]; then toy_data=(--dataset=embedded$([ "$tokenizer" = bytes ] && echo -bytes)); fi
+    toy_start=$(date +%s)
+    # its lines marked [toy]: this folder's run.log (which report.py reads) holds no wall time of the pass
+    echo "[preflight] the toy pass in $scratch (SKIP_PREFLIGHT=1 skips it)"
+    if ! env -u PREFLIGHT SKIP_PREFLIGHT=1 NO_INSTALL=1 TYPES="${TYPES:-}" RESULTS="$scratch/results" OUT_ROOT="$scratch/out" \
+        NAME="$name" TRAIN_ARGS="${TRAIN_ARGS:-} ${toy_data[*]} --model=tiny --block_size=64 --batch_size=4 \
+--total_batch_size=0 --max_iters=4 --warmup_iters=1 --eval_interval=2 --eval_iters=1 --ckpt_interval=4 --log_interval=1" \
+        SWEEP_ARGS="${SWEEP_ARGS:-} --multipliers 1 2 --tokens 1024" PASSKEY_LENGTHS="128 192" PASSKEY_TRIALS=1 \
+        STATS_ARGS="${STATS_ARGS:-} --multipliers 1 2 --windows 1 --rows 4" MAPS_ARGS="${MAPS_ARGS:-} --multipliers 1 2 --rows 8" \
+        DOWNSTREAM_ARGS="${DOWNSTREAM_ARGS:-} --limit 4" bash scripts/reproduce_paper.sh "$ngpu" 2>&1 | sed -u "s/^/[toy] /"; then
+        echo "[preflight] the toy pass failed (its output is above; its files: $scratch): nothing was trained" >&2
+        exit 1
+    fi
+    rm -rf "$scratch"
+    echo "[preflight] the toy pass finished in $(( $(date +%s) - toy_start )) s: every stage works here"
+    if [ -n "${PREFLIGHT:-}" ]; then exit 0; fi
+fi
 
 if [ "$data_dir" = - ]; then
     prepare=(python data/prepare.py "$dataset")

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -25,13 +26,14 @@ def meta_model(preset):
         return GPT(config_from_preset(preset, vocab_size=50304))
 
 
-def bench_file(folder, **tokens_per_s):
+def bench_file(folder, gpu="Some GPU", **tokens_per_s):
     """A bench_train.json as scripts/bench_train.py writes it: 124M at context 1024; one type failed."""
     results = [{"attention": a, "tokens_per_s": t, "config": {"model": "gpt2-124M", "batch_size": 16,
                                                               "block_size": 1024}} for a, t in tokens_per_s.items()]
     results.append({"attention": "relu", "error": "InductorError: ..."})
-    os.makedirs(folder / "Some-GPU")
-    (folder / "Some-GPU" / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": "Some GPU"}, "results": results}))
+    os.makedirs(folder / gpu.replace(" ", "-"))
+    (folder / gpu.replace(" ", "-") / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": gpu},
+                                                                                 "results": results}))
 
 
 def test_estimate_uses_each_measured_figure_and_the_slowest_for_the_rest(tmp_path):
@@ -60,6 +62,36 @@ def test_estimate_scales_to_another_model_by_flops_per_token(tmp_path):
     assert e["rows"][0]["tokens_per_s"] == pytest.approx(500_000 * flops["gpt2-124M"] / flops["gpt2-350M"])
 
 
+def test_estimate_uses_one_gpu_only_the_one_named_or_found_else_one_borrowed(tmp_path, monkeypatch, capsys):
+    """Two GPUs measured: the estimate never mixes their figures. The H100 folder sorts first,
+    so reading every folder with the last file winning would cost lssa at the H100's figure."""
+    bench_file(tmp_path, "NVIDIA H200", softmax=400_000.0)
+    bench_file(tmp_path, "NVIDIA H100 80GB HBM3", softmax=300_000.0, lssa=200_000.0)
+    runs = [("softmax", "softmax"), ("lssa", "lssa")]
+
+    def figures(**kw):
+        e = paper_plan.estimate(["config/paper_124m.py"], 8, runs, str(tmp_path), **kw)
+        return e, [(r["tokens_per_s"], r["measured"]) for r in e["rows"]]
+    monkeypatch.setattr(paper_plan, "local_gpu", lambda: "NVIDIA H200")   # what nvidia-smi would say
+    e, rows = figures()
+    assert rows == [(400_000.0, True), (400_000.0, False)] and e["gpu"] == "NVIDIA-H200" and e["note"] is None
+    assert all("NVIDIA-H200/bench_train.json" in r["figure"] for r in e["rows"])
+    e, rows = figures(gpu="NVIDIA H100 80GB HBM3")   # --gpu wins over nvidia-smi
+    assert rows == [(300_000.0, True), (200_000.0, True)] and e["note"] is None
+    assert all("NVIDIA-H100-80GB-HBM3/bench_train.json" in r["figure"] for r in e["rows"])
+    # a GPU never measured: all of one other GPU's figures (the one with more types), said in one line
+    e, rows = figures(gpu="NVIDIA A100-SXM4-80GB")
+    assert rows == [(300_000.0, True), (200_000.0, True)] and e["gpu"] == "NVIDIA-H100-80GB-HBM3"
+    assert "NVIDIA A100-SXM4-80GB" in e["note"] and "NVIDIA-H100-80GB-HBM3's" in e["note"]
+    assert "results/gpu/NVIDIA-A100-SXM4-80GB/bench_train.json" in e["note"] and "\n" not in e["note"]
+    paper_plan.print_estimate(e)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"# {e['note']}" and sum("tokens/s in " in line for line in out) == 2
+    monkeypatch.setattr(paper_plan, "local_gpu", lambda: None)   # no GPU here, none named
+    e, rows = figures()
+    assert e["gpu"] == "NVIDIA-H100-80GB-HBM3" and "--gpu NAME" in e["note"]
+
+
 def test_estimate_without_measurements_says_how_to_make_one(tmp_path):
     with pytest.raises(SystemExit, match="bench_train.py"):
         paper_plan.estimate(["config/paper_124m.py"], 8, [("softmax", "softmax")], str(tmp_path))
@@ -70,7 +102,8 @@ def toy_env(synth_dir, tmp_path):
     shards (so passkey prompts and lm-eval's local task fit), a few steps, small evaluations."""
     train = (f"--data_dir={synth_dir} --model=tiny --vocab_size=50304 --block_size=32 --batch_size=8 --eval_iters=1 "
              "--max_iters=6 --eval_interval=3 --ckpt_interval=6 --log_interval=2 --learning_rate=1e-2")
-    return {**os.environ, "NO_INSTALL": "1", "CONFIG": "config/demo_cpu.py", "NAME": "toy", "TYPES": "softmax lssar",
+    return {**os.environ, "NO_INSTALL": "1", "SKIP_PREFLIGHT": "1", "TMPDIR": str(tmp_path),
+            "CONFIG": "config/demo_cpu.py", "NAME": "toy", "TYPES": "softmax lssar",
             "RESULTS": str(tmp_path / "toy"), "OUT_ROOT": str(tmp_path / "out"), "TRAIN_ARGS": train,
             "SWEEP_ARGS": "--multipliers 1 2 4 --tokens 512", "STATS_ARGS": "--multipliers 1 4 --windows 1 --rows 4",
             "MAPS_ARGS": "--multipliers 1 4 --rows 8", "PASSKEY_LENGTHS": "64 96", "PASSKEY_TRIALS": "1",
@@ -141,3 +174,31 @@ def test_reproduce_paper_end_to_end_at_toy_scale(synth_dir, tmp_path):
     ran = [shlex.split(line[2:])[1] for line in proc.stdout.splitlines() if line.startswith("+ ")]
     assert ran == ["train.py", "train.py", "scripts/report.py"]
     assert proc.stdout.count("exists: skipped") == 10
+
+
+@pytest.mark.slow   # about 30 s: two toy passes of one type (train.py and eval_length.py starting up is most of it)
+def test_the_toy_pass_runs_first_in_a_scratch_folder_and_stops_the_run_when_it_fails(synth_dir, tmp_path):
+    env = {**toy_env(synth_dir, tmp_path), "TYPES": "softmax", "EVALS": "sweep"}
+    del env["SKIP_PREFLIGHT"]
+    results, out = tmp_path / "toy", tmp_path / "out"
+    # a stage that fails (here eval_length.py on an option it does not know) fails in the toy pass,
+    # before the real run trains anything
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "SWEEP_ARGS": "--no_such_option"}, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "[preflight] the toy pass failed" in proc.stdout and "+ python train.py" in proc.stdout   # the toy's
+    assert not out.exists() and sorted(os.listdir(results)) == [".lock", "run.log"]
+    # PREFLIGHT=1: the pass alone; it leaves nothing that a full run could take for its own work
+    for scratch in tmp_path.glob("reproduce_paper-preflight.*"):
+        shutil.rmtree(scratch)
+    proc = subprocess.run(["bash", "scripts/reproduce_paper.sh", "1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "PREFLIGHT": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert re.search(r"\[preflight\] the toy pass finished in \d+ s", proc.stdout)
+    assert re.search(r"--max_iters=4 .*--out_dir=|--out_dir=.*--max_iters=4", proc.stdout)   # tiny, and ...
+    assert "wrote " in proc.stdout and "report.md" in proc.stdout                            # the report too
+    assert not out.exists() and sorted(os.listdir(results)) == [".lock", "run.log"]
+    assert not list(tmp_path.glob("reproduce_paper-preflight.*"))   # the scratch folder is gone
+    # and the report of the real run will not count the pass as one of its invocations
+    assert "[toy] [reproduce_paper] wall time" in proc.stdout
+    assert not re.search(r"^\[reproduce_\w+\] wall time", (results / "run.log").read_text(), re.M)

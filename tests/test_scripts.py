@@ -125,10 +125,12 @@ def test_reproduce_paper_follows_attention_recipes_and_types(tmp_path):
     proc = dry_run_paper(tmp_path, "8", recipes)
     assert proc.returncode == 0, proc.stderr
     assert "# sigmoid_l1_reweight skipped: attention.RECIPES has no type sigmoid_l1_reweight (yet)" in proc.stdout
-    trained = [line.split("--attention=")[1].split()[0] for line in proc.stdout.splitlines() if "train.py" in line]
+    trains = [line for line in proc.stdout.splitlines() if line.startswith("+ ") and "train.py" in line]
+    trained = [line.split("--attention=")[1].split()[0] for line in trains]
     assert trained == ["softmax", "lssar", "lssar", "relu_l1"]    # lssar-p3 and lssar, then the new type
     proc = dry_run_paper(tmp_path, "8", recipes, TYPES="lssar-p3 relu_l1")
-    assert [line.split("--out_dir=")[1].split()[0] for line in proc.stdout.splitlines() if "train.py" in line] == \
+    trains = [line for line in proc.stdout.splitlines() if line.startswith("+ ") and "train.py" in line]
+    assert [line.split("--out_dir=")[1].split()[0] for line in trains] == \
         ["out/paper_124m-lssar-p3", "out/paper_124m-relu_l1"]
     proc = dry_run_paper(tmp_path, "8", recipes, TYPES="softmax lsar")
     assert proc.returncode == 2 and "+ " not in proc.stdout and "TYPES names unknown run lsar" in proc.stderr
