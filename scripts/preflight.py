@@ -48,12 +48,14 @@ STAGE_MODULES = {
     "train": ("torch", "numpy", "tiktoken"),
     "sweep": ("torch", "numpy", "tiktoken"),
     "passkey": ("torch", "numpy", "tiktoken"),
-    "downstream": ("torch", "tiktoken", "lm_eval"),
+    # SummScreen (lm-eval's scrolls tasks) imports transformers and scores with the SCROLLS metric,
+    # which needs rouge_score: both from requirements-eval.txt
+    "downstream": ("torch", "tiktoken", "lm_eval", "transformers", "rouge_score"),
     "stats": ("torch", "numpy", "tiktoken"),
     "maps": ("torch", "numpy", "matplotlib"),
     "report": ("matplotlib",),
 }
-REQUIREMENTS = {"lm_eval": "requirements-eval.txt"}   # every other module: requirements.txt
+REQUIREMENTS = {m: "requirements-eval.txt" for m in ("lm_eval", "transformers", "rouge_score")}   # every other module: requirements.txt
 
 
 def missing_packages(needed, no_install):

@@ -154,3 +154,12 @@ def test_data_to_prepare_needs_its_source_to_answer(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")   # the hub switched off: said so, without asking it
     assert preflight.data_problems(cfg, "gpt2")[0].startswith("data: fineweb-10B is not prepared and the hub is "
                                                              "switched off")
+
+
+def test_summscreen_needs_are_checked_before_training(synth_dir, tmp_path, monkeypatch):
+    # lm-eval's scrolls_summscreenfd imports transformers and scores with rouge_score: neither comes
+    # with lm-eval itself, and without them downstream would fail after every model was trained
+    hide(monkeypatch, "transformers", "rouge_score")
+    problems = check(tmp_path, toy(synth_dir))
+    assert problems == [f"packages: {m} is not installed, and downstream needs it; install it with "
+                        "`python -m pip install -r requirements-eval.txt`" for m in ("transformers", "rouge_score")]
