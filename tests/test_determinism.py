@@ -1,0 +1,106 @@
+"""train.py launches the fused kernels on one set of tiles for the whole run: rank 0's, pinned in
+every process and kept in the checkpoints, so that two ranks, and a run resumed after its table
+changed, sum in the same order as one uninterrupted run (train.pin_kernel_tiles).
+
+On the CPU, under Triton's interpreter (tiles are launched as blocks there too), with a stand-in
+for a process whose own choice differs (another GPU's table, a table reordered by an update, the
+autotuner's pick): its tables put another tile first. Each process records the tiles it launched.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import tiny_args
+from test_kernels import HAS_TRITON
+from test_train import train_losses
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (see requirements-dev.txt)")
+
+# Runs train.main with the interpreter on, in this process or as one rank of torch.distributed.run.
+# argv: repo, record path prefix, which processes get the stand-in table ("", "rank1", "all"), train args
+_WRAPPER = r"""
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+repo, record, stand_in = sys.argv[1:4]
+sys.path.insert(0, repo)
+os.chdir(repo)
+import train
+rank = os.environ.get("RANK", "0")
+launched = set()
+pin_kernel_tiles = train.pin_kernel_tiles
+
+def with_stand_in(*args):   # triton imported after the process group starts (before, gloo hangs at the end)
+    from kernels import lssa_triton
+    if stand_in in ("all", "rank" + rank):   # this process's tables put another tile first
+        for table in lssa_triton._TABLES.values():
+            for key, tiles in table.items():
+                table[key] = [(32, 32, 4, 1) if tuple(tiles[0][:2]) == (16, 16) else (16, 16, 4, 1)] + tiles
+    pick = lssa_triton._pick
+
+    def recording_pick(which, *a):
+        kernel, meta = pick(which, *a)
+        launched.add((which, meta["BLOCK_M"], meta["BLOCK_N"]))
+        return kernel, meta
+
+    lssa_triton._pick = recording_pick
+    return pin_kernel_tiles(*args)
+
+train.pin_kernel_tiles = with_stand_in
+train.main(sys.argv[4:])
+with open(f"{record}-rank{rank}.json", "w") as f:
+    json.dump(sorted(launched), f)
+"""
+
+
+def run(tmp_path, record, stand_in, args, nproc=1):
+    script = tmp_path / "wrapper.py"
+    script.write_text(_WRAPPER)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launcher, str(script), REPO, str(tmp_path / record), stand_in, *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return [{tuple(x) for x in json.load(open(tmp_path / f"{record}-rank{r}.json"))} for r in range(nproc)]
+
+
+def first_tiles():
+    """What an unchanged table launches for these runs' fp32 inputs at head dim 32 (class 64)."""
+    from kernels import lssa_triton
+    return {(which, *lssa_triton._TILES_FP32[which, 64][0][:2]) for which in ("fwd", "dkdv", "dq")}
+
+
+def train_args(synth_dir, out, *extra):
+    return tiny_args(synth_dir, out, "--attention=lssar", "--attention_backend=kernel", "--batch_size=2",
+                     "--eval_iters=1", "--eval_interval=100", "--log_interval=1", "--ckpt_interval=2", *extra)
+
+
+@pytest.mark.slow
+def test_two_ranks_launch_rank_0s_tiles(synth_dir, tmp_path):
+    """Rank 1's own table would launch other tiles; both launch rank 0's, and the run records them."""
+    out = tmp_path / "ddp"
+    rank0, rank1 = run(tmp_path, "ddp", "rank1", train_args(synth_dir, out, "--max_iters=2"), nproc=2)
+    assert rank0 == rank1 == first_tiles()
+    run_info = json.load(open(out / "run.json"))
+    assert {tuple([k.split("/")[1]] + v[:2]) for k, v in run_info["kernel_tiles"].items()
+            if k.startswith("fp32/") and k.endswith("/64")} == first_tiles()
+
+
+@pytest.mark.slow
+def test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same(synth_dir, tmp_path):
+    """A run stopped at step 2 and resumed where the table now puts another tile first launches the
+    checkpoint's tiles, and its losses equal, bit for bit, those of a run that never stopped; a run
+    on the changed table from the start launches the other tiles (the stand-in does change them)."""
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    [launched] = run(tmp_path, "straight", "", train_args(synth_dir, straight, "--max_iters=4"))
+    assert launched == first_tiles()
+    run(tmp_path, "first", "", train_args(synth_dir, resumed, "--max_iters=2"))
+    [after] = run(tmp_path, "resume", "all", train_args(synth_dir, resumed, "--max_iters=4", "--init_from=resume"))
+    assert after == first_tiles()
+    assert train_losses(resumed) == train_losses(straight)   # floats from JSON: exact equality
+    [changed] = run(tmp_path, "changed", "all", train_args(synth_dir, tmp_path / "changed", "--max_iters=1"))
+    assert changed.isdisjoint(first_tiles())
