@@ -104,3 +104,66 @@ def test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same(synth_dir
     assert train_losses(resumed) == train_losses(straight)   # floats from JSON: exact equality
     [changed] = run(tmp_path, "changed", "all", train_args(synth_dir, tmp_path / "changed", "--max_iters=1"))
     assert changed.isdisjoint(first_tiles())
+
+
+# ----------------------------------------------------------------------------- in-process, stand-ins
+
+@pytest.fixture
+def lssa_triton(monkeypatch):
+    """The kernel module with its pins restored afterwards, as on a GPU of the sm_90 table."""
+    from kernels import lssa_triton
+    before = lssa_triton.pinned_tiles()
+    monkeypatch.setattr(lssa_triton, "_is_hopper", lambda device: True)
+    yield lssa_triton
+    lssa_triton.pin_tiles(before)
+
+
+def gpu_setup(world_size=1):
+    import types
+    return types.SimpleNamespace(device="cuda:0", device_type="cuda", master=True, world_size=world_size)
+
+
+def test_a_run_pins_its_gpus_tables_or_its_checkpoints(lssa_triton, capsys):
+    import train
+    from configurator import load_config
+    cfg = load_config(["--attention=lssar"])
+    tiles = train.pin_kernel_tiles(cfg, gpu_setup(), None)
+    assert tiles["sm90/fwd/64"] == list(lssa_triton._TILES_SM90["fwd", 64][0])
+    assert tiles["fp32/dkdv/128"] == list(lssa_triton._TILES_FP32["dkdv", 128][0])
+    assert len(tiles) == 12 and lssa_triton.pinned_tiles() == tiles
+    # a resume: the checkpoint's tiles, even where this table now starts with another
+    saved = dict(tiles, **{"sm90/fwd/64": [64, 64, 4, 3]})
+    assert train.pin_kernel_tiles(cfg, gpu_setup(), {"kernel_tiles": saved}) == saved
+    assert lssa_triton._pick("fwd", __import__("torch").bfloat16, 64, "cuda:0")[1]["BLOCK_M"] == 64
+    # ... unless they are another GPU's table's: this GPU's own, with a warning
+    other = {k.replace("sm90/", "other/"): v for k, v in saved.items()}
+    assert train.pin_kernel_tiles(cfg, gpu_setup(), {"kernel_tiles": other}) == tiles
+    assert "another GPU's table (other); this GPU launches its own (sm90)" in capsys.readouterr().out
+    # nothing to pin: no fused kernel in the run
+    for args in (["--attention=softmax"], ["--attention=lssar", "--attention_backend=reference"]):
+        assert train.pin_kernel_tiles(load_config(args), gpu_setup(), None) is None
+
+
+def test_autotuning_unpins_and_warns(lssa_triton, monkeypatch, capsys):
+    import train
+    from configurator import load_config
+    lssa_triton.pin_tiles({"sm90/fwd/64": [64, 64, 4, 3]})
+    monkeypatch.setattr(lssa_triton, "AUTOTUNE", True)
+    assert train.pin_kernel_tiles(load_config(["--attention=lssa"]), gpu_setup(), None) is None
+    assert lssa_triton.pinned_tiles() == {} and "not bit-exact" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tiles,message", [
+    ({"sm80/fwd/64": [64, 64, 4, 3]}, "TABLE one of sm90, other, fp32"),
+    ({"sm90/fwd/96": [64, 64, 4, 3]}, "HEAD_DIM_CLASS 64 or 128"),
+    ({"sm90/fwd/64": [64, 64, 4]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages]"),
+    ({"sm90/fwd/64": [48, 16, 4, 3]}, "powers of two >= 16"),
+    ({"sm90/fwd/64": [8, 8, 4, 3]}, "powers of two >= 16"),
+    ({"sm90/fwd/64": [32, 64, 4, 3]}, "the fwd kernel needs BLOCK_M to be a multiple of BLOCK_N"),
+    ({"sm90/dkdv/64": [64, 32, 4, 3]}, "the dkdv kernel needs BLOCK_N to be a multiple of BLOCK_M"),
+])
+def test_bad_tiles_are_refused_in_one_line(lssa_triton, tiles, message):
+    lssa_triton.pin_tiles({"sm90/dq/64": [64, 32, 4, 3]})
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
+        lssa_triton.pin_tiles(tiles)
+    assert "\n" not in str(caught.value) and lssa_triton.pinned_tiles() == {"sm90/dq/64": [64, 32, 4, 3]}
