@@ -94,9 +94,11 @@ def test_two_ranks_launch_rank_0s_tiles(synth_dir, tmp_path):
 @pytest.mark.slow
 def test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same(synth_dir, tmp_path):
     """A run stopped at step 2 and resumed where the table now puts another tile first launches the
-    checkpoint's tiles, and its losses equal, bit for bit, those of a run that never stopped. (That
-    the stand-in changes the tiles a fresh run launches: the two-rank test's rank 1, seen failing
-    there with rank 0's choice not sent.)"""
+    checkpoint's tiles, and its losses equal, bit for bit, those of a run that never stopped. The
+    launched tiles are what this test pins: under the interpreter these tiny runs lose the same on
+    16 x 16 tiles as on the table's (seen with the checkpoint's tiles ignored: only the launched
+    tiles differed). That the stand-in changes what a fresh run launches: the two-rank test's rank
+    1, seen failing there with rank 0's choice not sent."""
     straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
     [launched] = run(tmp_path, "straight", "", train_args(synth_dir, straight, "--max_iters=3"))
