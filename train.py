@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from attention import KERNEL_TYPES, kernel_module
 from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, grad_accum_steps, load_config
 from data.catalog import shards_tokenizer
@@ -71,6 +72,7 @@ def main(argv):
     with lock_dir(cfg.out_dir) if s.master else nullcontext():
         ckpt, resumed_with = open_run(cfg, s)               # refuse to overwrite, or pick up where it stopped
         state, val = build(cfg, s, ckpt)                    # model, optimizer, data (restored from ckpt)
+        state.kernel_tiles = pin_kernel_tiles(cfg, s, ckpt)  # the fused kernels' tiles: one choice, every rank
         if ckpt is not None and state.step >= cfg.max_iters:
             if s.master:
                 print(f"{cfg.out_dir} is complete (step {state.step} of max_iters={cfg.max_iters}); nothing to do")
@@ -176,6 +178,7 @@ class State:
     scaler: torch.amp.GradScaler
     loader: TrainLoader
     step: int = 0
+    kernel_tiles: dict = None   # the fused kernels' pinned tiles (pin_kernel_tiles), None without them
 
 
 def build(cfg, s, ckpt):
@@ -218,6 +221,42 @@ def build(cfg, s, ckpt):
     return state, val
 
 
+def pin_kernel_tiles(cfg, s, ckpt):
+    """The fused attention kernels' tiles, chosen once for the whole run: rank 0's choice (its
+    checkpoint's on a resume, else the first tile of each list of this GPU's tables), launched by
+    every process and saved in every checkpoint. Tiles sum in different orders, so ranks on other
+    tiles, or a resume on tiles an updated table or the autotuner picked, would not compute what
+    one uninterrupted run does. Returns the tiles, or None where no fused kernel runs (or with
+    LSSA_TRITON_AUTOTUNE=1, which tunes per process: warned about)."""
+    if cfg.attention not in KERNEL_TYPES or cfg.attention_backend == "reference" or \
+            (s.device_type != "cuda" and "TRITON_INTERPRET" not in os.environ):
+        return None
+    try:
+        lssa_triton = kernel_module()
+    except ImportError:
+        return None   # backend auto warns and takes the reference (attention.check_kernel)
+    if lssa_triton.AUTOTUNE:
+        lssa_triton.pin_tiles({})
+        if s.master:
+            print("warning: LSSA_TRITON_AUTOTUNE=1: each process autotunes its own kernel tiles, so the "
+                  "processes, and a resumed run, may sum in different orders (not bit-exact)")
+        return None
+    tiles = [None]
+    if s.master:
+        tiles[0] = lssa_triton.default_tiles(s.device)
+        saved = (ckpt or {}).get("kernel_tiles")
+        if saved and set(saved) == set(tiles[0]):
+            tiles[0] = saved
+        elif saved:
+            tables = lambda tiles: "/".join(sorted({k.split("/")[0] for k in tiles} - {"fp32"}))   # noqa: E731
+            print(f"warning: the checkpoint's kernel tiles are of another GPU's table ({tables(saved)}); this GPU "
+                  f"launches its own ({tables(tiles[0])}), so the run does not continue bit-exactly")
+    if s.world_size > 1:
+        dist.broadcast_object_list(tiles, src=0)
+    lssa_triton.pin_tiles(tiles[0])
+    return tiles[0]
+
+
 def compile_and_wrap(model, cfg, s):
     """What runs forward and backward: the model, compiled if asked, in DDP on several processes."""
     if cfg.compile:
@@ -234,7 +273,7 @@ def record_launch(cfg, s, state, resumed_with):
     run_info = {"code": code_version(), "hardware": hardware(s.device), "world_size": s.world_size,
                 "start_step": state.step, "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                 "params": state.model.num_params(), "grad_accum_steps": s.accum,
-                "tokens_per_step": s.tokens_per_step,
+                "tokens_per_step": s.tokens_per_step, "kernel_tiles": state.kernel_tiles,
                 "changed_on_resume": {k: {"checkpoint": a, "now": b} for k, (a, b) in resumed_with.items()}}
     if s.master:
         print(json.dumps(asdict(cfg), indent=2))
@@ -394,7 +433,7 @@ def checkpoint(state, cfg, s, code):
         saved = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scaler": state.scaler.state_dict(), "loader": state.loader.state_dict(), "rng": rngs,
                  "step": state.step, "config": asdict(cfg), "model_config": asdict(state.model_config),
-                 "world_size": s.world_size, "accum": s.accum, "code": code}
+                 "world_size": s.world_size, "accum": s.accum, "code": code, "kernel_tiles": state.kernel_tiles}
         save_checkpoint(saved, cfg.out_dir, state.step, keep=cfg.keep_checkpoints)
 
 

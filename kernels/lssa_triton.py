@@ -80,13 +80,15 @@ Design (per head; every statistic kept is per row, so memory is O(T·d), never O
   check, only the diagonal blocks are masked, blocks above the diagonal are never visited.
   BLOCK_M is a multiple of BLOCK_N (and the reverse in the dK/dV kernel), so the keys past T
   only ever appear in masked diagonal blocks.
-* Block sizes are autotuned on the GPU over at most three tiles per head-dim class, from a table
-  per architecture (_TILES_SM90 for 16-bit inputs on Hopper, _TILES on other GPUs, _TILES_FP32
-  for fp32 inputs; key: head dim, a T bucket, mode, p, dtype); AUTOTUNE = False launches the
-  first tile of each list.
-  Under the interpreter (TRITON_INTERPRET=1) one small fixed configuration is used
-  (INTERPRET_BLOCKS), and bf16 tiles are widened to fp32 before tl.dot (the interpreter
-  multiplies bf16 as raw integers).
+* Block sizes come from a table per architecture (_TILES_SM90 for 16-bit inputs on Hopper, _TILES
+  on other GPUs, _TILES_FP32 for fp32 inputs), at most a few tiles per kernel and head-dim class.
+  By default the first tile of each list is launched: the same tiles in every process and every
+  run, so the same fp32 summation order (LSSA_TRITON_AUTOTUNE=1 autotunes over the list instead,
+  per process). pin_tiles() launches explicit tiles (train.py pins a run's tiles once and keeps
+  them in its checkpoints; the tests launch every entry of every table).
+  Under the interpreter (TRITON_INTERPRET=1) the tiles not pinned are one small fixed
+  configuration (INTERPRET_BLOCKS), and bf16 tiles are widened to fp32 before tl.dot (the
+  interpreter multiplies bf16 as raw integers).
 
 Registration: with torch >= 2.6 the forward and backward are `torch.library.triton_op`s
 (kernels launched through `wrap_triton`, so torch.compile sees them as ordinary ops and
@@ -117,8 +119,10 @@ MAX_GRID_Y = 65535     # CUDA's limit on the second grid dimension (batch x head
 
 # Every LSSA_TRITON_* variable is read here, through env_choice: a value outside its choices is a
 # one-line error at import, never a silent default (LSSA_TRITON_AUTOTUNE=false once meant "on").
-# Autotuning on the GPU (set False, or LSSA_TRITON_AUTOTUNE=0, to launch one fixed config).
-AUTOTUNE = env_choice("LSSA_TRITON_AUTOTUNE", ("1", "0")) == "1"
+# Autotuning off by default: the first tile of each list is launched, the same in every process, so
+# ranks and resumed runs sum in the same order (docs/kernels.md#tiles-and-autotuning says why this
+# beats autotuning once). LSSA_TRITON_AUTOTUNE=1 autotunes per process, e.g. to compare tiles.
+AUTOTUNE = env_choice("LSSA_TRITON_AUTOTUNE", ("0", "1")) == "1"
 # tl.dot precision for fp32 inputs: "tf32x3" (three tf32 tensor-core products, close to fp32
 # accuracy) or "ieee" (exact fp32 on the FMA units: much slower, spills registers). Plain "tf32"
 # is refused: fp32 inputs are matched to the fp32 reference, and the kernels read DOT_PREC ==
@@ -801,9 +805,10 @@ def _configs(shapes):
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Forward and dQ: BLOCK_M % BLOCK_N == 0;
 # dK/dV (BLOCK_N keys per program, BLOCK_M queries per step): BLOCK_N % BLOCK_M == 0.
-# The first entry of each list is the configuration used without autotuning; the autotuner
-# compiles every entry (Inductor precompiles them all before the first step), so each list is
-# short: start-up time grows with it.
+# The first entry of each list is the one launched (without LSSA_TRITON_AUTOTUNE=1); the others
+# are what the autotuner may choose instead and what the tests launch too (every entry, under the
+# interpreter and on a GPU). The autotuner compiles every entry (Inductor precompiles them all
+# before the first step), so each list is short: its start-up time grows with it.
 #
 # 16-bit inputs on Hopper (sm_90), from `python scripts/kernel_resources.py --sass --dtypes bf16`
 # (docs/kernels.md): every entry issues wgmma (a score tile of at least 64 rows: the dK/dV tile
@@ -853,6 +858,9 @@ def _autotuned(which, tiles):
 _TABLES = {"sm90": _TILES_SM90, "other": _TILES, "fp32": _TILES_FP32}
 _TUNED = {(name, which, d): _autotuned(which, tiles)   # (table, kernel, head-dim class) -> kernel
           for name, table in _TABLES.items() for (which, d), tiles in table.items()}
+# Tiles launched whatever the table or the autotuner would: (table, kernel, head-dim class) ->
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Set through pin_tiles / tiles_pinned.
+_PINNED = {}
 
 
 def _tile_class(head_dim):
@@ -865,21 +873,87 @@ def _is_hopper(device):
 
 
 def _table_name(dtype, device):
-    """Which tile table serves these inputs: fp32's, or the 16-bit one of the GPU's architecture."""
+    """Which tile table serves these inputs: fp32's, or the 16-bit one of the GPU's architecture
+    (CPU tensors, under the interpreter: the non-Hopper one)."""
     if dtype == torch.float32:
         return "fp32"
-    return "sm90" if _is_hopper(device) else "other"
+    device = torch.device(device)
+    return "sm90" if device.type == "cuda" and _is_hopper(device) else "other"
+
+
+def _tile_key(name):
+    """"sm90/fwd/64" -> ("sm90", "fwd", 64), the form a run directory keeps, checked."""
+    table, which, d = (name.split("/") + ["", "", ""])[:3]
+    if table not in _TABLES or which not in _KERNELS or d not in ("64", "128") or name.count("/") != 2:
+        raise ValueError(f"tile key {name!r}: expected TABLE/KERNEL/HEAD_DIM_CLASS with TABLE one of "
+                         f"{', '.join(_TABLES)}, KERNEL one of {', '.join(_KERNELS)}, HEAD_DIM_CLASS 64 or 128")
+    return table, which, int(d)
+
+
+def _check_tile(name, tile):
+    """A tile the kernels can launch: four positive integers, the blocks powers of two >= 16 (tl.dot's
+    least), one block a multiple of the other the way the kernel's causal loops need."""
+    which = _tile_key(name)[1]
+    if not (isinstance(tile, (list, tuple)) and len(tile) == 4
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in tile)):
+        raise ValueError(f"tile {name}={tile!r}: expected [BLOCK_M, BLOCK_N, num_warps, num_stages], positive integers")
+    bm, bn = tile[:2]
+    if any(b < 16 or b & (b - 1) for b in (bm, bn)):
+        raise ValueError(f"tile {name}={list(tile)}: BLOCK_M and BLOCK_N must be powers of two >= 16")
+    if (which == "dkdv" and bn % bm) or (which != "dkdv" and bm % bn):
+        big, small = ("BLOCK_N", "BLOCK_M") if which == "dkdv" else ("BLOCK_M", "BLOCK_N")
+        raise ValueError(f"tile {name}={list(tile)}: the {which} kernel needs {big} to be a multiple of {small}")
+    return tuple(tile)
+
+
+def default_tiles(device):
+    """The tiles a run on `device` launches when nothing is pinned: the first entry of every list
+    of the tables its inputs may use (the 16-bit one of its architecture, and fp32's), as
+    {"table/kernel/head-dim class": [BLOCK_M, BLOCK_N, num_warps, num_stages]}."""
+    names = (_table_name(torch.bfloat16, device), "fp32")
+    return {f"{name}/{which}/{d}": list(tiles[0])
+            for name in names for (which, d), tiles in _TABLES[name].items()}
+
+
+def pin_tiles(tiles):
+    """Launch exactly these tiles from now on, whatever the table and the autotuner would choose:
+    {"table/kernel/head-dim class": [BLOCK_M, BLOCK_N, num_warps, num_stages]} (default_tiles'
+    form), replacing whatever was pinned before; {} unpins. Under the interpreter only the blocks
+    matter. Checked first: a bad entry is a ValueError naming it, and nothing changes."""
+    checked = {_tile_key(name): _check_tile(name, tile) for name, tile in tiles.items()}
+    _PINNED.clear()
+    _PINNED.update(checked)
+
+
+def pinned_tiles():
+    """What pin_tiles set, in its form."""
+    return {f"{t}/{w}/{d}": list(tile) for (t, w, d), tile in _PINNED.items()}
+
+
+@contextlib.contextmanager
+def tiles_pinned(tiles):
+    """pin_tiles for the duration of a with block, then whatever was pinned before."""
+    before = pinned_tiles()
+    pin_tiles(tiles)
+    try:
+        yield
+    finally:
+        pin_tiles(before)
 
 
 def _pick(which, dtype, head_dim, device):
-    """The kernel to launch and the launch parameters it is not given by the autotuner."""
-    if INTERPRET:
-        bm, bn = INTERPRET_BLOCKS[which]
+    """The kernel to launch and the launch parameters it is not given by the autotuner: a pinned
+    tile, else (under the interpreter) INTERPRET_BLOCKS, else the autotuner if it is on, else the
+    first tile of the table's list."""
+    name, d = _table_name(dtype, device), _tile_class(head_dim)
+    tile = _PINNED.get((name, which, d))
+    if tile is None and INTERPRET:
+        tile = tuple(INTERPRET_BLOCKS[which]) + (4, 1)
+    if tile is None and AUTOTUNE:
+        return _TUNED[name, which, d], {}
+    bm, bn, warps, stages = tile or _TABLES[name][which, d][0]
+    if INTERPRET:   # the interpreter runs a program as one thread: warps and stages mean nothing
         return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn}
-    name = _table_name(dtype, device)
-    if AUTOTUNE:
-        return _TUNED[name, which, _tile_class(head_dim)], {}
-    bm, bn, warps, stages = _TABLES[name][which, _tile_class(head_dim)][0]
     return _KERNELS[which], {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
 
 

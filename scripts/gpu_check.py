@@ -1,29 +1,37 @@
 """
-The GPU path in one command: correctness, benchmarks and the small reproduction on one GPU,
-each part in its own process under its own time limit, into one directory of at most 8 files.
-Run it through scripts/gpu_check.sh (which checks the data and the Python first):
+The GPU path in one command: training speed, every kernel tile, determinism, the other types,
+attention alone and the error table on one GPU, each part in its own process under its own time
+limit, into one directory of at most 8 files. Run it through scripts/gpu_check.sh (which checks
+the data and the Python first):
 
     bash scripts/gpu_check.sh                       # every part (at most 9 minutes: --budget)
-    bash scripts/gpu_check.sh tests errors          # some parts; aliases: correctness, bench
+    bash scripts/gpu_check.sh tiles errors          # some parts; aliases: correctness, bench
     GPU_CHECK_OUT=/tmp/check bash scripts/gpu_check.sh
 
-Parts, in this order (a part that fails or runs out of time is reported and the next runs;
-the figures the kernels' targets need come first):
-  bench_train      scripts/bench_train.py: 124M, B=16, T=1024, bf16, compiled; softmax, lssar,
-                   lssa (time to the first step from a cold compile cache, then tokens/s)
-  bench_attention  scripts/bench_attention.py at T = 1024, 4096, 16384, head dims 64 and 128
-                   (SDPA as dispatched, flash and cuDNN; the kernels; the reference)
-  tests            pytest -m gpu (fixed kernel tiles where a test asks for them; parallel
-                   workers with pytest-xdist when it is installed)
-  errors           scripts/kernel_errors.py: kernel vs float64 reference, forward and gradients
-  bench_types      bench_train for softmax and every other type (the baselines and ablations),
-                   fewer steps; its JSON is written after each type, so a run the --budget cuts
-                   short keeps what it measured (`gpu_check.sh bench_types` runs it alone)
-  repro            scripts/reproduce_small.sh gpu for softmax, lssa, lssar: train, sweep 1x-16x, plot
-The whole run stops starting parts after --budget seconds. Files written (the lent GPU
-machines of this project bring back at most 8, at most 2 folders deep): summary.md,
-summary.json, log.txt, errors.json, bench_train.json, bench_types.json, bench_attention.json,
-small.tar.gz (results/small/ of the repro part). The summary table is printed last.
+Parts of `all`, in this order (a part that fails or runs out of time is reported and the next
+runs; each limit, in seconds, is sized from the H200 run in results/gpu/NVIDIA-H200/, so the
+limits add up to the 540 s budget):
+  bench_train      170  scripts/bench_train.py: 124M, B=16, T=1024, bf16, compiled; lssar, lssa,
+                        softmax, each from cold caches (time to the first step, then tokens/s)
+  tiles            100  pytest -m gpu tests/test_tiles.py: every entry of this GPU's tile table
+                        launched explicitly, every fused type, bf16/fp16/fp32, head dims 64/128
+                        (needs pytest; parallel workers with pytest-xdist, serial without: then it
+                        will not finish in its limit)
+  determinism       60  scripts/determinism.py: lssar's losses over 20 steps from two processes at
+                        once and from a run killed at step 10 and resumed, bit for bit
+  bench_types      140  bench_train for softmax and every other fused type (warm caches; its JSON
+                        is written after each type, so a cut run keeps what it measured)
+  bench_attention   35  scripts/bench_attention.py at T = 16384, head dims 64 and 128 (the kernels
+                        against SDPA's flash and cuDNN backends)
+  errors            35  scripts/kernel_errors.py: kernel vs float64 reference, forward and gradients
+Not in `all` (name them): tests (pytest -m gpu, 200 s) and repro (scripts/reproduce_small.sh gpu
+for softmax, lssa, lssar, 150 s).
+The whole run stops starting parts after --budget seconds. Files written (the lent GPU machines
+of this project bring back at most 8, at most 2 folders deep): summary.md, summary.json (the
+determinism part's result too), log.txt, errors.json, bench_train.json, bench_types.json,
+bench_attention.json, and small.tar.gz (results/small/ of the repro part). The summary table is
+printed last. The output directory: --out, else GPU_CHECK_OUT, else OUT (the lent machines'
+folder that comes back), else results/gpu/<gpu name>/.
 --smoke runs every part at toy sizes on the CPU, the repro as a dry run (the test suite checks
 the plumbing with it).
 """
@@ -31,18 +39,24 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("bench_train", "bench_attention", "tests", "errors", "bench_types", "repro")
-ALIASES = {"correctness": ("tests", "errors"), "bench": ("bench_train", "bench_types", "bench_attention"),
-           "all": PARTS}
-# seconds; on one H200 (results/gpu/NVIDIA-H200/) tests took 135 s with 16 workers, errors 30,
-# bench_attention 33, repro ~140; bench_train over 185 (compiling lssar's graph is the slow part)
-LIMITS = {"tests": 200, "errors": 45, "bench_train": 240, "bench_types": 330, "bench_attention": 120, "repro": 150}
+PARTS = ("bench_train", "tiles", "determinism", "bench_types", "bench_attention", "errors", "tests", "repro")
+ALIASES = {"correctness": ("tiles", "determinism", "errors"),
+           "bench": ("bench_train", "bench_types", "bench_attention"),
+           "all": PARTS[:6]}
+# seconds, adding up to the default budget; from the H200 run (results/gpu/NVIDIA-H200/): a compiled
+# 124M start-up took 39 s (softmax) to 55 s (lssa, with autotuning); lssar's had not finished at 65 s;
+# the error table took 30 s, attention at three T 33 s, pytest -m gpu 135 s with 16 workers
+LIMITS = {"bench_train": 170, "tiles": 100, "determinism": 60, "bench_types": 140, "bench_attention": 35,
+          "errors": 35, "tests": 200, "repro": 150}
+NEEDS_PYTEST = ("tiles", "tests")
 # The targets (issue 21), checked in the summary: ratios to softmax's training / to the fastest
 # SDPA backend at head dim 64, seconds to the first training step, 16x over 1x loss
 TARGETS = {"lssa tokens/s": (0.94, ">="), "lssar tokens/s": (0.85, ">="), "lssa peak memory": (1.10, "<="),
@@ -52,8 +66,6 @@ TARGETS = {"lssa tokens/s": (0.94, ">="), "lssar tokens/s": (0.85, ">="), "lssa 
            "lssar 16x/1x": (1.02, "<=")}
 # issue 22, for every type bench_types measures (softmax's ratio is 1 by definition)
 TYPE_TARGETS = {"tokens/s": (0.7, ">="), "peak memory": (1.25, "<=")}
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("parts", nargs="*", default=["all"], help=f"{', '.join(PARTS)} or {', '.join(ALIASES)}")
@@ -82,41 +94,67 @@ def parse_args(argv=None):
     return args
 
 
-def commands(args, out):
-    """part -> (argv, extra environment). The GPU sizes, or toy ones with --smoke."""
+def commands(args, out, work):
+    """part -> (argv, extra environment). The GPU sizes, or toy ones with --smoke. work: a scratch
+    directory (the determinism part's JSON, folded into summary.json)."""
     py = sys.executable
+    pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu"]
+    determinism = [py, "scripts/determinism.py", "--out", f"{work}/determinism.json"]
     if args.smoke:
         data = [f"--data_dir={args.data_dir}", "--model=tiny", f"--vocab_size={args.vocab_size}", "--block_size=32"]
+        train = ["--steps", "4", "--warmup", "2", "--log_interval", "2", "--batch_size", "2"]
         return {
-            "tests": ([py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels.py", "-k", "long_forward"], {}),
-            "errors": ([py, "scripts/kernel_errors.py", "--cpu-smoke", "--out", f"{out}/errors.json"], {}),
-            "bench_train": ([py, "scripts/bench_train.py", "config/demo_cpu.py", "--attention", "softmax", "lssar",
-                             "--steps", "4", "--warmup", "2", "--log_interval", "2", "--batch_size", "2",
-                             "--out", f"{out}/bench_train.json", "--"] + data, {}),
+            "bench_train": ([py, "scripts/bench_train.py", "config/demo_cpu.py", "--attention", "lssar", "softmax",
+                             *train, "--out", f"{out}/bench_train.json", "--"] + data, {}),
+            "tiles": (pytest + ["tests/test_tiles.py"], {}),   # skipped without a GPU: the plumbing only
+            "determinism": (determinism + ["--steps", "2", "--resume_at", "1", "--", "config/demo_cpu.py", *data,
+                                           "--batch_size=2", "--eval_iters=1", "--attention_backend=reference"], {}),
             "bench_types": ([py, "scripts/bench_train.py", "config/demo_cpu.py", "--attention", "softmax", "relu_l1",
-                             "--steps", "4", "--warmup", "2", "--log_interval", "2", "--batch_size", "2",
-                             "--out", f"{out}/bench_types.json", "--"] + data, {}),
+                             *train, "--out", f"{out}/bench_types.json", "--"] + data, {}),
             "bench_attention": ([py, "scripts/bench_attention.py", "--cpu-smoke", "--out",
                                  f"{out}/bench_attention.json"], {}),
+            "errors": ([py, "scripts/kernel_errors.py", "--cpu-smoke", "--out", f"{out}/errors.json"], {}),
+            "tests": (pytest + ["tests/test_kernels.py", "-k", "long_forward"], {}),
             "repro": (["bash", "scripts/reproduce_small.sh", "gpu"],   # the commands only
                       {"MAIN": "softmax lssa lssar", "PASSKEY": "0", "BASELINES": "0", "DRY_RUN": "1"}),
         }
     xdist = ["-n", str(min(16, os.cpu_count() or 1))] if _has("xdist") else []
-    from attention import ATTENTION_TYPES   # bench_types: softmax, then all but the three bench_train has
-    others = [t for t in ATTENTION_TYPES if t not in ("softmax", "lssa", "lssar")]
+    from attention import KERNEL_TYPES   # bench_types: softmax, then every fused type bench_train has not
+    others = [t for t in KERNEL_TYPES if t not in ("lssa", "lssar")]
     return {
-        "tests": ([py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + xdist, {}),
-        "errors": ([py, "scripts/kernel_errors.py", "--workers", "8", "--out", f"{out}/errors.json"], {}),
-        "bench_train": ([py, "scripts/bench_train.py", "--attention", "softmax", "lssar", "lssa", "--steps", "40",
-                         "--warmup", "15", "--log_interval", "5", "--out", f"{out}/bench_train.json"], {}),
-        "bench_types": ([py, "scripts/bench_train.py", "--attention", "softmax", *others, "--steps", "30",
-                         "--warmup", "10", "--log_interval", "5", "--out", f"{out}/bench_types.json"], {}),
-        "bench_attention": ([py, "scripts/bench_attention.py", "--T", "1024", "4096", "16384", "--d", "64", "128",
-                             "--no-compile", "--no-flex", "--reference-max-T", "4096", "--reps", "5", "--warmup", "3",
+        "bench_train": ([py, "scripts/bench_train.py", "--attention", "lssar", "lssa", "softmax", "--steps", "25",
+                         "--warmup", "10", "--log_interval", "5", "--out", f"{out}/bench_train.json"], {}),
+        "tiles": (pytest + xdist + ["tests/test_tiles.py"], {}),
+        "determinism": (determinism, {}),
+        "bench_types": ([py, "scripts/bench_train.py", "--attention", "softmax", *others, "--steps", "20",
+                         "--warmup", "10", "--log_interval", "5", "--warm-cache", "--out", f"{out}/bench_types.json"],
+                        {}),
+        "bench_attention": ([py, "scripts/bench_attention.py", "--T", "16384", "--d", "64", "128", "--no-compile",
+                             "--no-flex", "--reference-max-T", "4096", "--reps", "5", "--warmup", "3",
                              "--window-ms", "20", "--out", f"{out}/bench_attention.json"], {}),
+        "errors": ([py, "scripts/kernel_errors.py", "--workers", "8", "--out", f"{out}/errors.json"], {}),
+        "tests": (pytest + xdist + ["--ignore=tests/test_tiles.py"], {}),   # the tiles part runs that one
+        # the preflight's checks still run; its toy pass would double the part's time
         "repro": (["bash", "scripts/reproduce_small.sh", "gpu"],
-                  {"MAIN": "softmax lssa lssar", "PASSKEY": "0", "BASELINES": "0"}),
+                  {"MAIN": "softmax lssa lssar", "PASSKEY": "0", "BASELINES": "0", "SKIP_PREFLIGHT": "1"}),
     }
+
+
+def check_needs(parts, smoke=False):
+    """What the chosen parts need and this Python lacks: (errors, notes), one line each. pytest is
+    needed by the tiles and tests parts; pytest-xdist only speeds them up (without it they run
+    serially, which their limits are not sized for)."""
+    errors, notes = [], []
+    needing = [p for p in parts if p in NEEDS_PYTEST]
+    if needing and not _has("pytest"):
+        errors.append(f"gpu_check: the {' and '.join(needing)} part(s) need pytest: {sys.executable} -m pip install "
+                      f"pytest pytest-xdist (or leave them out: bash scripts/gpu_check.sh "
+                      f"{' '.join(p for p in parts if p not in NEEDS_PYTEST)})")
+    elif needing and not smoke and not _has("xdist"):
+        notes.append(f"gpu_check: pytest-xdist is not installed, so the {' and '.join(needing)} part(s) run serially "
+                     f"and will likely be cut at their limits ({', '.join(f'{p} {LIMITS[p]} s' for p in needing)}); "
+                     f"{sys.executable} -m pip install pytest-xdist")
+    return errors, notes
 
 
 def _has(module):
@@ -152,14 +190,32 @@ def _load(path):
         return None
 
 
-def collect(out, log_path, small_dir=None):
-    """The figures of every part that left results, for the summary (small_dir: the repro's results)."""
+def softmax_ratios(rows):
+    """Each row's tokens/s and peak memory as ratios to softmax's row (whatever its place)."""
+    base = next((r for r in rows if r["attention"] == "softmax" and r.get("tokens_per_s")), None)
+    for r in rows:
+        if base and r.get("tokens_per_s") is not None:
+            r["ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
+            both = r.get("peak_mem_gib") is not None and base.get("peak_mem_gib")
+            r["mem_ratio"] = r["peak_mem_gib"] / base["peak_mem_gib"] if both else None
+    return rows
+
+
+def collect(out, log_path, small_dir=None, work=None):
+    """The figures of every part that left results, for the summary (small_dir: the repro's results;
+    work: the scratch directory of the determinism part)."""
     found = {}
     with open(log_path, errors="replace") as f:
         log = f.read()
-    counts = re.findall(r"=+ ?(.*?(?:passed|failed|error|skipped).*?) in [\d.]+s", log)
-    if counts:
-        found["tests"] = counts[-1]
+    for section in log.split("\n===== ")[1:]:   # run_part's headers: one section per part
+        part = section.split(":", 1)[0]
+        counts = re.findall(r"=+ ?(.*?(?:passed|failed|error|skipped).*?) in [\d.]+s", section)
+        if part in NEEDS_PYTEST and counts:
+            found[part] = counts[-1]
+    determinism = _load(f"{work}/determinism.json") if work else None
+    if determinism:
+        found["determinism"] = {k: determinism[k] for k in ("attention", "steps", "resume_at", "equal",
+                                                            "first_difference", "losses")}
     errors = _load(f"{out}/errors.json")
     if errors:
         rows = errors["results"]
@@ -169,9 +225,9 @@ def collect(out, log_path, small_dir=None):
     for part in ("bench_train", "bench_types"):
         bench = _load(f"{out}/{part}.json")
         if bench:
-            found[part] = [{k: r.get(k) for k in ("attention", "first_step_s", "tokens_per_s", "tokens_per_s_min",
-                                                  "tokens_per_s_max", "ratio", "mfu", "peak_mem_gib",
-                                                  "mem_ratio", "error")} for r in bench["results"]]
+            found[part] = softmax_ratios([{k: r.get(k) for k in (
+                "attention", "first_step_s", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "ratio", "mfu",
+                "peak_mem_gib", "mem_ratio", "error")} for r in bench["results"]])
     attn = _load(f"{out}/bench_attention.json")
     if attn:
         found["bench_attention"] = [{k: r.get(k) for k in ("d", "T", "B", "mode", "attention", "impl", "backend", "ms",
@@ -227,8 +283,14 @@ def markdown(summary):
              "| part | status | seconds |", "|---|---|---|"]
     lines += [f"| {p} | {r['status']} | {r['seconds']:.0f} |" for p, r in summary["parts"].items()]
     found = summary["found"]
-    if "tests" in found:
-        lines += ["", f"tests: {found['tests']}"]
+    for part in NEEDS_PYTEST:
+        if part in found:
+            lines += ["", f"{part}: {found[part]}"]
+    if "determinism" in found:
+        d = found["determinism"]
+        lines += ["", f"determinism ({d['attention']}, {d['steps']} steps, resumed at {d['resume_at']}): " + "; ".join(
+            f"{k.replace('_', ' ')} " + ("equal bit for bit" if eq else f"DIFFERENT from step {d['first_difference'][k]}")
+            for k, eq in d["equal"].items())]
     if "errors" in found:
         e = found["errors"]
         lines += ["", f"kernel vs float64 reference: {e['within_tolerance']} of {e['cases']} cases within tolerance; "
@@ -274,6 +336,11 @@ def markdown(summary):
 
 def main(argv=None):
     args = parse_args(argv)
+    errors, notes = check_needs(args.parts, args.smoke)
+    if errors:
+        sys.exit("\n".join(errors))
+    for note in notes:
+        print(note, flush=True)
     sys.path.insert(0, REPO)
     import torch
     from runinfo import code_version, hardware
@@ -281,7 +348,8 @@ def main(argv=None):
     if not cuda and not args.smoke:
         sys.exit("gpu_check: no CUDA device (torch.cuda.is_available() is False); --smoke checks the script on a CPU")
     gpu = torch.cuda.get_device_name() if cuda else "cpu-smoke"
-    out = os.path.abspath(args.out or os.path.join(REPO, "results", "gpu", re.sub(r"[^A-Za-z0-9._-]+", "-", gpu)))
+    out = os.path.abspath(args.out or os.environ.get("OUT")
+                          or os.path.join(REPO, "results", "gpu", re.sub(r"[^A-Za-z0-9._-]+", "-", gpu)))
     os.makedirs(out, exist_ok=True)
     try:
         import triton
@@ -291,7 +359,8 @@ def main(argv=None):
     log_path = os.path.join(out, "log.txt")
     started = time.time()
     parts = {}
-    cmds = commands(args, out)
+    work = tempfile.mkdtemp(prefix="gpu_check_")   # scratch: kept out of `out` and its 8 files
+    cmds = commands(args, out, work)
     with open(log_path, "w") as log:
         for name in args.parts:
             left = args.budget - (time.time() - started)
@@ -307,11 +376,13 @@ def main(argv=None):
     if "repro" in args.parts and small_dir and os.path.isdir(small_dir):
         with tarfile.open(os.path.join(out, "small.tar.gz"), "w:gz") as tar:
             tar.add(small_dir, arcname="small")
-    found = collect(out, log_path, small_dir)
+    found = collect(out, log_path, small_dir, work)
+    shutil.rmtree(work, ignore_errors=True)
     summary = {"gpu": gpu, "torch": torch.__version__, "triton": triton_version, "code": code_version(),
                "hardware": hardware("cuda" if cuda else "cpu"), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": " ".join(["bash", "scripts/gpu_check.sh"] + (argv if argv is not None else sys.argv[1:])),
-               "seconds": time.time() - started, "parts": parts, "found": found, "targets": targets(found)}
+               "seconds": time.time() - started, "parts": parts, "notes": notes, "found": found,
+               "targets": targets(found)}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     text = markdown(summary)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The GPU path in one command on a machine with one NVIDIA GPU: pytest -m gpu, the kernels'
-# error table, the training and attention benchmarks and the small reproduction, each under its
-# own time limit, into GPU_CHECK_OUT (default results/gpu/<gpu-name>/). See scripts/gpu_check.py.
+# The GPU path in one command on a machine with one NVIDIA GPU: training speed (lssar, lssa,
+# softmax), every kernel tile against the reference, bit-for-bit determinism, the other types'
+# training speed, attention alone at T = 16384 and the kernels' error table, each under its own
+# time limit, into GPU_CHECK_OUT (else OUT, else results/gpu/<gpu-name>/). See scripts/gpu_check.py.
 #   python data/prepare.py embedded      # once, anywhere: the check reads data/embedded and .cache
 #   bash scripts/gpu_check.sh            # every part, at most 9 minutes (GPU_CHECK_BUDGET=540 s)
-#   bash scripts/gpu_check.sh tests bench repro
+#   bash scripts/gpu_check.sh tiles determinism tests repro
 # Runs on the Python that already has CUDA torch (python, else python3; PYTHON=... to choose):
-# no virtual environment, no pip, no network.
+# no virtual environment, no pip, no network. It needs torch with CUDA, triton, numpy, tiktoken,
+# tqdm; pytest for the tiles and tests parts (pytest-xdist to run them in parallel: without it
+# they run serially and do not finish in their limits); matplotlib for the repro part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,16 +19,21 @@ import gpu_check  # noqa: E402
 def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     optional_module("triton", "pip install -r requirements-dev.txt")
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--smoke", "--limit", "tests=1", "--out", str(out),
-                           "--data_dir", synth_dir, "--vocab_size", str(VOCAB)],
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "all", "repro", "--smoke", "--limit", "tiles=1",
+                           "--out", str(out), "--data_dir", synth_dir, "--vocab_size", str(VOCAB)],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]   # the cut part fails the run
     summary = json.load(open(out / "summary.json"))
-    assert list(summary["parts"]) == list(gpu_check.PARTS)
-    assert summary["command"].startswith("bash scripts/gpu_check.sh --smoke --limit tests=1")
+    # the issue's order: training speed, every tile, determinism, the other types, attention, errors
+    assert list(summary["parts"]) == ["bench_train", "tiles", "determinism", "bench_types", "bench_attention",
+                                      "errors", "repro"]
+    assert summary["command"].startswith("bash scripts/gpu_check.sh all repro --smoke --limit tiles=1")
     status = {part: r["status"] for part, r in summary["parts"].items()}
-    assert status == {"tests": "timeout", "errors": "ok", "bench_train": "ok", "bench_types": "ok",
-                      "bench_attention": "ok", "repro": "ok"}
+    assert status == {"tiles": "timeout", "errors": "ok", "bench_train": "ok", "bench_types": "ok",
+                      "bench_attention": "ok", "repro": "ok", "determinism": "ok"}
+    determinism = summary["found"]["determinism"]   # 2 steps, resumed after 1: equal on the CPU
+    assert determinism["equal"] == {"two_processes": True, "resumed": True}
+    assert len(determinism["losses"]["first"]) == 2 and determinism["losses"]["first"] == determinism["losses"]["resumed"]
     # what the lent machines bring back: at most 8 files, at most 2 folders deep
     files = [os.path.join(d, f) for d, _, names in os.walk(out) for f in names]
     assert len(files) <= 8 and all(os.path.relpath(f, out).count(os.sep) <= 2 for f in files)
@@ -40,7 +45,9 @@ def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     errors = json.load(open(out / "errors.json"))
     assert [r["ok"] for r in errors["results"]] == [True]
     assert summary["found"]["errors"]["within_tolerance"] == 1
-    assert [r["attention"] for r in summary["found"]["bench_train"]] == ["softmax", "lssar"]
+    bench = summary["found"]["bench_train"]   # lssar first; its ratios are to softmax's row all the same
+    assert [r["attention"] for r in bench] == ["lssar", "softmax"]
+    assert bench[0]["ratio"] == pytest.approx(bench[0]["tokens_per_s"] / bench[1]["tokens_per_s"])
     assert [r["attention"] for r in summary["found"]["bench_types"]] == ["softmax", "relu_l1"]
     attention = json.load(open(out / "bench_attention.json"))
     timed = {(r["attention"], r["impl"], r["mode"]) for r in attention["results"] if "error" not in r and r["ms"] > 0}
@@ -91,3 +98,37 @@ def test_missing_data_is_one_line(tmp_path):
     proc = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "python data/prepare.py embedded" in proc.stderr
+
+
+def test_softmax_ratios_whatever_its_place():
+    rows = gpu_check.softmax_ratios([{"attention": "lssar", "tokens_per_s": 300.0, "peak_mem_gib": 12.0},
+                                     {"attention": "softmax", "tokens_per_s": 400.0, "peak_mem_gib": 10.0},
+                                     {"attention": "lssa", "error": "boom"}])
+    assert [r.get("ratio") for r in rows] == [0.75, 1.0, None] and rows[0]["mem_ratio"] == 1.2
+
+
+def test_needs_pytest_for_the_test_parts(monkeypatch):
+    """Without pytest the parts that run it stop the check in one line naming the install; without
+    pytest-xdist they run serially, and the check says so."""
+    have = {"pytest": False, "xdist": False}
+    monkeypatch.setattr(gpu_check, "_has", lambda module: have[module])
+    errors, notes = gpu_check.check_needs(["bench_train", "tiles", "errors"])
+    assert len(errors) == 1 and "\n" not in errors[0] and notes == []
+    assert "the tiles part(s) need pytest" in errors[0] and "-m pip install pytest pytest-xdist" in errors[0]
+    assert errors[0].endswith("bash scripts/gpu_check.sh bench_train errors)")
+    with pytest.raises(SystemExit, match="need pytest"):
+        gpu_check.main(["tiles"])
+    assert gpu_check.check_needs(["bench_train", "errors"]) == ([], [])
+    have["pytest"] = True
+    errors, notes = gpu_check.check_needs(["tiles", "tests"])
+    assert errors == [] and len(notes) == 1 and "run serially" in notes[0] and "tiles 100 s, tests 200 s" in notes[0]
+    assert gpu_check.check_needs(["tiles"], smoke=True) == ([], [])
+    have["xdist"] = True
+    assert gpu_check.check_needs(["tiles", "tests"]) == ([], [])
+
+
+def test_determinism_first_difference():
+    import determinism
+    assert determinism.first_difference({1: 4.5, 2: 4.25}, {1: 4.5, 2: 4.25}) is None
+    assert determinism.first_difference({1: 4.5, 2: 4.25, 3: 4.0}, {1: 4.5, 2: 4.250000000000001, 3: 4.0}) == 2
+    assert determinism.first_difference({1: 4.5, 2: 4.25}, {1: 4.5}) == 2   # a step missing is a difference

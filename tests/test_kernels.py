@@ -156,15 +156,26 @@ def run(c, backend, q, k, v, dout):
     (out.float() * dout.float()).sum().backward()
     return [out, q.grad, k.grad, v.grad]
 
+launched = []
+pick = lssa_triton._pick
+
+def recording_pick(which, *args):   # what a case launched: (kernel, BLOCK_M, BLOCK_N)
+    kernel, meta = pick(which, *args)
+    launched.append((which, meta["BLOCK_M"], meta["BLOCK_N"]))
+    return kernel, meta
+
+lssa_triton._pick = recording_pick
 results = {}
 default_blocks = dict(lssa_triton.INTERPRET_BLOCKS)
 for c in json.loads(sys.stdin.read()):
     lssa_triton.INTERPRET_BLOCKS.update(c.get("blocks") or default_blocks)
+    lssa_triton.pin_tiles(c.get("tiles") or {})
     q, k, v, dout = inputs(c, getattr(torch, c["dtype"]))
+    launched.clear()
     got = run(c, "kernel", q, k, v, dout)
     ref = run(c, "reference", q, k, v, dout)
     names = ["out", "dq", "dk", "dv"]
-    res = {"nan": any(bool(t.isnan().any()) for t in got), "err": {}}
+    res = {"nan": any(bool(t.isnan().any()) for t in got), "err": {}, "launched": sorted(set(launched))}
     for name, a, b in zip(names, got, ref):
         if name == "dq" and c.get("zero_rows"):  # zero rows' gradient is ~1/eps: compare apart
             zero = torch.zeros(c["T"], dtype=torch.bool)
@@ -212,16 +223,22 @@ def test_every_16bit_case_has_a_measured_tolerance():
     assert cases == set(MEASURED_16)
 
 
-@pytest.fixture(scope="module")
-def interpreter_results():
+def run_interpreter(cases):
+    """Run cases (_case's dicts; "blocks": INTERPRET_BLOCKS, "tiles": lssa_triton.pin_tiles's) in
+    one interpreter child: {name: {"nan", "err": {tensor: error}, "launched": [[kernel, BLOCK_M, BLOCK_N]]}}."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed (see requirements-dev.txt)")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, REPO], input=json.dumps(INTERPRETER_CASES),
+    proc = subprocess.run([sys.executable, "-c", _CHILD, REPO], input=json.dumps(cases),
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS")]
     assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(lines[-1][len("RESULTS"):])
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return run_interpreter(INTERPRETER_CASES)
 
 
 @needs_triton
