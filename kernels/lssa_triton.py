@@ -195,6 +195,8 @@ def _softplus2(s2, DOT_PREC: tl.constexpr):
     to 2^-8 before the value matmul): one special-function op per score instead of two, and no
     select. fp32 inputs: the precise log2, with a 3-term series where u < 1/64 (log2(1 + u)
     alone loses the relative precision of tiny weights)."""
+    # |s2|·(−1), not −|s2|: Triton 3.6 writes a negation as 0 − x, which ptxas cannot fold into
+    # the ex2 as an operand modifier (0 − 0 is +0): one more instruction per score
     u = tl.exp2(tl.abs(s2) * -1.0)
     if DOT_PREC == "tf32":
         q = _L2P5 * u + _L2P4
