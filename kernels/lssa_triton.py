@@ -849,6 +849,12 @@ _TILES_SM90 = {
     ("dq", 128): [(64, 32, 4, 3), (128, 32, 8, 3)],
 }
 # 16-bit inputs on other GPUs (mma.sync: no warpgroups, any row count): the earlier sm_90 picks.
+# They serve GPUs with 99 KiB of shared memory per block (sm_86, sm_89, sm_120), 163 KiB (sm_80)
+# and 227 KiB (sm_100) (results/kernel_resources/sm<arch>.txt, from `python
+# scripts/kernel_resources.py --arch <arch>`). At d = 128 two tiles leave under 4 KiB of the
+# 99: the forward's (128, 64, 8, 3), 96.5 KiB, and dQ's (128, 32, 8, 3), 96.2 KiB; each comes
+# after a smaller tile, so a launch without autotuning never rests on that margin (the autotuner
+# skips a tile that does not fit).
 _TILES = {
     ("fwd", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
     ("fwd", 128): [(64, 64, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
