@@ -867,9 +867,9 @@ _TILES = {
 # memory, so the bf16 tiles spill (0.9-2.5 KB per thread) and some exceed sm_90's 227 KiB.
 # These compile with no spills for lssar (lssa: at most 60 B, the last dK/dV d=128 entry)
 # and at most 112 KiB (python scripts/kernel_resources.py --dtypes fp32) on sm_90; on the
-# mma.sync GPUs (sm_80, sm_86, sm_89, sm_120) in at most 88 KiB, but the third dQ d=64 entry
-# spills 0.4-0.8 KB there (results/kernel_resources/). fp32 stays the slow path all the same:
-# it is for checking against the reference, bf16 is for training.
+# other GPUs (sm_80, sm_86, sm_89, sm_100, sm_120) in at most 88 KiB, but the third dQ d=64
+# entry spills 0.4-0.9 KB there (results/kernel_resources/). fp32 stays the slow path all the
+# same: it is for checking against the reference, bf16 is for training.
 _TILES_FP32 = {
     ("fwd", 64): [(32, 16, 4, 2), (64, 16, 4, 2), (32, 16, 4, 3), (32, 16, 8, 2)],
     ("fwd", 128): [(16, 16, 4, 2), (32, 16, 8, 2), (16, 16, 4, 3), (32, 16, 8, 3)],
