@@ -204,7 +204,9 @@ def _softplus2(s2, DOT_PREC: tl.constexpr):
     to 2^-8 before the value matmul): one special-function op per score instead of two, and no
     select. fp32 inputs: the precise log2, with a 3-term series where u < 1/64 (log2(1 + u)
     alone loses the relative precision of tiny weights)."""
-    u = tl.exp2(-tl.abs(s2))
+    # |s2|·(−1), not −|s2|: Triton 3.6 writes a negation as 0 − x, which ptxas cannot fold into
+    # the ex2 as an operand modifier (0 − 0 is +0): one more instruction per score
+    u = tl.exp2(tl.abs(s2) * -1.0)
     if DOT_PREC == "tf32":
         q = _L2P5 * u + _L2P4
         q = q * u + _L2P3
@@ -274,7 +276,7 @@ def _dscore(dw, s, w, crow, PHI: tl.constexpr):
 
 
 @triton.jit
-def _ipow(x, N: tl.constexpr):
+def _ipow_binary(x, N: tl.constexpr):
     """x**N for a compile-time integer 0 <= N < 128, by repeated squaring (unrolled)."""
     result = tl.full(x.shape, 1.0, tl.float32)
     base = x
@@ -286,6 +288,29 @@ def _ipow(x, N: tl.constexpr):
     return result
 
 
+def _binary_multiplications(n):
+    """Multiplications x**n takes by repeated squaring (_ipow_binary), n >= 1."""
+    return n.bit_length() - 1 + bin(n).count("1") - 1
+
+
+# The integer powers for which (x^(n/3))^3 takes fewer multiplications than repeated squaring
+# (15: x², x⁴, x⁵, x¹⁰, x¹⁵, five instead of six; lssar's default p is 15), as a bit mask
+_CUBE_POWERS = tl.constexpr(sum(1 << n for n in range(6, 128, 3)
+                                if _binary_multiplications(n // 3) + 2 < _binary_multiplications(n)))
+
+
+@triton.jit
+def _ipow(x, N: tl.constexpr):
+    """x**N for a compile-time integer 0 <= N < 128, unrolled: by repeated squaring, or as
+    (x^(N/3))^3 where that is shorter."""
+    if (_CUBE_POWERS >> N) & 1:
+        y = _ipow_binary(x, N // 3)
+        result = y * y * y
+    else:
+        result = _ipow_binary(x, N)
+    return result
+
+
 @triton.jit
 def _excess(w, invm, taum):
     """b = relu(w' − τ)/M as one FFMA and a max: relu(w'·(1/M) − τ/M) (τ/M, 1/M per row)."""
@@ -293,17 +318,25 @@ def _excess(w, invm, taum):
 
 
 @triton.jit
-def _reweight(b, p, P_INT: tl.constexpr, DOT_PREC: tl.constexpr):
+def _reweight(b, p, P_INT: tl.constexpr, DOT_PREC: tl.constexpr, NEED_PM1: tl.constexpr):
     """(b^(p−1), b^p) for b in [0, 1], with b^(p−1) = 0 where b = 0 (also for p = 1, where it
-    stands for relu's zero slope). P_INT > 0: p is that integer; P_INT = 0: use the float p."""
+    stands for relu's zero slope). P_INT > 0: p is that integer; P_INT = 0: use the float p.
+    Without NEED_PM1 (the inference forward) an integer b^p is computed directly, which for
+    some p (15) takes one multiplication fewer than b^(p−1)·b; b^(p−1) is then a placeholder."""
     if P_INT > 0:
-        pm1 = _ipow(b, P_INT - 1)
-        if P_INT == 1:
-            pm1 = tl.where(b > 0.0, pm1, 0.0)
+        if NEED_PM1:
+            pm1 = _ipow(b, P_INT - 1)
+            if P_INT == 1:
+                pm1 = tl.where(b > 0.0, pm1, 0.0)
+            x = pm1 * b
+        else:
+            x = _ipow(b, P_INT)
+            pm1 = x
     else:
         lb = _log2(tl.maximum(b, _TINY), DOT_PREC)
         pm1 = tl.where(b > 0.0, tl.exp2((p - 1.0) * lb), 0.0)
-    return pm1, pm1 * b
+        x = pm1 * b
+    return pm1, x
 
 
 @triton.jit
@@ -415,7 +448,7 @@ def _fwd_accumulate(acc, xsum, uacc, rsum, q, rho, beta, lrow, taum, invm, fb, p
         if not RW:
             x = w
         else:
-            pm1, x = _reweight(_excess(w, invm[:, None], taum[:, None]), p, P_INT, DOT_PREC)
+            pm1, x = _reweight(_excess(w, invm[:, None], taum[:, None]), p, P_INT, DOT_PREC, STORE_U)
             x = tl.where(fb[:, None], w, x)
         if DIAG:
             keep = offs_m[:, None] >= offs_n[None, :]
@@ -632,7 +665,7 @@ def _bwd_weights(s2, dp, dd, taum, invm, kc, fc, invx, e, lrow, crow, p,
         a = w * fc
         dw = (dp - dd) * fc
     else:
-        pm1, x = _reweight(_excess(w, invm, taum), p, P_INT, DOT_PREC)
+        pm1, x = _reweight(_excess(w, invm, taum), p, P_INT, DOT_PREC, True)
         a = x * invx + w * fc
         dw = (kc * pm1 + fc) * (dp - dd) - e
     return a, _dscore(dw, s2, w, crow, PHI)
@@ -826,6 +859,12 @@ _TILES_SM90 = {
     ("dq", 128): [(64, 32, 4, 3), (128, 32, 8, 3)],
 }
 # 16-bit inputs on other GPUs (mma.sync: no warpgroups, any row count): the earlier sm_90 picks.
+# They serve GPUs with 99 KiB of shared memory per block (sm_86, sm_89, sm_120), 163 KiB (sm_80)
+# and 227 KiB (sm_100) (results/kernel_resources/sm<arch>.txt, from `python
+# scripts/kernel_resources.py --arch <arch>`). At d = 128 two tiles leave under 4 KiB of the
+# 99: the forward's (128, 64, 8, 3), 96.5 KiB, and dQ's (128, 32, 8, 3), 96.2 KiB; each comes
+# after a smaller tile, so a launch without autotuning never rests on that margin (the autotuner
+# skips a tile that does not fit).
 _TILES = {
     ("fwd", 64): [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
     ("fwd", 128): [(64, 64, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3)],
@@ -837,8 +876,10 @@ _TILES = {
 # fp32 inputs: their tf32x3 dots and fp32 tiles need about twice the registers and shared
 # memory, so the bf16 tiles spill (0.9-2.5 KB per thread) and some exceed sm_90's 227 KiB.
 # These compile with no spills for lssar (lssa: at most 60 B, the last dK/dV d=128 entry)
-# and at most 112 KiB (python scripts/kernel_resources.py --dtypes fp32). fp32 stays the slow
-# path all the same: it is for checking against the reference, bf16 is for training.
+# and at most 112 KiB (python scripts/kernel_resources.py --dtypes fp32) on sm_90; on the
+# other GPUs (sm_80, sm_86, sm_89, sm_100, sm_120) in at most 88 KiB, but the third dQ d=64
+# entry spills 0.4-0.9 KB there (results/kernel_resources/). fp32 stays the slow path all the
+# same: it is for checking against the reference, bf16 is for training.
 _TILES_FP32 = {
     ("fwd", 64): [(32, 16, 4, 2), (64, 16, 4, 2), (32, 16, 4, 3), (32, 16, 8, 2)],
     ("fwd", 128): [(16, 16, 4, 2), (32, 16, 8, 2), (16, 16, 4, 3), (32, 16, 8, 3)],

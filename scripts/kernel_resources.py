@@ -1,21 +1,25 @@
 """Registers, spills, shared memory and per-score SASS work of the fused lssa kernels on an
-H100 (sm_90), without a GPU.
+NVIDIA GPU architecture (default sm_90, the H100), without a GPU.
 
     python scripts/kernel_resources.py                       # every tile of every table, all dtypes
+    python scripts/kernel_resources.py --arch 89             # an L40S: the tiles it launches
     python scripts/kernel_resources.py --sass --dtypes bf16 --head-dims 64 --first   # work per score
     python scripts/kernel_resources.py --dtypes fp32 --kernels fwd --head-dims 128 --modes lssar+grad
     python scripts/kernel_resources.py --dtypes fp32 --kernels dq --tiles 64,32,4,2 32,32,4,2
     python scripts/kernel_resources.py --json results/kernel_resources.json -j 2
 
-Each configuration is compiled ahead of time by Triton's real compiler for sm_90 (ASTSource +
-GPUTarget), with the divisibility hints a real launch gets: every pointer 16-byte aligned,
-every stride, T and T_BUCKET divisible by 16 (H, the number of heads, not: GPT-2 has 12).
-Registers and spill bytes come from `ptxas -v` (Triton's bundled ptxas, Triton's own flags);
-shared memory from the compiled metadata, against sm_90's 227 KiB per block (a larger
-configuration fails to launch, and the autotuner skips it after compiling it).
+Each configuration is compiled ahead of time by Triton's real compiler for the architecture
+(ASTSource + GPUTarget; --arch 80, 86, 89, 90, 100 or 120: A100, A10/RTX 30, L4/L40S/RTX 40,
+H100/H200, B200, RTX 50), with the divisibility hints a real launch gets: every pointer 16-byte
+aligned, every stride, T and T_BUCKET divisible by 16 (H, the number of heads, not: GPT-2 has
+12). Registers and spill bytes come from `ptxas -v` (Triton's bundled ptxas, Triton's own
+flags); shared memory from the compiled metadata, against the architecture's limit per block
+(SHARED_LIMIT: a larger configuration fails to launch, and the autotuner skips it after
+compiling it).
 
-Tiles: the kernel module's sm_90 table _TILES_SM90, or for fp32 its _TILES_FP32; --tiles
-replaces them with a candidate list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes: the
+Tiles: the table the kernel module launches on that architecture (_TILES_SM90 for 16-bit inputs
+on sm_90, _TILES on the others, _TILES_FP32 for fp32); --tiles replaces them with a candidate
+list (BLOCK_M,BLOCK_N,num_warps,num_stages each). Modes: the
 attention types with a fused kernel (attention.KERNEL_TYPES; default lssa and lssar, --modes
 all for every one) and, for the forward only, <type>+grad for the re-weighted types: keeping
 the gradient statistics (STORE_U), as in training. A compile takes 5-30 s on one CPU core.
@@ -26,9 +30,10 @@ backward branch: its target up to the branch), counts the instructions and the M
 BLOCK_M x BLOCK_N score tile with num_warps x 32 threads, so thread-instructions per score =
 warp instructions in the loop x 32 x num_warps / (BLOCK_M x BLOCK_N). An H100 SM issues 128
 thread-instructions and 16 MUFU ops per clock (docs/kernels.md). It also names the loop's
-matmul (wgmma = HGMMA, Hopper's warpgroup MMA; mma.sync = HMMA, the pre-Hopper path) and flags
-a tile whose score rows are fewer than 16 per warp: on sm_90 both warpgroups of an 8-warp
-64-row tile then do the whole tile's elementwise work.
+matmul (wgmma = HGMMA, Hopper's warpgroup MMA; tcgen05 = UTC*MMA, Blackwell's (sm_100);
+mma.sync = HMMA, the path of every other architecture) and, on sm_90, flags a tile whose score
+rows are fewer than 16 per warp: both warpgroups of an 8-warp 64-row tile then do the whole
+tile's elementwise work.
 """
 import argparse
 import contextlib
@@ -51,7 +56,13 @@ from attention import KERNEL_TYPES, RECIPES   # noqa: E402
 from kernels import lssa_triton as L   # noqa: E402
 from runinfo import write_json   # noqa: E402
 
-SM90_SHARED = 227 * 1024   # bytes per block (cudaDevAttrMaxSharedMemoryPerBlockOptin)
+# Shared memory a block may use (opted in: cudaDevAttrMaxSharedMemoryPerBlockOptin), per compute
+# capability: the CUDA C++ Programming Guide, "Compute Capabilities", technical specifications
+# ("maximum amount of shared memory per thread block"),
+# https://docs.nvidia.com/cuda/cuda-programming-guide/05-appendices/compute-capabilities.html
+KIB = 1024
+SHARED_LIMIT = {80: 163 * KIB, 86: 99 * KIB, 89: 99 * KIB, 90: 227 * KIB, 100: 227 * KIB, 120: 99 * KIB}
+MARGIN = 4 * KIB   # a launched tile with less room than this left is reported (see the tables' comments)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # mode -> (recipe, STORE_U): every fused type, and the re-weighted ones keeping U and R (training)
 MODES = {**{kind: (RECIPES[kind], False) for kind in KERNEL_TYPES},
@@ -61,9 +72,18 @@ INPUT_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}   # in the inputs'
 FP32_POINTERS = {"NQ", "NK", "RHO", "KAPPA", "BETA", "STATS", "U", "DE"}
 
 
-def tile_table(dtype):
-    """The tiles the kernel module launches on sm_90 for this dtype."""
-    return L._TILES_FP32 if dtype == "fp32" else L._TILES_SM90
+TABLE_VARIABLES = {"sm90": "_TILES_SM90", "other": "_TILES", "fp32": "_TILES_FP32"}
+
+
+def table_name(dtype, arch):
+    """The name (kernels.lssa_triton._TABLES) of the table the kernel module launches on this
+    architecture for this dtype: as _table_name picks it from a GPU's compute capability."""
+    return "fp32" if dtype == "fp32" else "sm90" if arch // 10 == 9 else "other"
+
+
+def tile_table(dtype, arch=90):
+    """The tiles the kernel module launches on this architecture for this dtype."""
+    return L._TABLES[table_name(dtype, arch)]
 
 
 def tile_error(which, bm, bn):
@@ -102,15 +122,15 @@ def source(which, dtype, head_dim, mode, bm, bn, p):
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
-def ptxas_log(ptx):
-    """`ptxas -v` on this PTX, with the ptxas and flags Triton's sm_90 backend uses."""
-    from triton.backends.nvidia.compiler import get_ptxas
+def ptxas_log(ptx, arch):
+    """`ptxas -v` on this PTX, with the ptxas and flags Triton's backend uses for the architecture."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        cmd = [get_ptxas(90).path, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a",
-               path, "-o", path + ".o"]
+        cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+               f"--gpu-name={sm_arch_from_capability(arch)}", path, "-o", path + ".o"]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
 
 
@@ -143,9 +163,11 @@ def sass_text(cubin):
 
 
 def sass_loops(sass):
-    """The loops of a SASS listing, in address order: for each backward branch, the
-    instructions from its target to the branch (NOPs excluded), its MUFU instructions and
-    which matmul instruction it issues."""
+    """The loops of a SASS listing, in address order: for each backward branch before the last
+    EXIT, the instructions from its target to the branch (NOPs excluded), its MUFU instructions
+    and which matmul instruction it issues. What follows the last EXIT is out-of-line code: the
+    trap (a branch to itself) and, on sm_100, the retries of the barrier waits, each a spin loop
+    that branches back into the loop it came from."""
     labels, code, pending = {}, [], []
     for line in sass.splitlines():
         label = _LABEL.match(line.strip())
@@ -159,29 +181,34 @@ def sass_loops(sass):
                 labels[name] = addr
             pending = []
             code.append((addr, ins[2]))
+    exits = [addr for addr, text in code if text.split()[-1] == "EXIT"]
+    code = [(addr, text) for addr, text in code if not exits or addr <= exits[-1]]
     loops = []
     for addr, text in code:
-        target = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", text)
-        if target and labels.get(target[1], addr) < addr:   # (a branch to itself is the trap after EXIT)
+        target = re.search(r"\bBRA\S*\s+(?:[^`]*,\s*)?`?\(?(\.L_x_\d+)", text)   # BRA.U !UP0, `(.L_x_2)
+        if target and labels.get(target[1], addr) < addr:
             body = [t for a, t in code if labels[target[1]] <= a <= addr and not t.startswith("NOP")]
             ops = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body]
             mma = "wgmma" if any(o.startswith("HGMMA") for o in ops) else \
+                  "tcgen05" if any(o.startswith("UTC") and "MMA" in o for o in ops) else \
                   "mma.sync" if any(o.startswith("HMMA") for o in ops) else "-"
             loops.append(dict(instructions=len(body), mufu=sum(o.startswith("MUFU") for o in ops), mma=mma))
     return loops
 
 
-def duplicated_rows(which, bm, bn, warps):
-    """True when the score tile has fewer than 16 rows per warp: wgmma gives each warpgroup
-    (4 warps) 64 rows, so 8 warps on 64 rows both do the whole tile's elementwise work."""
+def duplicated_rows(which, bm, bn, warps, arch=90):
+    """True when, on sm_90, the score tile has fewer than 16 rows per warp: wgmma gives each
+    warpgroup (4 warps) 64 rows, so 8 warps on 64 rows both do the whole tile's elementwise work."""
     rows = bn if which == "dkdv" else bm   # dK/dV's score tile is keys x queries
-    return rows < 16 * warps
+    return arch // 10 == 9 and rows < 16 * warps
 
 
-def sass_row(which, mode, tile, cubin):
+def sass_row(which, mode, tile, cubin, arch):
     """Per-score work of each loop of one compiled kernel."""
     bm, bn, warps, _ = tile
-    loops = sass_loops(sass_text(cubin))
+    # the loops over score tiles issue a matmul; on sm_100 a barrier wait may compile to a small
+    # loop of its own inside them
+    loops = [lp for lp in sass_loops(sass_text(cubin)) if lp["mma"] != "-"]
     names = loop_names(which, mode)
     if len(names) != len(loops):   # a diagonal loop of one iteration compiles to straight code
         names = [n for n in names if n in MAIN_LOOPS]
@@ -190,12 +217,12 @@ def sass_row(which, mode, tile, cubin):
     per = 32 * warps / (bm * bn)
     return dict(loops=[dict(name=name, main=name in MAIN_LOOPS, instr_per_score=round(lp["instructions"] * per, 2),
                             mufu_per_score=round(lp["mufu"] * per, 2), **lp) for name, lp in zip(names, loops)],
-                duplicated=duplicated_rows(which, bm, bn, warps))
+                duplicated=duplicated_rows(which, bm, bn, warps, arch))
 
 
 def measure(job):
     """Compile one configuration; its registers, spills and shared memory (and its SASS work)."""
-    which, dtype, head_dim, mode, (bm, bn, warps, stages), p, sass = job
+    which, dtype, head_dim, mode, (bm, bn, warps, stages), p, sass, arch = job
     row = dict(kernel=which, dtype=dtype, head_dim=head_dim, mode=mode, tile=[bm, bn, warps, stages])
     error = tile_error(which, bm, bn)
     if error:
@@ -205,19 +232,20 @@ def measure(job):
     knobs.nvidia.dump_ptxas_log = True   # a fresh compile prints its own `ptxas -v`: no second run
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        compiled = triton.compile(source(which, dtype, head_dim, mode, bm, bn, p), target=GPUTarget("cuda", 90, 32),
+        compiled = triton.compile(source(which, dtype, head_dim, mode, bm, bn, p), target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps, "num_stages": stages})
     log = printed.getvalue()
     if "registers" not in log:   # Triton's cache answered: nothing was assembled
-        log = ptxas_log(compiled.asm["ptx"])
+        log = ptxas_log(compiled.asm["ptx"], arch)
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not (regs and spills):
         raise RuntimeError(f"cannot read ptxas's report for {row}:\n{log}")
     row = dict(row, registers=int(regs[1]), spill_stores=int(spills[1]), spill_loads=int(spills[2]),
-               shared=compiled.metadata.shared, fits=compiled.metadata.shared <= SM90_SHARED)
+               shared=compiled.metadata.shared, margin=SHARED_LIMIT[arch] - compiled.metadata.shared)
+    row["fits"] = row["margin"] >= 0
     if sass:
-        row.update(sass_row(which, mode, (bm, bn, warps, stages), compiled.asm["cubin"]))
+        row.update(sass_row(which, mode, (bm, bn, warps, stages), compiled.asm["cubin"], arch))
     return row
 
 
@@ -228,22 +256,25 @@ def jobs(args):
                 for mode in args.modes:
                     if mode.endswith("+grad") and which != "fwd":
                         continue   # the backward kernels read the statistics, they have no such variant
-                    tiles = args.tiles or tile_table(dtype)[which, L._tile_class(head_dim)]
+                    tiles = args.tiles or tile_table(dtype, args.arch)[which, L._tile_class(head_dim)]
                     for tile in tiles[:1] if args.first else tiles:
-                        yield which, dtype, head_dim, mode, tuple(tile), args.p, args.sass
+                        yield which, dtype, head_dim, mode, tuple(tile), args.p, args.sass, args.arch
 
 
-def table(rows):
+def table(rows, arch=90):
+    limit = SHARED_LIMIT[arch] / KIB
     lines = [f"{'kernel':6} {'dtype':5} {'d':>3} {'mode':24} {'tile (M,N,warps,stages)':23} "
-             f"{'regs':>4} {'spill st/ld B':>13} {'shared KiB':>10}"]
+             f"{'regs':>4} {'spill st/ld B':>13} {'shared KiB':>10} {f'of {limit:g}':>7}"]
     for r in rows:
         head = f"{r['kernel']:6} {r['dtype']:5} {r['head_dim']:>3} {r['mode']:24} {str(tuple(r['tile'])):23} "
         if "error" in r:
             lines.append(head + r["error"])
             continue
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
-        over = "" if r["fits"] else "  > 227 KiB: cannot launch"
-        lines.append(head + f"{r['registers']:>4} {spill:>13} {r['shared'] / 1024:>10.1f}{over}")
+        note = f"  > {limit:g} KiB: cannot launch" if not r["fits"] else \
+            f"  < {MARGIN // KIB} KiB left" if r["margin"] < MARGIN else ""
+        lines.append(head + f"{r['registers']:>4} {spill:>13} {r['shared'] / KIB:>10.1f} "
+                     f"{r['shared'] / SHARED_LIMIT[arch]:>6.0%}{note}")
     return "\n".join(lines)
 
 
@@ -272,6 +303,8 @@ def parse_tile(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, choices=sorted(SHARED_LIMIT), default=90,
+                    help="compute capability to compile for, as major x 10 + minor (default 90: H100)")
     ap.add_argument("--kernels", nargs="+", choices=list(L._KERNELS), default=list(L._KERNELS))
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     ap.add_argument("--head-dims", nargs="+", type=int, choices=(64, 128), default=[64, 128])
@@ -291,19 +324,22 @@ def main(argv=None):
     if L.INTERPRET:
         sys.exit("TRITON_INTERPRET=1 is set: unset it, this script compiles the kernels for a real GPU")
     todo = list(jobs(args))
-    print(f"compiling {len(todo)} configurations for sm_90 (Triton {triton.__version__})", file=sys.stderr)
+    print(f"compiling {len(todo)} configurations for sm_{args.arch} (Triton {triton.__version__})", file=sys.stderr)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             rows = list(pool.map(measure, todo))
     else:
         rows = [measure(job) for job in todo]
-    print(table(rows))
+    print(f"sm_{args.arch}, Triton {triton.__version__}, p = {args.p:g}: shared memory against "
+          f"{SHARED_LIMIT[args.arch] // KIB} KiB per block; tables: "
+          + ", ".join(f"{d} {TABLE_VARIABLES[table_name(d, args.arch)]}" for d in args.dtypes))
+    print(table(rows, args.arch))
     if args.sass:
         print()
         print(sass_table(rows))
     if args.json:
-        write_json(dict(triton=triton.__version__, target="sm_90a", shared_limit=SM90_SHARED, p=args.p,
-                        rows=rows),
+        write_json(dict(triton=triton.__version__, arch=args.arch, shared_limit=SHARED_LIMIT[args.arch], p=args.p,
+                        first=args.first, rows=rows),
                    args.json)
     return rows
 
