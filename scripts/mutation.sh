@@ -14,7 +14,10 @@
 #                                                    # keeps the verdicts of functions whose code did not change
 #                                                    # and tests the rest (changed, new, or not reached before),
 #                                                    # then tries the survivors again against today's tests
-#   bash scripts/mutation.sh --report                # rebuild results/mutation.md from the last runs
+#   bash scripts/mutation.sh --changed [BASE]        # only the mutants of the functions changed since BASE (default:
+#                                                    # the merge-base with main; on main, the last commit), before a commit
+#   bash scripts/mutation.sh --report                # rebuild results/mutation.md (and results/mutation_excluded.md)
+#                                                    # from the last runs and results/mutation_carried.txt
 # Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
 # with the test files chosen for it below: the ones that exercise it, and fast.
 # The Triton kernels are mutated separately (Triton parses their source): scripts/mutate_kernels.py.
