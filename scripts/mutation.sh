@@ -86,7 +86,9 @@ if [[ ${1:-} == --changed ]]; then
     globs=$(python scripts/mutation_report.py --changed "$base" "$module")
     [[ -z $globs ]] && continue
     echo "$module: $globs"
-    RUN_TAG=changed MUTANTS="$globs" bash "$0" "$module"
+    NO_REPORT=1 RUN_TAG=changed MUTANTS="$globs" bash "$PWD/scripts/mutation.sh" "$module" > /dev/null
+    # what the tests did not kill (mutmut show NAME in that directory gives its diff)
+    grep -E ': (survived|no tests|suspicious)$' "$WORK/${module//\//_}.changed/results.txt" || echo "   every one killed"
   done
   echo "== --changed took $(( $(date +%s) - start )) s"
   exit 0
@@ -117,6 +119,7 @@ if [[ ${1:-} != --report ]]; then
     tail -c 120 "$dir/run.log"; echo
   done
 fi
+[[ -z ${NO_REPORT:-} ]] || exit 0
 for module in "${ORDER[@]}" "${NOT_YET[@]}"; do   # every mutant's name and diff, for the report
   [[ -f $WORK/${module//\//_}.list/names.txt && -z $(git status --porcelain -- "$module") && \
      $WORK/${module//\//_}.list/names.txt -nt $module ]] || list_mutants "$module"
