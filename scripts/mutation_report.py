@@ -119,21 +119,22 @@ def changed(base, module):
 def carried(module):
     """({mutant: status} carried over for the module's functions unchanged since the carried runs,
     their commit): results/mutation_carried.txt lists the mutants not killed; the others were."""
-    listed, at, mine = {}, None, False
+    listed, at, mine, seconds = {}, None, False, 0
     with open(os.path.join(ROOT, "results", "mutation_carried.txt")) as f:
         for line in f:
             if line.startswith("@ "):
                 mine = line.split()[1] == module
-                at = line.split()[2] if mine else at
+                if mine:
+                    at, seconds = line.split()[2], int(line.split()[3])
             elif mine and ": " in line:
                 name, _, status = line.strip().partition(": ")
                 listed[name] = status
     if at is None:
-        return {}, None
+        return {}, None, 0
     then, now = functions(module, at_commit(at, module)), functions(os.path.join(ROOT, module))
     fresh = {f for f in now if then.get(f) == now[f]}
     names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
-    return {n: listed.get(n, "killed") for n in names if function_of(n) in fresh}, at
+    return {n: listed.get(n, "killed") for n in names if function_of(n) in fresh}, at, seconds
 
 
 def list_dir(module):
@@ -162,7 +163,7 @@ def main(modules, not_yet):
     rows, survivors, judged = [], [], []
     for module in modules:
         names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
-        status, at = carried(module)
+        status, at, then_seconds = carried(module)
         from_carried = {n for n in status}
         result = module_result(os.path.join(WORK, module.replace("/", "_")), module)
         seconds, what = 0, []
@@ -173,7 +174,7 @@ def main(modules, not_yet):
             from_carried -= set(today)
             what.append(f"{len(today)} run now ({selection})")
         if from_carried:
-            what.insert(0, f"{len(from_carried)} carried over from {at}")
+            what.insert(0, f"{len(from_carried)} carried over from {at} (runs of {then_seconds} s)")
         verdict, why = {}, {}
         for n in names:
             st = status.get(n, "not run")
@@ -182,6 +183,10 @@ def main(modules, not_yet):
                 verdict[n] = "killed"
             elif reason and reason.startswith("not run:"):
                 verdict[n], why[n] = "not run", reason[len("not run:"):].strip()
+            elif st == "no tests":
+                verdict[n], why[n] = "not run", ("no test calls its function in mutmut's own process (a test that "
+                                                 "reaches it in a child process only, as tests/test_kernels.py's "
+                                                 "interpreter runs do, is not mapped to it)")
             elif st == "not run":
                 verdict[n], why[n] = "not run", ("never run against a test that reaches it; a CPU test can: to be run"
                                                  if n in from_carried else "no run since its function changed")
@@ -208,7 +213,7 @@ def main(modules, not_yet):
           "carried over from earlier runs (results/mutation_carried.txt: functions unchanged since that commit) "
           "and which come from runs of the code as it is now. The diff of every equivalent and not-run mutant, "
           "beside its reason: results/mutation_excluded.md.\n")
-    print("| module | mutants | killed | surviving | equivalent | not run | score | target | verdicts | time of today's runs |")
+    print("| module | mutants | killed | surviving | equivalent | not run | score | target | verdicts | time of the runs of now |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## Surviving mutants (not yet killed by a test)\n")
