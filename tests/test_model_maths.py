@@ -266,3 +266,19 @@ def test_optimizer_is_fused_for_cuda_and_takes_adamws_first_step():
         g = grads[n].double()
         expected = before[n].double() * (1 - lr * decay) - lr * g / (g.abs() + 1e-8)
         torch.testing.assert_close(p.detach().double(), expected, rtol=0, atol=1e-6, msg=n)
+
+
+def test_check_attention_kernel_on_a_cuda_device(monkeypatch):
+    """On a CUDA device (a device name: nothing runs there) with backend "auto", a fused type's
+    kernel is checked for the model's p, that device, autocast's dtype and the head size; the
+    reference backend, and a type without a kernel (softmax runs SDPA), are not checked."""
+    import model as model_module
+    calls = []
+    monkeypatch.setattr(model_module, "check_kernel", lambda *a: calls.append(a))
+    config = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=13)
+    GPT(GPTConfig(**config, attention="lssar", reweight_p=3.0)).check_attention_kernel("cuda:1", torch.bfloat16)
+    assert calls == [("lssar", 3.0, torch.device("cuda:1"), torch.bfloat16, 8)]
+    assert type(calls[0][4]) is int   # the head size, 16 // 2
+    GPT(GPTConfig(**config, attention="lssar", attention_backend="reference")).check_attention_kernel("cuda", torch.float32)
+    GPT(GPTConfig(**config, attention="softmax")).check_attention_kernel("cuda", torch.float32)
+    assert len(calls) == 1
