@@ -63,6 +63,10 @@ scratch() {
     # a mutant that loops forever (the step counter never reaching max_iters) is stopped after
     # 10x (not mutmut's 30x) the CPU time its tests take: a timeout counts as killed anyway
     echo "timeout_multiplier = 5"
+    # mutmut also stops a mutant after (its tests' time + timeout_constant) x 5 seconds of wall clock:
+    # with its default of 1 s, tests of a few hundredths of a second got 5 s, which pytest's start in
+    # the forked child overran on a loaded machine (false "timeouts", counted as killed)
+    echo "timeout_constant = 30"
   } > "$dir/setup.cfg"
   sed -i '/^\[tool.pytest.ini_options\]/,$!d' "$dir/pyproject.toml"  # only pytest's section
 }
