@@ -188,7 +188,7 @@ def main(modules, not_yet):
                                                  "reaches it in a child process only, as tests/test_kernels.py's "
                                                  "interpreter runs do, is not mapped to it)")
             elif st == "not run":
-                verdict[n], why[n] = "not run", ("never run against a test that reaches it; a CPU test can: to be run"
+                verdict[n], why[n] = "not run", ("excluded before as GPU-only or subprocess-only, so never run against a test that reaches it; a CPU test does (a stand-in for torch.cuda, a device name, or a child process): to be run"
                                                  if n in from_carried else "no run since its function changed")
             elif reason:
                 verdict[n], why[n] = "equivalent", reason
