@@ -3,11 +3,16 @@ results/mutation.md from the per-module mutmut runs of scripts/mutation.sh:
 
     python scripts/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
 
-Score = killed / (mutants tested - excluded); killed includes a timeout (a mutant that loops)
-and a test process killed by a signal. A mutant is excluded in tests/mutation_equivalent.txt
-(one line per mutant, or a glob of mutant names: then why no test can tell it from the original,
-or "GPU-only:" and why the CPU suite cannot reach it); every other survivor is listed with its
-diff, to be killed by a test. Mutants a run did not reach (it was stopped) count as not run.
+    python scripts/mutation_report.py --changed BASE model.py   # mutant globs of the functions changed since BASE
+
+Every mutant of a module (mutmut's own list, $WORK/<module>.list) is killed, surviving, equivalent
+or not run. Killed includes a timeout (a mutant that loops) and a test process killed by a signal.
+tests/mutation_equivalent.txt names a mutant (or a glob) and why it is equivalent (no test on any
+machine can tell), or "not run:" and why no CPU test can reach it (a real CUDA device). A mutant no
+run of today tested takes the verdict carried over in results/mutation_carried.txt, if its function
+is unchanged since; otherwise, or if that verdict was "not run", it counts as not run.
+Score = killed / (all - equivalent): not run counts against it. The diffs of every equivalent and
+not-run mutant, beside the reason, go to results/mutation_excluded.md.
 """
 import ast
 import fnmatch
@@ -20,6 +25,11 @@ import sys
 TARGETS = {"attention.py": 90, "model.py": 90, "eval_length.py": 90, "checkpoint.py": 90, "data/shards.py": 90,
            "train.py": 80, "data/prepare.py": 80, "eval_passkey.py": 80}
 HERE = os.path.dirname(os.path.abspath(__file__))
+WORK = os.environ.get("MUTATION_DIR", "/tmp/lssa-mutation")
+ROOT = os.path.join(HERE, "..")
+TARGETS.update({m: 90 for m in ("hf_lssa.py", "export_hf.py", "harness.py", "eval_downstream.py", "configurator.py",
+                                "runinfo.py", "data/sources.py", "data/tokenizer.py", "data/catalog.py")})
+TARGETS.update({"scripts/report.py": 80, "scripts/paper_plan.py": 80})
 
 
 def equivalents():
@@ -33,10 +43,10 @@ def equivalents():
     return found
 
 
-def functions(path):
+def functions(path, source=None):
     """{'name' or 'Class.name': its code as an AST dump} of a module's functions and methods."""
     found = {}
-    for node in ast.parse(open(path).read()).body:
+    for node in ast.parse(open(path).read() if source is None else source).body:
         if isinstance(node, ast.FunctionDef):
             found[node.name] = ast.dump(node)
         elif isinstance(node, ast.ClassDef):
@@ -88,51 +98,153 @@ def module_result(run_dir, module):
     return status, seconds, " + ".join(selection), dirs[-1]
 
 
+def at_commit(commit, module):
+    """The module's source at a commit ('' if it did not exist)."""
+    return subprocess.run(["git", "show", f"{commit}:{module}"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+def mutant_glob(module, function):
+    """'train.py', 'lr_at' -> 'train.x_lr_at__mutmut_*'; 'model.py', 'GPT.rope' -> 'model.xǁGPTǁrope__mutmut_*'."""
+    prefix = module[:-3].replace("/", ".")
+    return f"{prefix}.x{'ǁ' + function.replace('.', 'ǁ') if '.' in function else '_' + function}__mutmut_*"
+
+
+def changed(base, module):
+    """Mutant globs of the module's functions that differ between commit `base` and the working tree."""
+    then = functions(module, at_commit(base, module) or "")
+    now = functions(os.path.join(ROOT, module))
+    return [mutant_glob(module, f) for f in now if then.get(f) != now[f]]
+
+
+def carried(module):
+    """({mutant: status} carried over for the module's functions unchanged since the carried runs,
+    their commit): results/mutation_carried.txt lists the mutants not killed; the others were."""
+    listed, at, mine, seconds = {}, None, False, 0
+    with open(os.path.join(ROOT, "results", "mutation_carried.txt")) as f:
+        for line in f:
+            if line.startswith("@ "):
+                mine = line.split()[1] == module
+                if mine:
+                    at, seconds = line.split()[2], int(line.split()[3])
+            elif mine and ": " in line:
+                name, _, status = line.strip().partition(": ")
+                listed[name] = status
+    if at is None:
+        return {}, None, 0
+    then, now = functions(module, at_commit(at, module)), functions(os.path.join(ROOT, module))
+    fresh = {f for f in now if then.get(f) == now[f]}
+    names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
+    return {n: listed.get(n, "killed") for n in names if function_of(n) in fresh}, at, seconds
+
+
+def list_dir(module):
+    return os.path.join(WORK, module.replace("/", "_") + ".list")
+
+
 def diff(run_dir, name):
     out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=run_dir, capture_output=True, text=True).stdout
     return "\n".join(line for line in out.splitlines() if line[:1] in "-+" and line[:3] not in ("---", "+++"))
 
 
-def main(work, modules):
+def diffs(module, names):
+    """{mutant: diff lines} from mutmut's own generator (the module's .list directory)."""
+    cwd = os.getcwd()
+    os.chdir(list_dir(module))
+    try:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+        return {n: "\n".join(line for line in get_diff_for_mutant(n, path=module).splitlines()
+                              if line[:1] in "-+" and line[:3] not in ("---", "+++")) for n in names}
+    finally:
+        os.chdir(cwd)
+
+
+def main(modules, not_yet):
     equiv = equivalents()
     rows, survivors, judged = [], [], []
     for module in modules:
-        run_dir = os.path.join(work, module.replace("/", "_"))
-        result = module_result(run_dir, module)
-        if result is None:
-            rows.append(f"| {module} | not run | | | | | | {TARGETS[module]} % | |")
-            continue
-        status, seconds, selection, where = result
-        tested = [n for n, s in status.items() if s not in ("skipped", "not checked", "check was interrupted by user")]
-        # a test process killed by a signal (mutmut's "segfault": -9 or -11) is a failing suite too
-        killed = [n for n in tested if status[n] in ("killed", "timeout", "segfault")]
-        reason = {n: next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None) for n in tested}
-        eq = [n for n in tested if n not in killed and reason[n]]
-        alive = [n for n in tested if n not in killed and not reason[n]]
-        score = 100 * len(killed) / max(1, len(killed) + len(alive))
-        what = " + ".join(s if s == "all" or s.startswith(("rerun", "continued")) else f"`{s}`"
-                          for s in selection.split(" + "))
-        if len(tested) < len(status):
-            what += f", **partial: {len(status) - len(tested)} of {len(status)} not run**"
-        rows.append(f"| {module} | {what} | {len(tested)} | {len(killed)} | {len(eq)} | {len(alive)} | "
-                    f"**{score:.1f} %** | {TARGETS[module]} % | {seconds} s |")
-        survivors += [(where, n, status[n]) for n in alive]
-        judged += [(n, reason[n]) for n in eq]
+        names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
+        status, at, then_seconds = carried(module)
+        from_carried = {n for n in status}
+        result = module_result(os.path.join(WORK, module.replace("/", "_")), module)
+        seconds, what = 0, []
+        if result:
+            ran, seconds, selection, where = result
+            today = {n: v for n, v in ran.items() if v not in ("skipped", "not checked", "check was interrupted by user")}
+            status.update(today)
+            from_carried -= set(today)
+            what.append(f"{len(today)} run now ({selection})")
+        if from_carried:
+            what.insert(0, f"{len(from_carried)} carried over from {at} (runs of {then_seconds} s)")
+        verdict, why = {}, {}
+        for n in names:
+            st = status.get(n, "not run")
+            reason = next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None)
+            if st in ("killed", "timeout", "segfault"):
+                verdict[n] = "killed"
+            elif reason and reason.startswith("not run:"):
+                verdict[n], why[n] = "not run", reason[len("not run:"):].strip()
+            elif st == "no tests":
+                verdict[n], why[n] = "not run", ("no test calls its function in mutmut's own process (a test that "
+                                                 "reaches it in a child process only, as tests/test_kernels.py's "
+                                                 "interpreter runs do, is not mapped to it)")
+            elif st == "not run":
+                verdict[n], why[n] = "not run", ("excluded before as GPU-only or subprocess-only, so never run against a test that reaches it; a CPU test does (a stand-in for torch.cuda, a device name, or a child process): to be run"
+                                                 if n in from_carried else "no run since its function changed")
+            elif reason:
+                verdict[n], why[n] = "equivalent", reason
+            else:
+                verdict[n] = "surviving"
+        count = {v: sum(1 for n in names if verdict[n] == v) for v in ("killed", "surviving", "equivalent", "not run")}
+        score = 100 * count["killed"] / max(1, len(names) - count["equivalent"])
+        rows.append(f"| {module} | {len(names)} | {count['killed']} | {count['surviving']} | {count['equivalent']} | "
+                    f"{count['not run']} | **{score:.1f} %** | {TARGETS[module]} % | {' + '.join(what)} | "
+                    f"{seconds or ''}{' s' if seconds else ''} |")
+        survivors += [(module, n) for n in names if verdict[n] == "surviving"]
+        judged += [(module, n, verdict[n], why[n]) for n in names if verdict[n] in ("equivalent", "not run")]
+    for module in not_yet:
+        n = sum(1 for _ in open(os.path.join(list_dir(module), "names.txt")))
+        rows.append(f"| {module} | {n} | | | | {n} | **0.0 %** | {TARGETS[module]} % | not run: not mutated yet | |")
     print("# Mutation testing: does the suite fail when the code is wrong?\n")
     print("Written by `bash scripts/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
-          "in the script); see docs/testing.md. Score = killed / (tested - excluded).\n")
-    print("| module | mutants | tested | killed | excluded | surviving | score | target | time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "in the script); see docs/testing.md. Every mutant mutmut generates is killed, surviving, equivalent "
+          "(no test on any machine can tell it from the original; the reason in tests/mutation_equivalent.txt) "
+          "or not run (never tested against a test that reaches it, or different only on a real CUDA device). "
+          "Score = killed / (all - equivalent): not run counts against it. *Verdicts* says which verdicts were "
+          "carried over from earlier runs (results/mutation_carried.txt: functions unchanged since that commit) "
+          "and which come from runs of the code as it is now. The diff of every equivalent and not-run mutant, "
+          "beside its reason: results/mutation_excluded.md.\n")
+    print("| module | mutants | killed | surviving | equivalent | not run | score | target | verdicts | time of the runs of now |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## Surviving mutants (not yet killed by a test)\n")
     if not survivors:
         print("None.")
-    for where, name, st in survivors:
-        print(f"### {name} ({st})\n```diff\n{diff(where, name)}\n```")
-    print("\n## Mutants excluded: equivalent, or GPU-only (tests/mutation_equivalent.txt)\n")
-    for name, why in judged:
-        print(f"- `{name}`: {why}")
+    by_module = {}
+    for module, n in survivors:
+        by_module.setdefault(module, []).append(n)
+    for module, names in by_module.items():
+        for n, d in diffs(module, names).items():
+            print(f"### {n}\n```diff\n{d}\n```")
+    with open(os.path.join(ROOT, "results", "mutation_excluded.md"), "w") as out:
+        out.write("# Mutants not counted as killed or surviving: equivalent, or not run\n\n"
+                  "Written by `bash scripts/mutation.sh --report` beside results/mutation.md: each mutant's diff "
+                  "(from mutmut's own generator) and why it is equivalent (tests/mutation_equivalent.txt) or was "
+                  "not run.\n")
+        for module in modules:
+            mine = [(n, v, w) for m, n, v, w in judged if m == module]
+            if not mine:
+                continue
+            d = diffs(module, [n for n, _, _ in mine])
+            out.write(f"\n## {module}\n")
+            for n, v, w in mine:
+                out.write(f"\n### {n}: {v}\n{w}\n```diff\n{d[n]}\n```\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    if sys.argv[1] == "--changed":
+        print(" ".join(changed(sys.argv[2], sys.argv[3])))
+    else:
+        WORK = sys.argv[1]
+        args = sys.argv[2:]
+        cut = args.index("--") if "--" in args else len(args)
+        main(args[:cut], args[cut + 1:])

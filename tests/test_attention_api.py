@@ -131,3 +131,28 @@ def test_the_reference_in_chunks_of_rows_equals_it_whole():
     with torch.no_grad():
         for chunk in (1, 4 * 4 * 11 * 3, 10**9):  # one row at a time, three rows, all at once
             torch.testing.assert_close(reference_attention(q, k, v, "lssar", chunk_elements=chunk), whole)
+
+
+def test_the_reference_in_exactly_two_chunks_returns_every_row():
+    """Two chunks is the case where "one chunk: return it" and "several: concatenate" differ by one
+    comparison: every row must come back (the whole-T path with gradients is the reference)."""
+    q, k, v = (t.double() for t in qkv(B=1, H=1, T=8, d=4))
+    whole = reference_attention(q, k, v, "lssa")
+    with torch.no_grad():
+        halves = reference_attention(q, k, v, "lssa", chunk_elements=4 * 8)  # 4 rows x 8 keys: two chunks
+    assert halves.shape == whole.shape
+    torch.testing.assert_close(halves, whole)
+
+
+def test_16_bit_inputs_with_a_visible_mask():
+    """The padding and cached-decoding path (a `visible` mask) in bf16: the weights are computed in
+    fp32, so v must follow them; the result comes back in bf16 and matches softmax by hand in float64."""
+    q, k, v = (t.bfloat16() for t in qkv(B=2, H=2, T=6, d=8))
+    visible = torch.ones(2, 1, 6, 6, dtype=torch.bool).tril()
+    visible[1, ..., :2] = False   # the second sequence left-padded by two tokens
+    visible[1, :, :2, :2] = torch.eye(2, dtype=torch.bool)   # padded rows see themselves only
+    y = reference_attention(q, k, v, "softmax", visible=visible)
+    assert y.dtype == torch.bfloat16
+    s = (q.double() @ k.double().transpose(-2, -1)) / 8 ** 0.5
+    expected = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1) @ v.double()
+    torch.testing.assert_close(y.double(), expected, atol=2e-2, rtol=2e-2)

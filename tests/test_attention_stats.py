@@ -187,3 +187,20 @@ def test_attention_map_bins_the_full_matrix_rows(kind):
     got = plot_attention_maps.binned_map(q, k, kind, 15.0, rows, bins)
     expected = full[:, rows].reshape(H, len(rows), bins, T // bins).sum(-1)
     torch.testing.assert_close(got, expected.double(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["lssa", "ssmax"])
+def test_attention_maps_of_a_model_with_and_without_a_per_head_scale(kind):
+    """maps_of on an untrained model: only ssmax has a per-head scale (the others must say they have
+    none); every map row is a distribution over the keys the row sees (mass 1, none past the row)."""
+    from contextlib import nullcontext
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16, attention=kind)).eval()
+    tokens = np.arange(64, dtype=np.int64) % 32
+    maps = plot_attention_maps.maps_of(model, tokens, [16], 4, [0], [0, 1], 0, nullcontext())
+    assert sorted(maps) == [(16, 0, 0), (16, 0, 1)]
+    for m in maps.values():
+        np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)
+        for r, i in enumerate(plot_attention_maps.map_rows(16, 4)):
+            assert m[r, i + 1:].sum() == 0   # one key per bin here: bins past row i are unseen

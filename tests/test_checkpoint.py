@@ -156,3 +156,21 @@ def test_load_model_restores_the_weights_in_eval_mode_with_overrides(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     with pytest.raises(ValueError, match=r"trained with lssa\) does not fit attention=ssmax.*only an ssmax"):
         load_model(str(tmp_path), attention="ssmax")
+
+
+def test_a_gpu_written_checkpoint_loads_on_a_cpu_only_machine(tmp_path, monkeypatch):
+    """A checkpoint saved from CUDA tensors (forged here: torch.save records every storage as on
+    "cuda:0") names that device in the file; loading it where there is no GPU must map it to the
+    device asked for, or torch refuses to deserialize it."""
+    import torch.serialization
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**CONFIG))
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        save_checkpoint(state(5, model), str(tmp_path), 5)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):  # the forgery is real: unmapped, it needs a GPU
+            torch.load(checkpoint_path(str(tmp_path), 5), weights_only=True)
+    loaded, _ = load_model(str(tmp_path), "cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k

@@ -212,3 +212,26 @@ def test_print_table_leaves_missing_lengths_blank(capsys):
     assert lines[0] == f"{'run [attention]':<36}{'1x':>9}{'2x':>9}" and lines[1] == "-" * len(lines[0])
     assert lines[2] == f"{'a':<36}{'1.0000':>9}{'2.0000':>9}"
     assert lines[3] == f"{'b':<36}{'3.0000':>9}{'':>9}"
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_what_a_gpu_and_a_cpu_each_get(monkeypatch, gpu):
+    """A GPU (a stand-in device name) sweeps under bf16 autocast in batches of 131,072 tokens and
+    leaves glibc's memory alone; the CPU sweeps without autocast, 8,192 tokens a batch, and keeps
+    freed memory for reuse (~2x there); --batch_tokens wins over both."""
+    import warnings
+    device = "cuda" if gpu else "cpu"
+    kept = []
+    monkeypatch.setattr(eval_length, "pick_device", lambda name: device)
+    monkeypatch.setattr(eval_length, "hardware", lambda d: {"device": d})
+    monkeypatch.setattr(eval_length, "keep_freed_memory", lambda: kept.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.autocast("cuda") on a machine without CUDA warns that it is off
+        _, got, autocast, batch_tokens, report = eval_length.start_sweep(eval_length.parse_args(["run"]), "x.py", ["run"])
+        given = eval_length.start_sweep(eval_length.parse_args(["run", "--batch_tokens", "96"]), "x.py", [])[3]
+    assert got == device and report["hardware"] == {"device": device} and kept == ([] if gpu else [1, 1])
+    assert batch_tokens == (131072 if gpu else 8192) and given == 96
+    if gpu:
+        assert (autocast.device, autocast.fast_dtype) == ("cuda", torch.bfloat16)
+    else:
+        assert not isinstance(autocast, torch.autocast)

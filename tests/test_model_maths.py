@@ -245,3 +245,40 @@ def test_softplus_l1_flops():
     with torch.device("meta"):
         model = GPT(config_from_preset("tiny", vocab_size=64, block_size=16, attention="softplus_l1"))
     assert model.flops_per_token(8)["score_ops"] == 3 * (9 + 2) * 2 * 2 * 8  # softplus + l1 normalisation
+
+
+def test_optimizer_is_fused_for_cuda_and_takes_adamws_first_step():
+    """For a CUDA device type the optimizer is AdamW's fused implementation (torch 2.13 runs it on CPU
+    tensors too), in both groups; its first step is AdamW's in closed form: each weight moves by
+    lr·g/(|g| + eps) against its gradient, the 2-D ones also decayed by lr·wd."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=13))
+    lr, wd = 1e-2, 0.1
+    opt = model.configure_optimizers(wd, lr, (0.9, 0.95), "cuda")
+    assert isinstance(opt, torch.optim.AdamW) and [g["fused"] for g in opt.param_groups] == [True, True]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    for n, p in model.named_parameters():
+        decay = wd if p.dim() >= 2 else 0.0
+        g = grads[n].double()
+        expected = before[n].double() * (1 - lr * decay) - lr * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(p.detach().double(), expected, rtol=0, atol=1e-6, msg=n)
+
+
+def test_check_attention_kernel_on_a_cuda_device(monkeypatch):
+    """On a CUDA device (a device name: nothing runs there) with backend "auto", a fused type's
+    kernel is checked for the model's p, that device, autocast's dtype and the head size; the
+    reference backend, and a type without a kernel (softmax runs SDPA), are not checked."""
+    import model as model_module
+    calls = []
+    monkeypatch.setattr(model_module, "check_kernel", lambda *a: calls.append(a))
+    config = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=13)
+    GPT(GPTConfig(**config, attention="lssar", reweight_p=3.0)).check_attention_kernel("cuda:1", torch.bfloat16)
+    assert calls == [("lssar", 3.0, torch.device("cuda:1"), torch.bfloat16, 8)]
+    assert type(calls[0][4]) is int   # the head size, 16 // 2
+    GPT(GPTConfig(**config, attention="lssar", attention_backend="reference")).check_attention_kernel("cuda", torch.float32)
+    GPT(GPTConfig(**config, attention="softmax")).check_attention_kernel("cuda", torch.float32)
+    assert len(calls) == 1

@@ -181,3 +181,30 @@ def test_the_command_line_types_and_choices():
     assert isinstance(args.seed, int) and isinstance(args.p, float) and isinstance(args.batch, int)
     with pytest.raises(SystemExit):
         eval_passkey.parse_args(["ckpt", "--attention", "flash"])  # not an attention type
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_what_a_gpu_and_a_cpu_each_get(gpt2_vocab_run, monkeypatch, gpu):
+    """On a GPU (a stand-in device name: the model itself stays on the CPU) the checkpoint is loaded
+    onto it, the trials run there under bf16 autocast 16 prompts at a time, and glibc's memory is
+    left alone; on the CPU, no autocast, 4 at a time, and freed memory kept for reuse (~2x there)."""
+    import warnings
+    device = "cuda" if gpu else "cpu"
+    kept, loaded, ran = [], [], []
+    monkeypatch.setattr(eval_passkey, "pick_device", lambda name: device)
+    monkeypatch.setattr(eval_passkey, "hardware", lambda d: {"device": d})
+    monkeypatch.setattr(eval_passkey, "keep_freed_memory", lambda: kept.append(1))
+    real_load = eval_passkey.load_model
+    monkeypatch.setattr(eval_passkey, "load_model", lambda path, *a, **kw: loaded.append(a) or real_load(path, "cpu", **kw))
+    monkeypatch.setattr(eval_passkey, "draw_trials", lambda *a: [None] * a[3])
+    monkeypatch.setattr(eval_passkey, "run_trials", lambda *a: ran.append((a[4], a[5], a[6])) or 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.autocast("cuda") on a machine without CUDA warns that it is off
+        eval_passkey.main([gpt2_vocab_run, "--lengths", "32", "--depths", "0.5", "--trials", "2"])
+    assert loaded == [(device,)] and kept == ([] if gpu else [1])
+    (where, autocast, batch), = ran
+    assert where == device and batch == (16 if gpu else 4)
+    if gpu:
+        assert (autocast.device, autocast.fast_dtype) == ("cuda", torch.bfloat16)
+    else:
+        assert not isinstance(autocast, torch.autocast)

@@ -710,3 +710,17 @@ def test_a_full_disk_and_a_progress_file_without_its_command(monkeypatch, tmp_pa
     with pytest.raises(prepare.PrepareError, match=r"holds an unfinished run of another command \(dataset None -> "
                                                    r"'fineweb-10B', shard_size None -> 8, "):
         prepare.prepare("fineweb-10B", out_dir=tmp_path / "edited", shard_size=8, workers=1)
+
+
+@pytest.mark.parametrize("row", [0, 1, 3])
+def test_a_resume_from_a_row_older_than_every_snapshot_starts_at_that_row(monkeypatch, row):
+    """After more rows than the look-behind (a run of empty documents: read, none written), the row a
+    save records can be older than every snapshot still kept: resuming there must start at the very
+    beginning and skip forward to exactly that row's text."""
+    monkeypatch.setattr(prepare.DatasetSource, "SNAPSHOT", 4)
+    source = prepare.DatasetSource(Resets({}), "x/y", lookbehind=0)   # keeps 2 snapshots of 4 rows
+    assert list(source.read()) == [f"doc {i}" for i in range(20)]
+    assert min(r for r, _ in source.snapshots) > 3   # every snapshot kept is past the rows asked for
+    snapshot = source.state_at(row)
+    again = prepare.DatasetSource(Resets({}), "x/y", lookbehind=0)
+    assert list(again.read(row, tuple(snapshot))) == [f"doc {i}" for i in range(row, 20)]

@@ -488,3 +488,11 @@ def test_a_complete_run_says_so_and_the_process_group_is_closed(monkeypatch, syn
 def test_a_one_step_decay_ends_at_min_lr():
     cfg = load_config(["--learning_rate=1.0", "--min_lr=0.1", "--warmup_iters=4", "--lr_decay_iters=5"])
     assert [train.lr_at(step, cfg) for step in (3, 4, 5, 6)] == pytest.approx([1.0, 1.0, 0.1, 0.1])
+
+
+def test_the_parameter_count_is_printed_in_millions(monkeypatch, synth_dir, tmp_path, capsys):
+    """10,005,001 parameters print as 10.01M (a stand-in count: 10,005,001 / 10^6 = 10.005001 rounds
+    up; a divisor even one larger, 10.00499..., would round down)."""
+    monkeypatch.setattr(GPT, "num_params", lambda self, **kw: 10_005_001)
+    train.main(tiny_args(synth_dir, tmp_path, "--max_iters=1"))
+    assert "\n10.01M parameters, 1 process(es)" in capsys.readouterr().out

@@ -201,3 +201,19 @@ def test_default_data_dir_and_init_from_auto(synth_dir, tmp_path):
     train.main(tiny_args(synth_dir, out, *STEP[1:], "--max_iters=2", "--init_from=auto"))  # resumes at step 1
     assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
     assert json.load(open(out / "run.json"))["start_step"] == 1
+
+
+def test_a_run_saved_on_a_gpu_resumes_on_a_cpu(synth_dir, tmp_path, monkeypatch):
+    """The newest checkpoint rewritten as if from CUDA tensors (torch.save told every storage is
+    on "cuda:0"): resuming where there is no GPU maps it onto the training device, here the CPU."""
+    import torch.serialization
+    from checkpoint import list_checkpoints
+    common = ["--log_interval=1", "--eval_interval=100", "--ckpt_interval=1"]
+    train.main(tiny_args(synth_dir, tmp_path, "--max_iters=1", *common))
+    path = list_checkpoints(str(tmp_path))[-1][1]
+    ckpt = load_checkpoint(path)
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(ckpt, path)
+    train.main(tiny_args(synth_dir, tmp_path, "--max_iters=2", "--init_from=resume", *common))
+    assert load_checkpoint(str(tmp_path))["step"] == 2
