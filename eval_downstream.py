@@ -38,6 +38,18 @@ def limit_arg(text):
     return int(value) if value >= 1 else value
 
 
+def window(text):
+    """--max_length: a positive number of tokens, or '<k>x' with k a positive integer."""
+    if text.endswith("x"):
+        try:
+            if int(text[:-1]) >= 1:
+                return text
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"expected a positive integer followed by x (16x), got {text!r}")
+    return positive(text)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="run directories or checkpoint files")
@@ -51,9 +63,10 @@ def parse_args(argv):
                    "zero for most)")
     p.add_argument("--limit", type=limit_arg, default=None, help="examples per task (or a fraction), for quick checks")
     p.add_argument("--batch_size", type=positive, default=16, help="requests per forward pass (default 16)")
-    p.add_argument("--max_length", type=positive, default=None,
-                   help="tokens per window; longer contexts lose their left end (default: each checkpoint's "
-                        "training context; at most 16x it)")
+    p.add_argument("--max_length", type=window, default=None,
+                   help="tokens per window, or '<k>x' for k times each checkpoint's training context (the paper "
+                        "recipe's 16x); longer contexts lose their left end (default: the training context; at "
+                        "most 16x it)")
     p.add_argument("--attention", choices=ATTENTION_TYPES, help="evaluate with this attention type")
     p.add_argument("--p", type=float, default=None,
                    help="the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)")

@@ -14,7 +14,7 @@ log-probability of a whole text (perplexity tasks), and a generation up to a sto
   NUL for bytes), which precedes every document in training, so a prompt looks like the start
   of a document to the model.
 - A window holds at most `max_length` tokens (default: the training context; up to 16x, as
-  far as the length sweep checks RoPE). Longer contexts lose their left end; a prompt to
+  far as the length sweep checks RoPE; "16x" says it relative to the training context). Longer contexts lose their left end; a prompt to
   generate from keeps its last max_length - max_gen_toks, as lm-eval's own hf model does.
 - Log-probabilities are fp32 over the model's whole output vocabulary, the distribution that
   training's cross-entropy uses; greedy choices look only at the tokenizer's real tokens
@@ -67,6 +67,14 @@ def rolling_windows(tokens, max_length):
     return pairs
 
 
+def window_tokens(max_length, train_context):
+    """max_length as tokens: a number, "<k>x" (k times the training context: one setting for models
+    trained at different contexts, as the paper recipe's "16x"), or None for the training context."""
+    if isinstance(max_length, str) and max_length.endswith("x"):
+        return int(max_length[:-1]) * train_context
+    return int(max_length or train_context)
+
+
 @register_model("lssa-gpt")
 class LssaGPT(LM):
     """lm-eval model type for a checkpoint of this repository (a run directory means its newest
@@ -85,7 +93,7 @@ class LssaGPT(LM):
                              f"smaller than the {self.tok.name} tokenizer's {self.tok.vocab_size}: it was not "
                              f"trained on {self.tok.name} tokens, so it cannot read text")
         self.train_context = self.model.config.block_size
-        self.max_length = int(max_length or self.train_context)
+        self.max_length = window_tokens(max_length, self.train_context)
         if not 1 <= self.max_length <= MAX_MULTIPLIER * self.train_context:
             raise ValueError(f"max_length {self.max_length} is outside 1..{MAX_MULTIPLIER * self.train_context} "
                              f"(up to {MAX_MULTIPLIER}x the training context of {self.train_context})")

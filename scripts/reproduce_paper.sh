@@ -33,10 +33,11 @@ read -r -a passkey_lengths <<< "${PASSKEY_LENGTHS:-1024 1536 4096 8192 16384}"
 passkey_trials=${PASSKEY_TRIALS:-20}               # per length and depth cell (5 cells): 100 prompts a length
 # The downstream tasks (lm-eval names), one list: the paper's four zero-shot tasks, its MMLU and
 # SummScreen (generation from 5-10K-token inputs, ROUGE), then the rest of eval_downstream.py's
-# defaults. Windows of up to 16K tokens (16x the paper's context) so SummScreen's inputs fit; the
-# other tasks' prompts are short.
+# defaults. Windows of 16x the training context (16K tokens for the paper's 1K) so SummScreen's
+# inputs fit; the other tasks' prompts are short. Always passed first, so a --max_length in
+# DOWNSTREAM_ARGS (argparse keeps the last) overrides it and nothing else drops it.
 tasks=${TASKS:-arc_easy,hellaswag,piqa,sciq,mmlu,scrolls_summscreenfd,arc_challenge,winogrande,lambada_openai}
-read -r -a downstream_args <<< "${DOWNSTREAM_ARGS---max_length 16384}${TASKS_PATH:+ --include_path $TASKS_PATH}"
+read -r -a downstream_args <<< "--max_length 16x ${DOWNSTREAM_ARGS:-}${TASKS_PATH:+ --include_path $TASKS_PATH}"
 evals=" ${EVALS:-sweep passkey downstream stats maps} "
 
 # The runs: run name, attention type, train.py options. One line per run; a type that

@@ -258,3 +258,16 @@ def test_without_lm_eval_the_command_says_how_to_install(gpt2_vocab_run):
     assert proc.returncode == 1
     assert proc.stderr == "error: eval_downstream.py needs lm-eval, an optional dependency: " \
                           "pip install -r requirements-eval.txt\n"
+
+
+def test_a_window_relative_to_the_training_context(harness, gpt2_vocab_run):
+    # the paper recipe's --max_length 16x: 16 x this checkpoint's 32-token training context
+    assert harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length="16x").max_length == 512
+    assert harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length="2x").max_length == 64
+    with pytest.raises(ValueError, match=r"max_length 544 is outside 1\.\.512"):
+        harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length="17x")
+    assert eval_downstream.parse_args(["run", "--max_length", "16x"]).max_length == "16x"
+    assert eval_downstream.parse_args(["run", "--max_length", "300"]).max_length == 300
+    for bad in ("0x", "x", "1.5x", "-2x"):
+        with pytest.raises(SystemExit):
+            eval_downstream.parse_args(["run", "--max_length", bad])
