@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from attention import KERNEL_TYPES, kernel_module
+from attention import KERNEL_TYPES, EnvError, kernel_module
 from checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from configurator import REPO_ROOT, RESUMABLE_CHANGES, ConfigError, config_diff, grad_accum_steps, load_config
 from data.catalog import shards_tokenizer
@@ -69,7 +69,7 @@ def main(argv):
     s = setup_process(cfg)                                  # rank, device, precision, batch layout
     # one launch per out_dir: rank 0 is the process that writes it (checkpoints, metrics), so it
     # alone locks it; a refused rank 0 ends its torchrun, whose other ranks torchrun then stops
-    with lock_dir(cfg.out_dir) if s.master else nullcontext():
+    with lock_dir(cfg.out_dir) if s.master else nullcontext(), kernel_tiles_kept():
         ckpt, resumed_with = open_run(cfg, s)               # refuse to overwrite, or pick up where it stopped
         state, val = build(cfg, s, ckpt)                    # model, optimizer, data (restored from ckpt)
         state.kernel_tiles = pin_kernel_tiles(cfg, s, ckpt)  # the fused kernels' tiles: one choice, every rank
@@ -219,6 +219,21 @@ def build(cfg, s, ckpt):
             raise ConfigError(f"the processes would start from different steps {steps}: out_dir must be on a "
                               f"filesystem every node sees")
     return state, val
+
+
+@contextmanager
+def kernel_tiles_kept():
+    """The fused kernels' pinned tiles as they were on entry, put back on exit: pin_kernel_tiles
+    pins the run's for the whole process, and what runs in-process after main (the tests, an
+    evaluation in a notebook) must launch what it launched before, not the last run's tiles."""
+    lssa_triton = sys.modules.get("kernels.lssa_triton")   # not imported: nothing pinned yet
+    before = lssa_triton.pinned_tiles() if lssa_triton is not None else {}
+    try:
+        yield
+    finally:
+        lssa_triton = sys.modules.get("kernels.lssa_triton")
+        if lssa_triton is not None:
+            lssa_triton.pin_tiles(before)
 
 
 def pin_kernel_tiles(cfg, s, ckpt):
@@ -532,6 +547,8 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except EnvError as e:   # a mistyped LSSA_TRITON_* value
+        sys.exit(f"error: {e}")
     except DirectoryBusy as e:
         sys.exit(f"error: {e}")
     except ShardError as e:

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import paper_plan  # noqa: E402
 from configurator import ConfigError, grad_accum_steps, load_config  # noqa: E402
 from data.catalog import DATASETS, default_out_dir  # noqa: E402
+from kernels import SUPPORTED_HEAD_DIMS, EnvError  # noqa: E402
 
 # What each stage imports beyond the standard library (module names), and the file that installs it
 STAGE_MODULES = {
@@ -209,9 +210,15 @@ def kernel_problems(cfgs):
         seen.add(key)
         with torch.device("meta"):
             model = GPT(mc)
+        if mc.n_embd // mc.n_head not in SUPPORTED_HEAD_DIMS:   # no kernel to check: the model warns when built
+            continue
         with warnings.catch_warnings():   # the reason comes back here, as one line
             warnings.simplefilter("ignore")
-            reason = model.check_attention_kernel("cuda", dtype)
+            try:
+                reason = model.check_attention_kernel("cuda", dtype)
+            except EnvError as e:   # a mistyped LSSA_TRITON_* value: every run would stop on it
+                problems.append(f"kernels: {e}")
+                break
         if reason:
             problems.append(f"kernels: the fused {mc.attention} kernel ({run}) cannot run on "
                             f"{torch.cuda.get_device_name(0)}: {reason}; fix: a Triton that supports this GPU "

@@ -57,7 +57,6 @@ RUNS=(
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 # step OUTPUT COMMAND...: run COMMAND unless OUTPUT is there already (finished earlier)
 step() { if [ -e "$1" ]; then echo "= $1 exists: skipped"; else run "${@:2}"; fi; }
-start=$(date +%s)
 if [ -z "${DRY_RUN:-}" ]; then   # every invocation, with its wall time, appended beside the results
     mkdir -p "$results"
     exec 9<>"$results/.lock"     # one writer per results folder: held by this shell (and its children) until it exits
@@ -147,6 +146,7 @@ if [ -z "${SKIP_PREFLIGHT:-}" ] && [ -z "${DRY_RUN:-}" ]; then
     echo "[preflight] the toy pass finished in $(( $(date +%s) - toy_start )) s: every stage works here"
     if [ -n "${PREFLIGHT:-}" ]; then exit 0; fi
 fi
+start=$(date +%s)   # the run's wall time in the report: not the preflight's and the toy pass's
 
 if [ "$data_dir" = - ]; then
     prepare=(python data/prepare.py "$dataset")

@@ -35,7 +35,6 @@ trials=${PASSKEY_TRIALS:-$trials}
 run() { echo "+ $*"; if [ -z "${DRY_RUN:-}" ]; then "$@"; fi; }
 train() { run python train.py "$config" --attention="$1" --out_dir="$out/$name-$2" --init_from=auto "${steps[@]}" \
     "${@:3}" "${train_args[@]}"; }
-start=$(date +%s)
 if [ -z "${DRY_RUN:-}" ]; then  # every invocation, with its wall time, appended beside the results
     mkdir -p "$results"
     exec 9<>"$results/.lock"    # one writer per results folder: held by this shell (and its children) until it exits
@@ -79,6 +78,7 @@ if [ -z "${SKIP_PREFLIGHT:-}" ] && [ -z "${DRY_RUN:-}" ]; then   # the toy pass 
     echo "[preflight] the toy pass finished in $(( $(date +%s) - toy_start )) s: every stage works here"
     if [ -n "${PREFLIGHT:-}" ]; then exit 0; fi
 fi
+start=$(date +%s)   # the run's wall time in the report: not the preflight's and the toy pass's
 
 run python data/prepare.py embedded "${prepare[@]}"
 for run_name in "${main[@]}"; do

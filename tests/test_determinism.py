@@ -172,3 +172,38 @@ def test_bad_tiles_are_refused_in_one_line(lssa_triton, tiles, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
         lssa_triton.pin_tiles(tiles)
     assert "\n" not in str(caught.value) and lssa_triton.pinned_tiles() == {"sm90/dq/64": [64, 32, 4, 3]}
+
+
+def test_train_main_puts_back_the_tiles_pinned_before_it(synth_dir, tmp_path, monkeypatch):
+    """pin_kernel_tiles pins the run's tiles for the whole process; after train.main (also one
+    that fails) what runs in-process launches the tiles pinned before it, not the run's."""
+    pytest.importorskip("triton")
+    import train
+    from kernels import lssa_triton
+    before = {"other/fwd/64": [32, 32, 4, 2]}
+    run_tiles = {"other/fwd/64": [64, 32, 4, 2]}
+    monkeypatch.setattr(train, "pin_kernel_tiles", lambda cfg, s, ckpt: lssa_triton.pin_tiles(run_tiles))
+
+    def training_loop(*args):
+        assert lssa_triton.pinned_tiles() == run_tiles   # the run's, while it runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "training_loop", training_loop)
+    lssa_triton.pin_tiles(before)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(tiny_args(synth_dir, str(tmp_path / "run")))
+        assert lssa_triton.pinned_tiles() == before
+    finally:
+        lssa_triton.pin_tiles({})
+
+
+def test_a_mistyped_kernel_variable_stops_train_py_in_one_line(synth_dir, tmp_path):
+    pytest.importorskip("triton")
+    env = {**os.environ, "LSSA_TRITON_AUTOTUNE": "true", "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "train.py", *tiny_args(synth_dir, str(tmp_path / "run"), "--attention=lssa",
+                                                                  "--max_iters=1")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == ("error: LSSA_TRITON_AUTOTUNE='true' is not valid; set it to one "
+                                                    "of: 0, 1 (or unset it for the default, 0)")
