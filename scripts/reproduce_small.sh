@@ -88,31 +88,31 @@ for run_name in "${main[@]}"; do
     esac
 done
 runs=("${main[@]/#/$out/$name-}")
-run python eval_length.py "${runs[@]}" "${eval_args[@]}" --out $results/sweep.json
-sweeps=($results/sweep.json)
+run python eval_length.py "${runs[@]}" "${eval_args[@]}" --out "$results/sweep.json"
+sweeps=("$results/sweep.json")
 if [[ " ${main[*]} " == *" lssa "* ]]; then   # the lssa model re-weighted at inference
-    run python eval_length.py $out/$name-lssa --attention lssar --p 15 "${eval_args[@]}" --out $results/lssa_reweighted.json
-    sweeps+=($results/lssa_reweighted.json)
+    run python eval_length.py "$out/$name-lssa" --attention lssar --p 15 "${eval_args[@]}" --out "$results/lssa_reweighted.json"
+    sweeps+=("$results/lssa_reweighted.json")
 fi
-run python scripts/plot_length.py "${sweeps[@]}" -o $results/sweep.png --title "$name: ${#main[@]} attention runs"
-run python scripts/table_length.py "${sweeps[@]}" --out $results/table.md
+run python scripts/plot_length.py "${sweeps[@]}" -o "$results/sweep.png" --title "$name: ${#main[@]} attention runs"
+run python scripts/table_length.py "${sweeps[@]}" --out "$results/table.md"
 if [ "$trials" -gt 0 ] && [ "${PASSKEY:-1}" = 1 ]; then
-    run python eval_passkey.py "${runs[@]}" --trials $trials --out $results/passkey.json
-    run python scripts/plot_passkey.py $results/passkey.json -o $results/passkey.png
+    run python eval_passkey.py "${runs[@]}" --trials "$trials" --out "$results/passkey.json"
+    run python scripts/plot_passkey.py "$results/passkey.json" -o "$results/passkey.png"
 fi
 
 if [ "${#baselines[@]}" -gt 0 ]; then
     for attention in "${baselines[@]}"; do
-        train $attention $attention
+        train "$attention" "$attention"
     done
     runs=("${baselines[@]/#/$out/$name-}")
-    run python eval_length.py "${runs[@]}" "${eval_args[@]}" --out $results/baselines.json
-    run python scripts/plot_length.py $results/sweep.json $results/baselines.json -o $results/baselines.png \
+    run python eval_length.py "${runs[@]}" "${eval_args[@]}" --out "$results/baselines.json"
+    run python scripts/plot_length.py "$results/sweep.json" "$results/baselines.json" -o "$results/baselines.png" \
         --title "$name: baselines and ablations"
-    run python scripts/table_length.py $results/baselines.json --out $results/baselines.md
+    run python scripts/table_length.py "$results/baselines.json" --out "$results/baselines.md"
     if [ "$trials" -gt 0 ] && [ "${PASSKEY:-1}" = 1 ]; then
-        run python eval_passkey.py "${runs[@]}" --trials $trials --out $results/baselines_passkey.json
+        run python eval_passkey.py "${runs[@]}" --trials "$trials" --out "$results/baselines_passkey.json"
     fi
 fi
 echo "[reproduce_small] wall time $(( $(date +%s) - start )) s; results in $results/"
-run python scripts/report.py $results   # results/<name>/report.md, as scripts/reproduce_paper.sh writes it
+run python scripts/report.py "$results"   # results/<name>/report.md, as scripts/reproduce_paper.sh writes it
