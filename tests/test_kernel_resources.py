@@ -1,8 +1,9 @@
 """Every architecture's tiles within its shared memory, without a GPU.
 
-The committed reports (results/kernel_resources/sm<arch>.json, from scripts/kernel_resources.py:
-every tile of the tables the architecture launches, or with --first the tile each list launches
-without autotuning) must cover exactly those tiles of today's tables, none over the
+The committed reports (results/kernel_resources/sm<arch>.json, from scripts/kernel_resources.py
+--modes all: every fused type, every dtype, every tile of the tables the architecture launches, or
+with --first the tile each list launches without autotuning) must cover exactly those tiles of
+today's tables, none over the
 architecture's limit per block, and none with less than 4 KiB to spare unless a tile with less
 shared memory comes before it in its list; and a fresh compile, with the Triton installed here,
 of each architecture's largest first tile of each table must fit.
@@ -55,8 +56,11 @@ def test_reports_cover_the_launched_tiles_within_the_limits():
                 for which in L._KERNELS for dtype in dtypes for d in (64, 128)}
         assert {key: list(tiles) for key, tiles in lists.items()} == want, \
             f"results/kernel_resources/sm{arch}.json is not for today's tables: rerun scripts/kernel_resources.py"
+        # every fused type in every kernel (the forward also keeping U for training), every dtype
         modes = {(r["kernel"], r["mode"]) for r in report["rows"]}
-        assert {("fwd", m) for m in R.DEFAULT_MODES} <= modes, arch
+        assert {("fwd", m) for m in R.MODES} | {(k, m) for k in ("dkdv", "dq") for m in R.KERNEL_TYPES} <= modes, \
+            f"results/kernel_resources/sm{arch}.json lacks fused types: rerun with --modes all"
+        assert dtypes == set(R.DTYPES), arch
         for key, tiles in lists.items():
             shared = list(tiles.values())
             for i, (tile, used) in enumerate(tiles.items()):
