@@ -47,3 +47,19 @@ log_start() {
     echo "[$1] $(date -u +%FT%TZ) ${*:2} at $(python -c 'from runinfo import code_version; v = code_version()
 print(v["commit"][:7] + (" (dirty)" if v["dirty"] else ""))')"
 }
+
+# The reproduce scripts' toy pass: `toy_pass SCRATCH COMMAND...` runs COMMAND (the script again at a
+# toy scale, writing only under SCRATCH), its lines marked [toy] so that the real run.log, which
+# report.py reads, holds no wall time of it; a failure stops the caller before anything is trained.
+toy_pass() {
+    local scratch=$1 t0
+    shift
+    t0=$(date +%s)
+    echo "[preflight] the toy pass in $scratch (SKIP_PREFLIGHT=1 skips it)"
+    if ! "$@" 2>&1 | sed -u "s/^/[toy] /"; then
+        echo "[preflight] the toy pass failed (its output is above; its files: $scratch): nothing was trained" >&2
+        exit 1
+    fi
+    rm -rf "$scratch"
+    echo "[preflight] the toy pass finished in $(( $(date +%s) - t0 )) s: every stage works here"
+}
