@@ -843,7 +843,7 @@ def _configs(shapes):
 # interpreter and on a GPU). The autotuner compiles every entry (Inductor precompiles them all
 # before the first step), so each list is short: its start-up time grows with it.
 #
-# 16-bit inputs on Hopper (sm_90), from `python scripts/kernel_resources.py --sass --dtypes bf16`
+# 16-bit inputs on Hopper (sm_90), from `python tools/kernel_resources.py --sass --dtypes bf16`
 # (docs/kernels.md): every entry issues wgmma (a score tile of at least 64 rows: the dK/dV tile
 # is BLOCK_N keys x BLOCK_M queries) with at least 16 rows per warp (8 warps on 64 rows would
 # make both warpgroups do the whole tile's elementwise work). The first entry is the one with the
@@ -861,7 +861,7 @@ _TILES_SM90 = {
 # 16-bit inputs on other GPUs (mma.sync: no warpgroups, any row count): the earlier sm_90 picks.
 # They serve GPUs with 99 KiB of shared memory per block (sm_86, sm_89, sm_120), 163 KiB (sm_80)
 # and 227 KiB (sm_100) (results/kernel_resources/sm<arch>.txt, from `python
-# scripts/kernel_resources.py --arch <arch>`). At d = 128 two tiles leave under 4 KiB of the
+# tools/kernel_resources.py --arch <arch>`). At d = 128 two tiles leave under 4 KiB of the
 # 99: the forward's (128, 64, 8, 3), 96.5 KiB, and dQ's (128, 32, 8, 3), 96.2 KiB; each comes
 # after a smaller tile, so a launch without autotuning never rests on that margin (the autotuner
 # skips a tile that does not fit).
@@ -876,7 +876,7 @@ _TILES = {
 # fp32 inputs: their tf32x3 dots and fp32 tiles need about twice the registers and shared
 # memory, so the bf16 tiles spill (0.9-2.5 KB per thread) and some exceed sm_90's 227 KiB.
 # These compile with no spills for lssar (lssa: at most 60 B, the last dK/dV d=128 entry)
-# and at most 112 KiB (python scripts/kernel_resources.py --dtypes fp32) on sm_90; on the
+# and at most 112 KiB (python tools/kernel_resources.py --dtypes fp32) on sm_90; on the
 # other GPUs (sm_80, sm_86, sm_89, sm_100, sm_120) in at most 88 KiB, but the third dQ d=64
 # entry spills 0.4-0.9 KB there (results/kernel_resources/). fp32 stays the slow path all the
 # same: it is for checking against the reference, bf16 is for training.

@@ -9,7 +9,7 @@ from helpers import VOCAB, tiny_args
 
 def pytest_sessionstart(session):
     # A test's forked helpers (multiprocessing pool workers, run_forked) inherit this process's
-    # signal handlers. Under scripts/mutation.sh that is mutmut's fork-server SIGTERM handler, which
+    # signal handlers. Under tools/mutation.sh that is mutmut's fork-server SIGTERM handler, which
     # SIGKILLs every test process it started: Pool.terminate() in one mutant's tests then killed the
     # mutant tested beside it (recorded as a kill it was not). Tests start from the default.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

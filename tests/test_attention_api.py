@@ -1,5 +1,5 @@
 """attention.causal_attention's checks and dispatch, and the small helpers around it, as the
-mutation run (scripts/mutation.sh) found them unguarded: the default p, the backends on a CPU,
+mutation run (tools/mutation.sh) found them unguarded: the default p, the backends on a CPU,
 the shape checks one by one, the accepted range of p, how results name a type. Fast."""
 import os
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path[:0] = [os.path.join(REPO, "scripts"), os.path.join(REPO, "tools")]
 
 import bench_generate  # noqa: E402
 import bench_memory  # noqa: E402
@@ -88,13 +88,13 @@ def test_bench_memory_measures_the_command_alone(tmp_path):
 
 
 def test_kernel_resources_compiles_for_an_h100(tmp_path):
-    """scripts/kernel_resources.py end to end on one small configuration: a real sm_90 compile and
+    """tools/kernel_resources.py end to end on one small configuration: a real sm_90 compile and
     ptxas's report (no GPU needed), plus a tile the kernels cannot use, named without compiling."""
     optional_module("triton.compiler", "pip install -r requirements-dev.txt")
     out = tmp_path / "resources.json"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "scripts/kernel_resources.py", "--kernels", "dkdv", "--dtypes", "bf16",
+    proc = subprocess.run([sys.executable, "tools/kernel_resources.py", "--kernels", "dkdv", "--dtypes", "bf16",
                            "--head-dims", "64", "--modes", "lssa", "--tiles", "16,32,4,1", "32,16,4,1",
                            "--json", str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -149,7 +149,7 @@ def test_sass_work_per_score_holds_its_targets(python, tmp_path):
     _nvdisasm()
     out = tmp_path / "sass.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([python, "scripts/kernel_resources.py", "--sass", "--arch", "90", "--dtypes", "bf16",
+    proc = subprocess.run([python, "tools/kernel_resources.py", "--sass", "--arch", "90", "--dtypes", "bf16",
                            "--head-dims", "64", "--first", "--modes", "lssa", "lssar", "-j", "2", "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Data behaviours the mutation run found unguarded (scripts/mutation.sh): the train loader's
+"""Data behaviours the mutation run found unguarded (tools/mutation.sh): the train loader's
 per-epoch reshuffle inside a shard, empty documents dropped by data preparation, the document
 separator and the shard cutting, and the up-to-date check. Offline and fast."""
 import json

@@ -1,6 +1,6 @@
 """Every architecture's tiles within its shared memory, without a GPU.
 
-The committed reports (results/kernel_resources/sm<arch>.json, from scripts/kernel_resources.py
+The committed reports (results/kernel_resources/sm<arch>.json, from tools/kernel_resources.py
 --modes all: every fused type, every dtype, every tile of the tables the architecture launches, or
 with --first the tile each list launches without autotuning) must cover exactly those tiles of
 today's tables, none over the
@@ -18,7 +18,7 @@ import pytest
 from helpers import optional_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "tools"))
 REPORTS = os.path.join(REPO, "results", "kernel_resources")
 
 
@@ -55,7 +55,7 @@ def test_reports_cover_the_launched_tiles_within_the_limits():
         want = {(which, dtype, d): [tuple(t) for t in R.tile_table(dtype, arch)[which, d]][:1 if report["first"] else None]
                 for which in L._KERNELS for dtype in dtypes for d in (64, 128)}
         assert {key: list(tiles) for key, tiles in lists.items()} == want, \
-            f"results/kernel_resources/sm{arch}.json is not for today's tables: rerun scripts/kernel_resources.py"
+            f"results/kernel_resources/sm{arch}.json is not for today's tables: rerun tools/kernel_resources.py"
         # every fused type in every kernel (the forward also keeping U for training), every dtype
         modes = {(r["kernel"], r["mode"]) for r in report["rows"]}
         assert {("fwd", m) for m in R.MODES} | {(k, m) for k in ("dkdv", "dq") for m in R.KERNEL_TYPES} <= modes, \

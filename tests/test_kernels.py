@@ -191,9 +191,9 @@ print("RESULTS" + json.dumps(results))
 # ----------------------------------------------------------------------------- interpreter tolerances
 # The interpreter's 16-bit cases are fixed inputs, so each one's tolerance is set from the largest
 # error (over out, dq, dk, dv) the correct kernels reach on it, measured on this CPU machine with
-# `python scripts/mutate_kernels.py --measure --cases bf16 fp16`, times a margin of 2: loose
+# `python tools/mutate_kernels.py --measure --cases bf16 fp16`, times a margin of 2: loose
 # enough for rounding, tight enough that a wrong backward fails here too (the curated mutants of
-# scripts/mutate_kernels.py, e.g. the exp row sum not rescaled: 5.5e-2 on the re-weighted cases,
+# tools/mutate_kernels.py, e.g. the exp row sum not rescaled: 5.5e-2 on the re-weighted cases,
 # whose correct kernels reach 1.6e-2 and 1.9e-2). If the kernels change their rounding, re-measure.
 MEASURED_16 = {
     "lssa-T67-bf16": 9.66e-3, "lssar-T67-bf16": 9.85e-3, "lssar-T40-fp16": 5.48e-4,

@@ -1,5 +1,5 @@
 """eval_passkey.py: what its surviving mutants showed the other tests did not pin down
-(scripts/mutation.sh eval_passkey.py, results/mutation.md)."""
+(tools/mutation.sh eval_passkey.py, results/mutation.md)."""
 import random
 
 import pytest

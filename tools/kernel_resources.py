@@ -1,12 +1,12 @@
 """Registers, spills, shared memory and per-score SASS work of the fused lssa kernels on an
 NVIDIA GPU architecture (default sm_90, the H100), without a GPU.
 
-    python scripts/kernel_resources.py                       # every tile of every table, all dtypes
-    python scripts/kernel_resources.py --arch 89             # an L40S: the tiles it launches
-    python scripts/kernel_resources.py --sass --dtypes bf16 --head-dims 64 --first   # work per score
-    python scripts/kernel_resources.py --dtypes fp32 --kernels fwd --head-dims 128 --modes lssar+grad
-    python scripts/kernel_resources.py --dtypes fp32 --kernels dq --tiles 64,32,4,2 32,32,4,2
-    python scripts/kernel_resources.py --json results/kernel_resources.json -j 2
+    python tools/kernel_resources.py                         # every tile of every table, all dtypes
+    python tools/kernel_resources.py --arch 89               # an L40S: the tiles it launches
+    python tools/kernel_resources.py --sass --dtypes bf16 --head-dims 64 --first     # work per score
+    python tools/kernel_resources.py --dtypes fp32 --kernels fwd --head-dims 128 --modes lssar+grad
+    python tools/kernel_resources.py --dtypes fp32 --kernels dq --tiles 64,32,4,2 32,32,4,2
+    python tools/kernel_resources.py --json results/kernel_resources.json -j 2
 
 Each configuration is compiled ahead of time by Triton's real compiler for the architecture
 (ASTSource + GPUTarget; --arch 80, 86, 89, 90, 100 or 120: A100, A10/RTX 30, L4/L40S/RTX 40,

@@ -5,22 +5,22 @@
 # every module takes hours on 2 cores (results/mutation.md gives each module's time), KEEP=1 after a
 # change minutes. See docs/testing.md for how to read the result.
 #   pip install -r requirements-mutation.txt
-#   bash scripts/mutation.sh                         # every module below, then results/mutation.md
-#   bash scripts/mutation.sh checkpoint.py model.py  # only these
-#   MUTANTS='train.x_lr_at*' bash scripts/mutation.sh train.py   # only the mutants of some functions
-#   RUN_TAG=again MUTANTS='train.x_fit_vocabulary*' bash scripts/mutation.sh train.py   # a rerun of some
+#   bash tools/mutation.sh                           # every module below, then results/mutation.md
+#   bash tools/mutation.sh checkpoint.py model.py    # only these
+#   MUTANTS='train.x_lr_at*' bash tools/mutation.sh train.py     # only the mutants of some functions
+#   RUN_TAG=again MUTANTS='train.x_fit_vocabulary*' bash tools/mutation.sh train.py     # a rerun of some
 #                                                    # mutants beside the last run; the report merges them
-#   KEEP=1 bash scripts/mutation.sh model.py         # continue the last run of a module after a change: mutmut
+#   KEEP=1 bash tools/mutation.sh model.py           # continue the last run of a module after a change: mutmut
 #                                                    # keeps the verdicts of functions whose code did not change
 #                                                    # and tests the rest (changed, new, or not reached before),
 #                                                    # then tries the survivors again against today's tests
-#   bash scripts/mutation.sh --changed [BASE]        # only the mutants of the functions changed since BASE (default:
+#   bash tools/mutation.sh --changed [BASE]          # only the mutants of the functions changed since BASE (default:
 #                                                    # the merge-base with main; on main, the last commit), before a commit
-#   bash scripts/mutation.sh --report                # rebuild results/mutation.md (and results/mutation_excluded.md)
+#   bash tools/mutation.sh --report                  # rebuild results/mutation.md (and results/mutation_excluded.md)
 #                                                    # from the last runs and results/mutation_carried.txt
 # Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
 # with the test files chosen for it below: the ones that exercise it, and fast.
-# The Triton kernels are mutated separately (Triton parses their source): scripts/mutate_kernels.py.
+# The Triton kernels are mutated separately (Triton parses their source): tools/mutate_kernels.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${MUTATION_DIR:-/tmp/lssa-mutation}
@@ -88,10 +88,10 @@ if [[ ${1:-} == --changed ]]; then
   echo "== mutants of the functions changed since $(git rev-parse --short "$base")"
   start=$(date +%s)
   for module in "${ORDER[@]}"; do
-    globs=$(python scripts/mutation_report.py --changed "$base" "$module")
+    globs=$(python tools/mutation_report.py --changed "$base" "$module")
     [[ -z $globs ]] && continue
     echo "$module: $globs"
-    NO_REPORT=1 RUN_TAG=changed MUTANTS="$globs" bash "$PWD/scripts/mutation.sh" "$module" > /dev/null
+    NO_REPORT=1 RUN_TAG=changed MUTANTS="$globs" bash "$PWD/tools/mutation.sh" "$module" > /dev/null
     # what the tests did not kill (mutmut show NAME in that directory gives its diff)
     grep -E ': (survived|no tests|suspicious)$' "$WORK/${module//\//_}.changed/results.txt" || echo "   every one killed"
   done
@@ -129,5 +129,5 @@ for module in "${ORDER[@]}" "${NOT_YET[@]}"; do   # every mutant's name and diff
   [[ -f $WORK/${module//\//_}.list/names.txt && -z $(git status --porcelain -- "$module") && \
      $WORK/${module//\//_}.list/names.txt -nt $module ]] || list_mutants "$module"
 done
-python scripts/mutation_report.py "$WORK" "${ORDER[@]}" -- "${NOT_YET[@]}" > results/mutation.md
+python tools/mutation_report.py "$WORK" "${ORDER[@]}" -- "${NOT_YET[@]}" > results/mutation.md
 echo "wrote results/mutation.md and results/mutation_excluded.md"

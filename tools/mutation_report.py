@@ -1,9 +1,9 @@
 """
-results/mutation.md from the per-module mutmut runs of scripts/mutation.sh:
+results/mutation.md from the per-module mutmut runs of tools/mutation.sh:
 
-    python scripts/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
+    python tools/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
 
-    python scripts/mutation_report.py --changed BASE model.py   # mutant globs of the functions changed since BASE
+    python tools/mutation_report.py --changed BASE model.py     # mutant globs of the functions changed since BASE
 
 Every mutant of a module (mutmut's own list, $WORK/<module>.list) is killed, surviving, equivalent
 or not run. Killed includes a timeout (a mutant that loops) and a test process killed by a signal.
@@ -205,7 +205,7 @@ def main(modules, not_yet):
         n = sum(1 for _ in open(os.path.join(list_dir(module), "names.txt")))
         rows.append(f"| {module} | {n} | | | | {n} | **0.0 %** | {TARGETS[module]} % | not run: not mutated yet | |")
     print("# Mutation testing: does the suite fail when the code is wrong?\n")
-    print("Written by `bash scripts/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
+    print("Written by `bash tools/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
           "in the script); see docs/testing.md. Every mutant mutmut generates is killed, surviving, equivalent "
           "(no test on any machine can tell it from the original; the reason in tests/mutation_equivalent.txt) "
           "or not run (never tested against a test that reaches it, or different only on a real CUDA device). "
@@ -227,7 +227,7 @@ def main(modules, not_yet):
             print(f"### {n}\n```diff\n{d}\n```")
     with open(os.path.join(ROOT, "results", "mutation_excluded.md"), "w") as out:
         out.write("# Mutants not counted as killed or surviving: equivalent, or not run\n\n"
-                  "Written by `bash scripts/mutation.sh --report` beside results/mutation.md: each mutant's diff "
+                  "Written by `bash tools/mutation.sh --report` beside results/mutation.md: each mutant's diff "
                   "(from mutmut's own generator) and why it is equivalent (tests/mutation_equivalent.txt) or was "
                   "not run.\n")
         for module in modules:

@@ -4,11 +4,11 @@ reference: does tests/test_kernels.py fail when the kernel maths is wrong? mutmu
 these (Triton parses the kernels' source), so each mutant here is a small text patch of
 kernels/lssa_triton.py, applied to a scratch copy of the repo.
 
-    python scripts/mutate_kernels.py                     # every mutant, the test's interpreter cases
-    python scripts/mutate_kernels.py --only tau-grad     # some of them
-    python scripts/mutate_kernels.py --measure           # the unmutated kernels' errors per case
-    python scripts/mutate_kernels.py --report            # rewrite the report from the stored results
-    python scripts/mutate_kernels.py --measure --only tau-grad   # a mutant's errors per case
+    python tools/mutate_kernels.py                       # every mutant, the test's interpreter cases
+    python tools/mutate_kernels.py --only tau-grad       # some of them
+    python tools/mutate_kernels.py --measure             # the unmutated kernels' errors per case
+    python tools/mutate_kernels.py --report              # rewrite the report from the stored results
+    python tools/mutate_kernels.py --measure --only tau-grad     # a mutant's errors per case
 
 A mutant is killed when an interpreter case of tests/test_kernels.py fails on it (NaN, a crash, or
 an error above the case's tolerance, tests/test_kernels.py's interpreter_tol). The report says
@@ -191,8 +191,8 @@ def main(argv=None):
     rows = [(name, what, done[name]) for name, what, _, _ in MUTANTS if name in done]
     killed = sum(1 for _, _, r in rows if r["failing"])
     with open(args.out, "w") as f:
-        f.write("# Kernel mutants (scripts/mutate_kernels.py)\n\n"
-                f"`python scripts/mutate_kernels.py` on this CPU machine: each mutant run on the interpreter cases of "
+        f.write("# Kernel mutants (tools/mutate_kernels.py)\n\n"
+                f"`python tools/mutate_kernels.py` on this CPU machine: each mutant run on the interpreter cases of "
                 f"tests/test_kernels.py (TRITON_INTERPRET=1; {cases_run(rows)}, named per mutant in "
                 "results/mutation_kernels.json). A mutant "
                 "is killed when a case fails; the last column names the bf16/fp16 cases that fail on it.\n\n"
@@ -207,7 +207,7 @@ def main(argv=None):
         # the margins both ways: the correct kernel's error under the tolerance, the mutants' above it
         f.write(f"\n## 16-bit tolerances\n\nEach bf16/fp16 case's tolerance is {test_kernels.MARGIN_16:g}x the largest "
                 "error (over out, dq, dk, dv, relative to the reference's largest value) the correct kernels reach "
-                "on it (`MEASURED_16` in tests/test_kernels.py, from `python scripts/mutate_kernels.py --measure "
+                "on it (`MEASURED_16` in tests/test_kernels.py, from `python tools/mutate_kernels.py --measure "
                 "--cases bf16 fp16`); the last column is the smallest error among the mutants that fail the case.\n\n"
                 "| case | correct kernel | tolerance | failing mutants | smallest failing error |\n|---|---|---|---|---|\n")
         for case, measured in test_kernels.MEASURED_16.items():

@@ -2,8 +2,8 @@
 Throughput and peak memory of data/prepare.py on a fixed local parquet source, to compare two
 versions of the preparation code on one machine.
 
-    python scripts/bench_prepare.py                       # 3 runs, 1 worker, ~4M tokens
-    python scripts/bench_prepare.py --workers 2 --repeat 5 --out bench.json
+    python tools/bench_prepare.py                         # 3 runs, 1 worker, ~4M tokens
+    python tools/bench_prepare.py --workers 2 --repeat 5 --out bench.json
 
 The source is made once, deterministically (seeded pseudo-English: words drawn from a Zipf-like
 distribution over a fixed vocabulary, in documents of varied length), as several parquet files
@@ -20,9 +20,10 @@ import statistics
 import sys
 import tempfile
 
-from bench_memory import measure
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))   # tools/ may use scripts/, never the other way
+
+from bench_memory import measure  # noqa: E402
 
 
 def make_source(directory, files=4, docs_per_file=4000, seed=0):
@@ -74,7 +75,7 @@ def main(argv=None):
             figures["tokens_per_cpu_s"] = round(figures["tokens"] / figures["cpu_s"])
             runs.append(figures)
             print(json.dumps(figures), flush=True)
-    report = {"command": " ".join(["python", "scripts/bench_prepare.py"] + (argv or sys.argv[1:])),
+    report = {"command": " ".join(["python", "tools/bench_prepare.py"] + (argv or sys.argv[1:])),
               "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
               "median_tokens_per_cpu_s": statistics.median(r["tokens_per_cpu_s"] for r in runs),
               "max_peak_rss_gib": max(r["peak_rss_gib"] for r in runs), "runs": runs}
