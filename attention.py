@@ -17,7 +17,7 @@ softmax_reweight, sigmoid_l1_reweight, relu_l1, softplus_l1. Every type is three
 score becomes a positive weight, whether rows are l1-normalised, whether lssar's re-weighting
 follows.
 
-The exact definitions and their numerical traps are in the README ("The maths"). The
+The exact definitions and their numerical traps are in README, "The maths". The
 plain-PyTorch code in this file is the *reference*: fast kernels must match it, forward and
 gradient, and the tests hold them to it.
 """

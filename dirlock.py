@@ -7,7 +7,7 @@ The OS drops the lock when the last process holding it exits, however it exits, 
 never blocks its resume (nothing stale to clean up). Standard library only: data/prepare.py and
 the shell scripts use it without torch.
 
-    with lock_dir("out/run"):   # in Python
+    with lock_dir("out/demo-lssar"):   # in Python
         ...
     exec 9<>"$dir/.lock"; python3 dirlock.py "$dir" --fd 9 --pid $$ -- bash scripts/x.sh   # in a shell:
         # the lock belongs to fd 9's open file, so it outlives this python and lasts as long as the shell

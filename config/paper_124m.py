@@ -20,4 +20,4 @@ dtype = "auto"                  # bf16 autocast on GPU
 eval_interval = 250
 eval_iters = 20                 # 20 x 32 x 1024 = 655,360 validation tokens per evaluation, any GPU count
 ckpt_interval = 1000
-out_dir = "out/{model}-{dataset}-{attention}"
+out_dir = "out/paper_124m-{attention}"       # out/<name>-<run>: docs/training.md#what-a-run-directory-holds

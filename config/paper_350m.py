@@ -3,3 +3,4 @@ include("config/paper_124m.py")
 model = "gpt2-350M"
 batch_size = 16                 # per GPU (80 GB); accumulation keeps 524,288 tokens a step
 learning_rate = 3e-4
+out_dir = "out/paper_350m-{attention}"

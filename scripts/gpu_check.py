@@ -26,12 +26,12 @@ limits add up to the 540 s budget):
   errors            35  scripts/kernel_errors.py: kernel vs float64 reference, forward and gradients
 Not in `all` (name them): tests (pytest -m gpu, 200 s) and repro (scripts/reproduce_small.sh gpu
 for softmax, lssa, lssar, 150 s).
-The whole run stops starting parts after --budget seconds. Files written (the lent GPU machines
-of this project bring back at most 8, at most 2 folders deep): summary.md, summary.json (the
-determinism part's result too), log.txt, errors.json, bench_train.json, bench_types.json,
-bench_attention.json, and small.tar.gz (results/small/ of the repro part). The summary table is
-printed last. The output directory: --out, else GPU_CHECK_OUT, else OUT (the lent machines'
-folder that comes back), else results/gpu/<gpu name>/.
+The whole run stops starting parts after --budget seconds. Files written (at most 8, at most 2
+folders deep, so that the folder is quick to copy back from a remote machine): summary.md,
+summary.json (the determinism part's result too), log.txt, errors.json, bench_train.json,
+bench_types.json, bench_attention.json, and small.tar.gz (results/small/ of the repro part). The summary table is
+printed last. The output directory: --out, else GPU_CHECK_OUT, else OUT (an output folder a job
+runner collects), else results/gpu/<gpu name>/.
 --smoke runs every part at toy sizes on the CPU, the repro as a dry run (the test suite checks
 the plumbing with it).
 """
@@ -57,14 +57,14 @@ ALIASES = {"correctness": ("tiles", "determinism", "errors"),
 LIMITS = {"bench_train": 170, "tiles": 100, "determinism": 60, "bench_types": 140, "bench_attention": 35,
           "errors": 35, "tests": 200, "repro": 150}
 NEEDS_PYTEST = ("tiles", "tests")
-# The targets (issue 21), checked in the summary: ratios to softmax's training / to the fastest
+# The kernels' targets, checked in the summary: ratios to softmax's training / to the fastest
 # SDPA backend at head dim 64, seconds to the first training step, 16x over 1x loss
 TARGETS = {"lssa tokens/s": (0.94, ">="), "lssar tokens/s": (0.85, ">="), "lssa peak memory": (1.10, "<="),
            "lssar peak memory": (1.10, "<="), "lssa first step s": (45.0, "<="), "lssar first step s": (60.0, "<="),
            "lssa fwd T=16384": (1.6, "<="), "lssar fwd T=16384": (3.5, "<="),
            "lssa fwd+bwd T=16384": (2.0, "<="), "lssar fwd+bwd T=16384": (3.2, "<="),
            "lssar 16x/1x": (1.02, "<=")}
-# issue 22, for every type bench_types measures (softmax's ratio is 1 by definition)
+# the other types' targets, for every type bench_types measures (softmax's ratio is 1 by definition)
 TYPE_TARGETS = {"tokens/s": (0.7, ">="), "peak memory": (1.25, "<=")}
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -243,7 +243,7 @@ def collect(out, log_path, small_dir=None, work=None):
 
 
 def targets(found):
-    """The issue's targets against what was measured (absent where the part left nothing)."""
+    """The targets against what was measured (absent where the part left nothing)."""
     values = {}
     for r in found.get("bench_train", []):
         if r["attention"] in ("lssa", "lssar") and r.get("ratio") is not None:

@@ -1,8 +1,8 @@
 """
 The paper's reported numbers, for scripts/report.py to set ours beside them. Gao, Spratling &
 Gionfrida, arXiv 2501.13428 v5 (ICML 2026): GPT-2 124M + RoPE, FineWeb-10B, trained at 1K
-tokens. Copied from ../shared/spec/paper-setup.md, itself a third-party summary that has not
-been checked against the paper's own tables.
+tokens. Copied from a third-party summary of the paper's tables, which has not been checked
+against the paper itself.
 
 Keys are how the project names an evaluated type (attention.describe: "lssar p=15"); lengths
 are multiples of the training context, so a small run (context 64 or 256) is set beside the

@@ -34,7 +34,7 @@ def test_smoke_runs_every_part_and_survives_a_timeout(synth_dir, tmp_path):
     determinism = summary["found"]["determinism"]   # 2 steps, resumed after 1: equal on the CPU
     assert determinism["equal"] == {"two_processes": True, "resumed": True}
     assert len(determinism["losses"]["first"]) == 2 and determinism["losses"]["first"] == determinism["losses"]["resumed"]
-    # what the lent machines bring back: at most 8 files, at most 2 folders deep
+    # the output folder stays small to copy back: at most 8 files, at most 2 folders deep
     files = [os.path.join(d, f) for d, _, names in os.walk(out) for f in names]
     assert len(files) <= 8 and all(os.path.relpath(f, out).count(os.sep) <= 2 for f in files)
     assert proc.stdout.rstrip().endswith(f"wrote {out}/") and "| part | status | seconds |" in proc.stdout

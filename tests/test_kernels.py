@@ -41,7 +41,7 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 TOL = {"float32": 1e-4, "bfloat16": 6e-2, "float16": 2e-2}  # GPU cases (head dims 64/128, T up to 16384)
-NEW_TYPES = [k for k in attention.KERNEL_TYPES if k not in ("lssa", "lssar")]   # issue 22's
+NEW_TYPES = [k for k in attention.KERNEL_TYPES if k not in ("lssa", "lssar")]   # the types beyond lssa and lssar
 MIXED_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}  # BLOCK_M != BLOCK_N
 
 

@@ -108,7 +108,9 @@ def test_paper_configs_token_budget():
         big = load_config([f"config/paper_{name}.py"])
         assert big.model == model and big.total_batch_size == 524288
         assert grad_accum_steps(big, 8) * 8 * big.batch_size * 1024 == 524288
-    assert load_config(["config/paper_124m.py"]).resolve_templates().out_dir == "out/gpt2-124M-fineweb-10B-softmax"
+    # each config names its own runs (an included config's out_dir must not leak into another's)
+    for name in ("paper_124m", "paper_124m_owt", "paper_350m", "paper_774m", "paper_1.5b"):
+        assert load_config([f"config/{name}.py"]).resolve_templates().out_dir == f"out/{name}-softmax"
 
 
 def test_command_line_wins_over_config_files_in_any_order():

@@ -87,7 +87,7 @@ EQUIVALENT = {
 # mutants of code that 16-bit inputs never run, so no bf16/fp16 case can fail on them
 FP32_ONLY = {
     "softplus-branch": "softplus' series and its branch run for fp32 inputs only; 16-bit inputs take log2(1 + u) "
-                       "as u·q(u) (issue 21)",
+                       "as u·q(u)",
 }
 
 
