@@ -137,7 +137,8 @@ def lines_of(files, root):
 # Words about how this project is run, not about the code: they mean nothing to a user.
 INTERNAL = [
     (re.compile(r"\bissues?\s*#\d+|\bissue\s+\d+", re.I), "an issue number"),   # not "an SM issues 128"
-    (re.compile(r"\.\./shared\b|\bshared/spec\b|(?<![\w.~])/work/|(?<!\w)\.library\b"), "a path outside the repository"),
+    (re.compile(r"\.\./shared\b|\bshared/spec\b|(?<![\w.~])/work/|(?<!\w)\.library\b"),
+     "a path outside the repository"),
     (re.compile(r"\blent\b|\bdevice (?:time|budget)\b", re.I), "how our own GPU checks are scheduled"),
     (re.compile(r"\b(?:next|this|our|later|each) sessions?\b|\bthe lead\b", re.I), "our own sessions"),
 ]
@@ -222,7 +223,7 @@ def test_planted_wording_pointers_and_run_dirs_are_found(tmp_path):
     for folder in ("docs", "scripts", "config"):
         (tmp_path / folder).mkdir()
     (tmp_path / "README.md").write_text("# T\n\n## Installing\n\nas in issue 22, and Issue #3; an SM issues 128.\n"
-                                        "`python train.py --out_dir=out/demo-lssar` then out/paper_124m-lssar-p3/ckpt.pt;\n"
+                                        "`python train.py --out_dir=out/demo-lssar`, out/paper_124m-lssar-p3/ckpt.pt;\n"
                                         "not out/gpt2-124M-fineweb-10B-lssar nor out/demo-nosuchtype; $out/$name-x\n")
     (tmp_path / "docs" / "a.md").write_text("# A\n\nCopied from ../shared/spec/paper.md.\n")
     (tmp_path / "scripts" / "x.py").write_text('"""Run on the lent machines; an interactive session is fine."""\n'

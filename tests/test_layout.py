@@ -55,7 +55,8 @@ def test_planted_uses_are_found(tmp_path):
     for folder in ("tools", "scripts"):
         (tmp_path / folder).mkdir()
     (tmp_path / "tools" / "helper.py").write_text("import report\n")          # a tool may use scripts/
-    (tmp_path / "scripts" / "report.py").write_text('"""Counted by tools/helper.py."""\nimport os\n')   # a docstring names it
+    # a docstring may name a tool for its reader
+    (tmp_path / "scripts" / "report.py").write_text('"""Counted by tools/helper.py."""\nimport os\n')
     (tmp_path / "scripts" / "a.py").write_text("import helper\nfrom helper import x\n")
     (tmp_path / "scripts" / "b.py").write_text('import os, sys\nsys.path.insert(0, os.path.join("r", "tools"))\n'
                                                'cmd = ["python", "tools/helper.py"]   # run as a subprocess\n')
