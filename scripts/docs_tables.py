@@ -200,7 +200,8 @@ def h200_bench_attention(res):
 
 
 def h200_targets(res):
-    return gpu_check.targets_table(gpu_check.targets(h200(res)))
+    rows = gpu_check.targets(h200(res))
+    return gpu_check.targets_table(rows) + f"\n\n{sum(t['met'] for t in rows)} of {len(rows)} targets met."
 
 
 def kernel_errors_cpu(res):
@@ -208,6 +209,25 @@ def kernel_errors_cpu(res):
     rows = res.json(rel)["results"]
     return (gpu_check.errors_line(gpu_check.errors_summary(rows)) + f", at T = "
             + " and ".join(str(t) for t in sorted({r["T"] for r in rows})) + f" (`{rel}`)")
+
+
+def sm90_spills(res):
+    """The 16-bit tiles that spill on sm_90 (scripts/kernel_resources.py's report: every tile of the
+    table an H100/H200 launches for 16-bit inputs, every fused type); place 1 is the tile launched
+    without autotuning (the report lists each kernel's tiles in the table's order)."""
+    rel = "results/kernel_resources/sm90.json"
+    report_ = res.json(rel)
+    place, rows = {}, []
+    for r in report_["rows"]:
+        key = (r["kernel"], r["dtype"], r["head_dim"], r["mode"])
+        place[key] = place.get(key, 0) + 1
+        if r["dtype"] == "bf16" and (r.get("spill_stores") or r.get("spill_loads")):
+            rows.append(f"| {r['kernel']} | {r['head_dim']} | {r['mode']} | {tuple(r['tile'])} | {place[key]} | "
+                        f"{r['spill_stores']}/{r['spill_loads']} |")
+    head = ["| kernel | d | type | tile (M, N, warps, stages) | place in its list | spill stores/loads, bytes |",
+            "|---|---|---|---|---|---|"]
+    return (f"Triton {report_['triton']}, sm_{report_['arch']}, bf16 (`{rel}`; fp16 launches the same tiles):\n\n"
+            + "\n".join(head + rows) if rows else f"No bf16 tile spills (`{rel}`, Triton {report_['triton']}).")
 
 
 # name: (what it holds, the function that writes it from the results under a root)
@@ -227,6 +247,7 @@ BLOCKS = {
     "h200-bench-attention": ("attention alone on one H200: results/gpu/NVIDIA-H200/bench_attention.json",
                              h200_bench_attention),
     "h200-targets": ("the speed targets against one H200's figures: results/gpu/NVIDIA-H200/*.json", h200_targets),
+    "sm90-spills": ("the 16-bit tiles that spill on sm_90: results/kernel_resources/sm90.json", sm90_spills),
     "kernel-errors-cpu": ("kernel errors under Triton's interpreter: results/kernel_errors/cpu-interpreter.json",
                           kernel_errors_cpu),
 }
