@@ -301,7 +301,7 @@ def write_atomic(path, text):
 
 def run(root, check):
     """Rewrite (or, with check, compare) every block under root; the lines naming the blocks that differ."""
-    res, rendered, differ = Results(root), {}, []
+    res, rendered, differ, changed = Results(root), {}, [], {}
     for path in pages(root):
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -320,9 +320,12 @@ def run(root, check):
                 differ.append(f"{page}: block {name} differs from the results; run python scripts/docs_tables.py")
             out.append(rendered[name])
         new = "".join(out)
-        if not check and new != text:
+        if new != text:
+            changed[path] = new
+    if not check:   # only once every block has been written: an error above leaves every page as it was
+        for path, new in changed.items():
             write_atomic(path, new)
-            print(f"wrote {page}")
+            print(f"wrote {os.path.relpath(path, root)}")
     return differ
 
 
