@@ -230,6 +230,72 @@ def sm90_spills(res):
             + "\n".join(head + rows) if rows else f"No bf16 tile spills (`{rel}`, Triton {report_['triton']}).")
 
 
+# One loop of scripts/kernel_resources.py --sass's text table: kernel dtype d mode (tile) loop instr MUFU mma
+SASS_LINE = re.compile(r"^(\w+)\s+(\w+)\s+(\d+)\s+(\S+)\s+\(([\d, ]+)\)\s+([A-Za-z][^()]*?)\s+([\d.]+)\s+([\d.]+)\s+\S+")
+KERNEL_NAMES = {"fwd": "forward", "dkdv": "dK/dV", "dq": "dQ"}
+
+
+def sass_loops(res, rel):
+    """{(kernel, mode, loop): (tile, instr/score, MUFU/score)} of the main loops (marked *) in a
+    kernel_resources.py --sass report: its JSON, or the text table it prints."""
+    loops = {}
+    if rel.endswith(".json"):
+        for r in res.json(rel)["rows"]:
+            for lp in r.get("loops", []):
+                if lp["main"]:
+                    loops.setdefault((r["kernel"], r["mode"], lp["name"]), (tuple(r["tile"]), lp["instr_per_score"],
+                                                                            lp["mufu_per_score"]))
+        return loops
+    with open(res.path(rel)) as f:
+        for line in f:
+            m = SASS_LINE.match(line)
+            if m and m.group(6).endswith(" *"):
+                tile = tuple(int(x) for x in m.group(5).split(","))
+                loops.setdefault((m.group(1), m.group(4), m.group(6)[:-2]), (tile, float(m.group(7)), float(m.group(8))))
+    return loops
+
+
+def loop_label(kernel, mode, loop):
+    return f"{mode} {KERNEL_NAMES.get(kernel, kernel)} ({loop})"
+
+
+def sass_before_after(res):
+    before, after = sass_loops(res, "results/sass/before.json"), sass_loops(res, "results/sass/after.json")
+    head = ["kernel (loop)", "before: tile", "instr / score", "MUFU / score", "after: tile", "instr / score",
+            "MUFU / score"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in dict.fromkeys(list(before) + list(after)):
+        cells = [loop_label(*key)]
+        for side in (before, after):
+            tile, instr, mufu = side.get(key, (None, None, None))
+            cells += ["–", "–", "–"] if tile is None else [",".join(map(str, tile)), f"{instr:.1f}", f"{mufu:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sass_triton_versions(res):
+    files = {f"{v} {when}": f"results/sass/triton-{v}{'-before' if when == 'before' else ''}.txt"
+             for v in ("3.6.0", "3.9.0") for when in ("before", "after")}
+    counts = {name: sass_loops(res, rel) for name, rel in files.items()}
+    keys = dict.fromkeys(k for c in counts.values() for k in c)
+    lines = ["| kernel (loop) | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
+    for key in keys:
+        lines.append(f"| {loop_label(*key)} | " + " | ".join(
+            f"{c[key][1]:.1f}" if key in c else "–" for c in counts.values()) + " |")
+    return "\n".join(lines)
+
+
+def sass_every_type(res):
+    counts = sass_loops(res, "results/sass/every-type-bf16-d64.txt")
+    modes = dict.fromkeys(mode for _, mode, _ in counts)
+    lines = ["| type | " + " | ".join(KERNEL_NAMES.values()) + " |", "|---|" + "---|" * len(KERNEL_NAMES)]
+    for mode in modes:
+        cells = ["; ".join(f"{loop} {instr:.1f} instr, {mufu:.2f} MUFU" for (k, m, loop), (_, instr, mufu)
+                           in counts.items() if k == kernel and m == mode) or "–" for kernel in KERNEL_NAMES]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # name: (what it holds, the function that writes it from the results under a root)
 BLOCKS = {
     "demo": ("the demo's length sweep (scripts/demo.sh): results/demo.json, demo.log", demo),
@@ -247,6 +313,10 @@ BLOCKS = {
     "h200-bench-attention": ("attention alone on one H200: results/gpu/NVIDIA-H200/bench_attention.json",
                              h200_bench_attention),
     "h200-targets": ("the speed targets against one H200's figures: results/gpu/NVIDIA-H200/*.json", h200_targets),
+    "sass-before-after": ("instructions and MUFU ops per score before and after: results/sass/before.json, "
+                          "after.json", sass_before_after),
+    "sass-triton-versions": ("the same under Triton 3.6 and 3.9: results/sass/triton-*.txt", sass_triton_versions),
+    "sass-every-type": ("every fused type's counts: results/sass/every-type-bf16-d64.txt", sass_every_type),
     "sm90-spills": ("the 16-bit tiles that spill on sm_90: results/kernel_resources/sm90.json", sm90_spills),
     "kernel-errors-cpu": ("kernel errors under Triton's interpreter: results/kernel_errors/cpu-interpreter.json",
                           kernel_errors_cpu),
