@@ -4,6 +4,7 @@ The tables of measured results in README.md and docs/*.md, written from the comm
     python scripts/docs_tables.py               # rewrite every block in place
     python scripts/docs_tables.py --check       # exit 1, one line per block that differs; 0 when all match
     python scripts/docs_tables.py --root DIR    # the README.md, docs/ and results/ of another copy
+    python scripts/docs_tables.py --list        # the block names, what each holds and where from
 
 A block is the text between a line `<!-- docs_tables:NAME -->` and the next `<!-- /docs_tables -->`;
 everything outside blocks is left as it is. BLOCKS below says what each NAME holds and which
@@ -42,7 +43,7 @@ class Problem(SystemExit):
 
 
 class Results:
-    """The results files under one root, each read once; a missing one is a one-line error naming it."""
+    """The results files under one root; a missing or unreadable one is a one-line error naming it."""
     def __init__(self, root):
         self.root = root
         self.block = None   # the block being written, for the error message
@@ -56,7 +57,10 @@ class Results:
 
     def json(self, rel):
         with open(self.path(rel)) as f:
-            return json.load(f)
+            try:
+                return json.load(f)
+            except ValueError as e:
+                raise Problem(f"{rel} is not valid JSON ({e}; block {self.block}); restore it or rerun what writes it")
 
     def sweep(self, rel):
         """{producer: [(path, report)]} of one eval_length.py result file, as report.load_results gives."""

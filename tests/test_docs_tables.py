@@ -130,3 +130,10 @@ def test_a_missing_results_file_is_named_and_nothing_is_written(copy):
                                          r"\(block sm90-spills is written from it\)"):
         docs_tables.main(["--root", str(copy)])
     assert (copy / "README.md").read_text() == readme     # the demo block, rendered first, was not written either
+
+
+def test_a_results_file_that_is_not_json_is_named(copy):
+    (copy / "results" / "demo_downstream.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"^docs_tables: results/demo_downstream.json is not valid JSON .*"
+                                         r"block demo-downstream"):
+        docs_tables.main(["--check", "--root", str(copy)])
