@@ -215,23 +215,52 @@ def kernel_errors_cpu(res):
             + " and ".join(str(t) for t in sorted({r["T"] for r in rows})) + f" (`{rel}`)")
 
 
-def sm90_spills(res):
-    """The 16-bit tiles that spill on sm_90 (scripts/kernel_resources.py's report: every tile of the
-    table an H100/H200 launches for 16-bit inputs, every fused type); place 1 is the tile launched
-    without autotuning (the report lists each kernel's tiles in the table's order)."""
-    rel = "results/kernel_resources/sm90.json"
-    report_ = res.json(rel)
+# One tile of scripts/kernel_resources.py's text table: kernel dtype d mode (tile) registers stores/loads shared
+RESOURCE_LINE = re.compile(r"^(\w+)\s+(\w+)\s+(\d+)\s+(\S+)\s+\(([\d, ]+)\)\s+(\d+)\s+(\d+)/(\d+)\s")
+
+
+def resource_rows(res, rel):
+    """The tiles of a kernel_resources.py report, in its order: its JSON's rows, or its text table's."""
+    if rel.endswith(".json"):
+        return res.json(rel)["rows"]
+    rows = []
+    with open(res.path(rel)) as f:
+        for line in f:
+            m = RESOURCE_LINE.match(line)
+            if m:
+                rows.append({"kernel": m.group(1), "dtype": m.group(2), "head_dim": int(m.group(3)), "mode": m.group(4),
+                             "tile": [int(x) for x in m.group(5).split(",")], "spill_stores": int(m.group(7)),
+                             "spill_loads": int(m.group(8))})
+    return rows
+
+
+def spills(res, rel, what):
+    """The bf16 tiles of a kernel_resources.py report that spill; place 1 is the tile launched without
+    autotuning (the report lists each kernel's tiles in the table's order)."""
     place, rows = {}, []
-    for r in report_["rows"]:
+    for r in resource_rows(res, rel):
         key = (r["kernel"], r["dtype"], r["head_dim"], r["mode"])
         place[key] = place.get(key, 0) + 1
         if r["dtype"] == "bf16" and (r.get("spill_stores") or r.get("spill_loads")):
             rows.append(f"| {r['kernel']} | {r['head_dim']} | {r['mode']} | {tuple(r['tile'])} | {place[key]} | "
                         f"{r['spill_stores']}/{r['spill_loads']} |")
+    if not rows:
+        return f"No bf16 tile spills ({what}, `{rel}`)."
     head = ["| kernel | d | type | tile (M, N, warps, stages) | place in its list | spill stores/loads, bytes |",
             "|---|---|---|---|---|---|"]
-    return (f"Triton {report_['triton']}, sm_{report_['arch']}, bf16 (`{rel}`; fp16 launches the same tiles):\n\n"
-            + "\n".join(head + rows) if rows else f"No bf16 tile spills (`{rel}`, Triton {report_['triton']}).")
+    return f"{what}, bf16 (`{rel}`):\n\n" + "\n".join(head + rows)
+
+
+def sm90_spills(res):
+    rel = "results/kernel_resources/sm90.json"
+    return spills(res, rel, f"Triton {res.json(rel)['triton']}, sm_90, every fused type")
+
+
+def sm90_spills_lssa(res):
+    rel = "results/sass/after-all-bf16-tiles.txt"
+    with open(res.path(rel)) as f:
+        triton = re.search(r"Triton ([\d.]+)", f.readline())
+    return spills(res, rel, f"Triton {triton.group(1) if triton else '?'}, sm_90, lssa and lssar")
 
 
 # One loop of scripts/kernel_resources.py --sass's text table: kernel dtype d mode (tile) loop instr MUFU mma
@@ -321,6 +350,8 @@ BLOCKS = {
                           "after.json", sass_before_after),
     "sass-triton-versions": ("the same under Triton 3.6 and 3.9: results/sass/triton-*.txt", sass_triton_versions),
     "sass-every-type": ("every fused type's counts: results/sass/every-type-bf16-d64.txt", sass_every_type),
+    "sm90-spills-lssa": ("lssa's and lssar's 16-bit tiles that spill on sm_90: results/sass/after-all-bf16-tiles.txt",
+                         sm90_spills_lssa),
     "sm90-spills": ("the 16-bit tiles that spill on sm_90: results/kernel_resources/sm90.json", sm90_spills),
     "kernel-errors-cpu": ("kernel errors under Triton's interpreter: results/kernel_errors/cpu-interpreter.json",
                           kernel_errors_cpu),
