@@ -54,8 +54,11 @@ def test_the_committed_docs_match_the_committed_results(capsys):
 
 
 def test_a_changed_result_fails_the_check_naming_its_block_and_a_rewrite_mends_it(copy, capsys):
+    def lssar(report):
+        return next(r for r in report["runs"] if r["attention"] == "lssar")
+
     def lssar_16x(report):
-        run = next(r for r in report["runs"] if r["attention"] == "lssar")
+        run = lssar(report)
         assert run["results"][-1]["length"] == 16 * run["train_context"]
         run["results"][-1]["loss"] = 1.5
     edit_json(copy / "results" / "demo.json", lssar_16x)
@@ -64,7 +67,7 @@ def test_a_changed_result_fails_the_check_naming_its_block_and_a_rewrite_mends_i
     assert docs_tables.main(["--root", str(copy)]) == 0
     assert capsys.readouterr().out == "wrote README.md\n"
     row = table_row((copy / "README.md").read_text(), "demo-lssar")
-    one = json.loads((copy / "results" / "demo.json").read_text())["runs"][2]["results"][0]["loss"]
+    one = lssar(json.loads((copy / "results" / "demo.json").read_text()))["results"][0]["loss"]
     assert row[8] == "1.500" and row[9] == f"{1.5 / one:.3f}"            # 16x, and 16x / 1x
     assert check(copy, capsys) == (0, [])
     # only the block changed: the rest of the page is as committed
@@ -77,11 +80,17 @@ def test_a_changed_result_fails_the_check_naming_its_block_and_a_rewrite_mends_i
 def test_every_block_of_a_results_folder_sees_a_change_there(copy, capsys):
     """A change to one run of results/small-cpu reaches its sweep table, the paper's layout and the
     summary; a new attention type there (reproduce_small.sh trains more than these) gets its rows."""
+    before = {}
+
     def change(report):
-        report["runs"][0]["results"][0]["loss"] += 0.5     # sigmoid's 1x
-        extra = json.loads(json.dumps(report["runs"][0]))
-        extra.update(run="small-cpu-relu_l1", attention="relu_l1", trained_attention="relu_l1")
+        sigmoid = next(r for r in report["runs"] if r["attention"] == "sigmoid")
+        before.update(one=sigmoid["results"][0]["loss"], last=sigmoid["results"][-1]["loss"])
+        sigmoid["results"][0]["loss"] += 0.5                  # its 1x
+        extra = json.loads(json.dumps(sigmoid))
+        extra.update(run="small-cpu-new_type", attention="new_type", trained_attention="new_type")
         report["runs"].append(extra)
+    trained = len([r for r in docs_tables.report.runs_of(docs_tables.report.load_results(
+        str(copy / "results" / "small-cpu")), "eval_length.py") if not r.get("overrides")])
     edit_json(copy / "results" / "small-cpu" / "baselines.json", change)
     status, lines = check(copy, capsys)
     assert status == 1
@@ -89,10 +98,11 @@ def test_every_block_of_a_results_folder_sees_a_change_there(copy, capsys):
                                    for name in ("small-cpu", "small-cpu-summary", "paper-vs-small-cpu"))
     docs_tables.main(["--root", str(copy)])
     text = (copy / "docs" / "reproducing.md").read_text()
-    assert table_row(text, "small-cpu-relu_l1")[1] == "relu_l1"
+    assert table_row(text, "small-cpu-new_type")[1] == "new_type"
     sigmoid = table_row(text, "small-cpu-sigmoid")
-    assert sigmoid[4] == "2.141" and sigmoid[9] == f"{4.818 / 2.141:.3f}"   # was 1.641, ratio 2.936
-    assert "At 1× the 10 trained models" in text
+    one = before["one"] + 0.5
+    assert sigmoid[4] == f"{one:.3f}" and sigmoid[9] == f"{before['last'] / one:.3f}"   # 1x, and 16x / 1x
+    assert f"At 1× the {trained + 1} trained models" in text
 
 
 def test_the_cost_block_is_what_the_dry_run_prints():
