@@ -3,7 +3,8 @@
 # most of a small model's compute on a CPU), so the same cores train a wider model on more
 # text, and at context 64 bytes it learns to use its context; that is what makes softmax and
 # lssa degrade beyond it. 700 steps of 16 x 64 bytes (~0.7M bytes, under a tenth of the train
-# split): lssar's curve is flatter after 700 steps (16x/1x 1.11) than after 900 (1.23).
+# split): lssar's curve is flatter after 700 steps than after 900 (compare its 16x/1x in
+# results/demo.json, 700 steps, with results/small-cpu/table.md, 900; docs/reproducing.md has both).
 #   python data/prepare.py embedded --tokenizer bytes
 #   python train.py config/demo_cpu.py --attention=lssar
 model = "mini"                  # 4 layers, width 128, 4 heads of 32

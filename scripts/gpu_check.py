@@ -201,6 +201,13 @@ def softmax_ratios(rows):
     return rows
 
 
+def errors_summary(rows):
+    """scripts/kernel_errors.py's rows in short: cases, how many within tolerance, the worst error per dtype."""
+    return {"cases": len(rows), "within_tolerance": sum(r["ok"] for r in rows),
+            "worst": {dt: max(max(r["err"].values()) for r in rows if r["dtype"] == dt)
+                      for dt in sorted({r["dtype"] for r in rows})}}
+
+
 def collect(out, log_path, small_dir=None, work=None):
     """The figures of every part that left results, for the summary (small_dir: the repro's results;
     work: the scratch directory of the determinism part)."""
@@ -218,10 +225,7 @@ def collect(out, log_path, small_dir=None, work=None):
                                                             "first_difference", "losses")}
     errors = _load(f"{out}/errors.json")
     if errors:
-        rows = errors["results"]
-        found["errors"] = {"cases": len(rows), "within_tolerance": sum(r["ok"] for r in rows),
-                           "worst": {dt: max(max(r["err"].values()) for r in rows if r["dtype"] == dt)
-                                     for dt in sorted({r["dtype"] for r in rows})}}
+        found["errors"] = errors_summary(errors["results"])
     for part in ("bench_train", "bench_types"):
         bench = _load(f"{out}/{part}.json")
         if bench:
@@ -230,9 +234,10 @@ def collect(out, log_path, small_dir=None, work=None):
                 "peak_mem_gib", "mem_ratio", "error")} for r in bench["results"]])
     attn = _load(f"{out}/bench_attention.json")
     if attn:
-        found["bench_attention"] = [{k: r.get(k) for k in ("d", "T", "B", "mode", "attention", "impl", "backend", "ms",
-                                                           "ms_min", "ms_max", "x_sdpa", "sdpa_impl", "peak_mib",
-                                                           "x_sdpa_mem", "error", "skipped")}
+        d = attn.get("meta", {}).get("d")   # files of one head dim (before --d took several) name it only in meta
+        found["bench_attention"] = [{"d": r.get("d", d), **{k: r.get(k) for k in (
+                                        "T", "B", "mode", "attention", "impl", "backend", "ms", "ms_min", "ms_max",
+                                        "x_sdpa", "sdpa_impl", "peak_mib", "x_sdpa_mem", "error", "skipped")}}
                                     for r in attn["results"]]
     sweep = _load(os.path.join(small_dir, "sweep.json")) if small_dir else None
     if sweep:
@@ -292,46 +297,63 @@ def markdown(summary):
             f"{k.replace('_', ' ')} " + ("equal bit for bit" if eq else f"DIFFERENT from step {d['first_difference'][k]}")
             for k, eq in d["equal"].items())]
     if "errors" in found:
-        e = found["errors"]
-        lines += ["", f"kernel vs float64 reference: {e['within_tolerance']} of {e['cases']} cases within tolerance; "
-                      "worst relative error (Frobenius) per dtype: "
-                      + ", ".join(f"{k} {v:.1e}" for k, v in e["worst"].items())]
+        lines += ["", errors_line(found["errors"])]
     for part in ("bench_train", "bench_types"):
-        if part not in found:
-            continue
-        lines += ["", "| attention | first step s | tokens/s [min, max] | x softmax | MFU | peak GiB | x softmax |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in found[part]:
-            if r.get("tokens_per_s") is None or r.get("ratio") is None:
-                lines.append(f"| {r['attention']} | {r.get('error') or 'no ratio'} | | | | | |")
-                continue
-            spread = (f" [{r['tokens_per_s_min']:,.0f}, {r['tokens_per_s_max']:,.0f}]"
-                      if r.get("tokens_per_s_min") is not None else "")
-            lines.append(f"| {r['attention']} | {_fmt(r.get('first_step_s'), '.1f')} | {r['tokens_per_s']:,.0f}{spread} | "
-                         f"{r['ratio']:.2f} | {_fmt(r['mfu'], '.1%')} | "
-                         f"{_fmt(r['peak_mem_gib'], '.2f')} | {_fmt(r['mem_ratio'], '.2f')} |")
+        if part in found:
+            lines += ["", bench_train_table(found[part])]
     if "bench_attention" in found:
-        lines += ["", "| d | T | B | mode | attention | impl | ms [min, max] | x SDPA | peak MiB | x SDPA |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in found["bench_attention"]:
-            head = f"| {r.get('d', '')} | {r['T']} | {r['B']} | {r['mode']} | {r['attention']} | {r['impl']}" + \
-                (f" ({r['backend']})" if r.get("backend") else "")
-            if r.get("ms") is None:
-                lines.append(f"{head} | {r.get('error') or r.get('skipped')} | | | |")
-                continue
-            spread = f" [{r['ms_min']:.3f}, {r['ms_max']:.3f}]" if r.get("ms_min") is not None else ""
-            lines.append(f"{head} | {r['ms']:.3f}{spread} | {_fmt(r.get('x_sdpa'), '.2f')} | "
-                         f"{_fmt(r.get('peak_mib'), '.0f')} | {_fmt(r.get('x_sdpa_mem'), '.2f')} |")
+        lines += ["", bench_attention_table(found["bench_attention"])]
     if "repro" in found:
         ms = list(found["repro"][0]["losses"])
         lines += ["", "| run | " + " | ".join(ms) + " | last/1x |", "|---|" + "---|" * (len(ms) + 1)]
         lines += [f"| {r['run']} | " + " | ".join(f"{r['losses'].get(m, float('nan')):.3f}" for m in ms)
                   + f" | {r['losses'][ms[-1]] / r['losses'][ms[0]]:.3f} |" for r in found["repro"]]
     if summary["targets"]:
-        lines += ["", "| target | measured | bound | met |", "|---|---|---|---|"]
-        lines += [f"| {t['target']} | {t['value']:.3f} | {t['bound']} | {'yes' if t['met'] else 'NO'} |"
-                  for t in summary["targets"]]
+        lines += ["", targets_table(summary["targets"])]
     return "\n".join(lines) + "\n"
+
+
+# The pieces of the summary, also written into docs/kernels.md by scripts/docs_tables.py.
+def errors_line(e):
+    return (f"kernel vs float64 reference: {e['within_tolerance']} of {e['cases']} cases within tolerance; "
+            "worst relative error (Frobenius) per dtype: " + ", ".join(f"{k} {v:.1e}" for k, v in e["worst"].items()))
+
+
+def bench_train_table(rows):
+    lines = ["| attention | first step s | tokens/s [min, max] | x softmax | MFU | peak GiB | x softmax |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("tokens_per_s") is None or r.get("ratio") is None:
+            why = (r.get("error") or "no ratio").splitlines()[0]   # one line: a table row cannot hold more
+            lines.append(f"| {r['attention']} | {why} | | | | | |")
+            continue
+        spread = (f" [{r['tokens_per_s_min']:,.0f}, {r['tokens_per_s_max']:,.0f}]"
+                  if r.get("tokens_per_s_min") is not None else "")
+        lines.append(f"| {r['attention']} | {_fmt(r.get('first_step_s'), '.1f')} | {r['tokens_per_s']:,.0f}{spread} | "
+                     f"{r['ratio']:.2f} | {_fmt(r['mfu'], '.1%')} | "
+                     f"{_fmt(r['peak_mem_gib'], '.2f')} | {_fmt(r['mem_ratio'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def bench_attention_table(rows):
+    lines = ["| d | T | B | mode | attention | impl | ms [min, max] | x SDPA | peak MiB | x SDPA |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        head = f"| {r.get('d', '')} | {r['T']} | {r['B']} | {r['mode']} | {r['attention']} | {r['impl']}" + \
+            (f" ({r['backend']})" if r.get("backend") else "")
+        if r.get("ms") is None:
+            lines.append(f"{head} | {r.get('error') or r.get('skipped')} | | | |")
+            continue
+        spread = f" [{r['ms_min']:.3f}, {r['ms_max']:.3f}]" if r.get("ms_min") is not None else ""
+        lines.append(f"{head} | {r['ms']:.3f}{spread} | {_fmt(r.get('x_sdpa'), '.2f')} | "
+                     f"{_fmt(r.get('peak_mib'), '.0f')} | {_fmt(r.get('x_sdpa_mem'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def targets_table(rows):
+    lines = ["| target | measured | bound | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.3f} | {t['bound']} | {'yes' if t['met'] else 'NO'} |" for t in rows]
+    return "\n".join(lines)
 
 
 def main(argv=None):

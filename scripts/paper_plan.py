@@ -108,18 +108,29 @@ def measured_throughput(folder):
                 continue   # a type that failed there (its error is in the file)
             c = r["config"]
             fpt = flops_per_token(*model_shape(c["model"]), c["block_size"])
-            found[r["attention"]] = (r["tokens_per_s"], fpt, f"{os.path.relpath(path, ROOT)} ({gpu}, "
+            shown = os.path.join(*os.path.normpath(path).split(os.sep)[-4:])   # results/gpu/<GPU>/<file>, wherever it lies
+            found[r["attention"]] = (r["tokens_per_s"], fpt, f"{shown} ({gpu}, "
                                      f"{c['model']}, batch {c['batch_size']} x {c['block_size']})")
     return found
+
+
+def measured_gpus(gpu_results):
+    """{GPU folder name: measured_throughput} of every GPU under gpu_results with a measurement."""
+    measured = {os.path.basename(d): measured_throughput(d) for d in sorted(glob.glob(os.path.join(gpu_results, "*")))
+                if os.path.isdir(d)}
+    return {name: m for name, m in measured.items() if m}
+
+
+def most_measured(measured):
+    """The GPU of measured_gpus() with the most types measured (the first in name order on a tie)."""
+    return max(sorted(measured), key=lambda name: len(measured[name]))
 
 
 def pick_gpu(gpu_results, gpu):
     """(folder name, its measurements, a note or None): the measurements of GPU `gpu` (a name or
     a folder name; None: this machine's), else all of one other GPU's, with a one-line note
     saying so."""
-    measured = {os.path.basename(d): measured_throughput(d) for d in sorted(glob.glob(os.path.join(gpu_results, "*")))
-                if os.path.isdir(d)}
-    measured = {name: m for name, m in measured.items() if m}
+    measured = measured_gpus(gpu_results)
     how = "--gpu" if gpu else "nvidia-smi"
     gpu = gpu or local_gpu()
     if gpu and gpu_folder(gpu) in measured:
@@ -127,7 +138,7 @@ def pick_gpu(gpu_results, gpu):
     if not measured:
         raise SystemExit(f"no training throughput measured under {gpu_results} (scripts/bench_train.py --attention all "
                          f"--out {gpu_results}/<GPU>/bench_train.json measures one)")
-    borrowed = max(sorted(measured), key=lambda name: len(measured[name]))
+    borrowed = most_measured(measured)
     mine = f"{gpu} ({how})" if gpu else "this machine's GPU (no nvidia-smi here; name one with --gpu NAME)"
     return borrowed, measured[borrowed], (
         f"no training throughput measured for {mine} under {os.path.relpath(gpu_results, ROOT)}/: every figure below "
@@ -176,23 +187,29 @@ def gb(n):
     return f"{n / 1e9:,.1f} GB"
 
 
-def print_estimate(e):
-    print(f"# cost estimate ({e['config']}, {e['ngpu']} GPU(s)): {e['params'] / 1e6:,.1f}M parameters, "
-          f"{e['tokens_per_run'] / 1e9:,.2f}B training tokens per run; figures of {e['gpu']}")
+def estimate_lines(e):
+    """The estimate as the dry run prints it (also written into docs/reproducing.md by scripts/docs_tables.py)."""
+    lines = [f"# cost estimate ({e['config']}, {e['ngpu']} GPU(s)): {e['params'] / 1e6:,.1f}M parameters, "
+             f"{e['tokens_per_run'] / 1e9:,.2f}B training tokens per run; figures of {e['gpu']}"]
     if e["note"]:
-        print(f"# {e['note']}")
-    print(f"# {'run':<24} {'attention':<22} {'tokens/s/GPU':>13} {'GPU-hours':>10}  figure used")
+        lines.append(f"# {e['note']}")
+    lines.append(f"# {'run':<24} {'attention':<22} {'tokens/s/GPU':>13} {'GPU-hours':>10}  figure used")
     for r in e["rows"]:
         kind = "measured" if r["measured"] else "estimate: not measured, the slowest measured type's"
-        print(f"# {r['run']:<24} {r['attention']:<22} {r['tokens_per_s']:>13,.0f} {r['gpu_hours']:>10,.1f}  "
-              f"{kind}: {r['figure']}")
+        lines.append(f"# {r['run']:<24} {r['attention']:<22} {r['tokens_per_s']:>13,.0f} {r['gpu_hours']:>10,.1f}  "
+                     f"{kind}: {r['figure']}")
     hours = e["gpu_hours"]
-    print(f"# training in all: {hours:,.1f} GPU-hours, {hours / e['ngpu']:,.1f} hours on {e['ngpu']} GPU(s) "
-          f"(if every GPU trains as fast as the measured one; evaluations not counted)")
+    lines.append(f"# training in all: {hours:,.1f} GPU-hours, {hours / e['ngpu']:,.1f} hours on {e['ngpu']} GPU(s) "
+                 f"(if every GPU trains as fast as the measured one; evaluations not counted)")
     data = gb(e["data_bytes"]) if e["data_bytes"] else "small (no size on record)"
-    print(f"# disk: data {data} ({e['dataset']} token shards, 2 bytes a token); checkpoints "
-          f"{gb(e['ckpt_total_bytes'])} ({len(e['rows'])} runs x ({e['keep_checkpoints']} kept + 1 being written) "
-          f"x {gb(e['ckpt_bytes'])})")
+    lines.append(f"# disk: data {data} ({e['dataset']} token shards, 2 bytes a token); checkpoints "
+                 f"{gb(e['ckpt_total_bytes'])} ({len(e['rows'])} runs x ({e['keep_checkpoints']} kept + 1 being written) "
+                 f"x {gb(e['ckpt_bytes'])})")
+    return lines
+
+
+def print_estimate(e):
+    print("\n".join(estimate_lines(e)))
 
 
 def main(argv=None):

@@ -266,31 +266,31 @@ def stats_table(runs):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         by_length = {r["length"]: r for r in run["results"]}
-        for stat in ("entropy", "sink", "local"):
+        for stat in ("entropy", "sink", "local", "max"):
             lines.append("| " + " | ".join([run["run"], evaluated_as(run), stat] + [
-                fmt(by_length[L][stat]) if L in by_length else "–" for L in lengths]) + " |")
+                fmt(by_length[L].get(stat)) if L in by_length else "–" for L in lengths]) + " |")
     return "\n".join(lines)
 
 
-def provenance(found, folder):
-    """Commits, hardware and wall time of a reproduction."""
+def provenance(found, log):
+    """Commits, hardware and wall time of a reproduction (log: its run.log, or demo.sh's demo.log)."""
     reports = [report for items in found.values() for _, report in items]
     commits = sorted({r["code"]["commit"][:7] + (" (dirty)" if r["code"].get("dirty") else "") for r in reports})
     machines = sorted({f"{h.get('gpu') or h.get('cpu')} ({h.get('device')}, {h.get('cpu_count')} CPU cores), "
                        f"torch {h.get('torch')}" for h in (r["hardware"] for r in reports)})
     lines = [f"- code: {', '.join(commits)} (the evaluations' commits; runinfo.code_version)",
              f"- hardware of the evaluations: {'; '.join(machines)}"]
-    log = os.path.join(folder, "run.log")
     if os.path.exists(log):
         with open(log) as f:
             text = f.read()
-        starts = re.findall(r"^\[(reproduce_\w+)\] (\S+) (.*) at (\S+.*)$", text, flags=re.M)
-        walls = [int(s) for s in re.findall(r"^\[reproduce_\w+\] wall time (\d+) s", text, flags=re.M)]
+        starts = re.findall(r"^\[(reproduce_\w+|demo)\] (\S+) (.*) at (\S+.*)$", text, flags=re.M)
+        # reproduce_*.sh: "[reproduce_small] wall time 933 s; ..."; demo.sh: "[demo] plot: ... wall time: 316 s"
+        walls = [int(s) for s in re.findall(r"^\[(?:reproduce_\w+|demo)\] (?:.* )?wall time:? (\d+) s", text, flags=re.M)]
         for script, when, command, commit in starts:
             lines.append(f"- invocation: `{command}` at {commit}, {when}")
         if walls:
             lines.append(f"- wall time: {' + '.join(f'{w / 60:.1f}' for w in walls)} min over {len(walls)} "
-                         f"invocation(s) (run.log; a re-run skips finished work)")
+                         f"invocation(s) ({os.path.basename(log)}; a re-run skips finished work)")
     return "\n".join(lines)
 
 
@@ -300,7 +300,7 @@ def build(folder):
     sweeps = runs_of(found, "eval_length.py")
     trained = [run for run in sweeps if not run.get("overrides")]
     reweighted = [run for run in sweeps if run.get("overrides")]
-    out = [f"# Reproduction: {name}", "", provenance(found, folder), ""]
+    out = [f"# Reproduction: {name}", "", provenance(found, os.path.join(folder, "run.log")), ""]
     if trained:
         context, unit = trained[0]["train_context"], length_unit(trained)
         out += ["## Validation loss against inference length", "",
@@ -340,7 +340,7 @@ def build(folder):
     stats = runs_of(found, "attention_stats.py")
     if stats:
         out += ["## Attention statistics", "", "Mean over layers, heads and sampled rows (scripts/attention_stats.py): "
-                "row entropy / ln n, mass on the first key, mass on the last block_size keys.", "",
+                "row entropy / ln n, mass on the first key, mass on the last block_size keys, the largest weight.", "",
                 stats_table(stats), ""]
         plot_attention_stats.plot(stats, os.path.join(folder, "attention_stats.png"))
         out += ["![attention statistics](attention_stats.png)", ""]

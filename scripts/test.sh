@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need, then runs pytest.
-#   bash scripts/test.sh            # everything (about 4.5 minutes on 2 CPU cores, plus the installs)
+#   bash scripts/test.sh            # everything: 5 to 6 minutes of pytest on 2 CPU cores, plus the installs
+#                                   # (pytest's own last line says how long a run took)
 #   bash scripts/test.sh -k resume  # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
