@@ -176,6 +176,31 @@ def paper_cost_summary(res):
             + ".")
 
 
+def quickstart(res):
+    """The quick start per machine with what each path took when it was last run: the wall time its
+    log records and the machine its results name; the paper's time is the dry run's estimate."""
+    def measured(results_rel, log_rel):
+        found = res.sweep(results_rel) if results_rel.endswith(".json") else res.folder(results_rel)
+        with open(res.path(log_rel)) as f:
+            walls = report.wall_times(f.read())
+        hardware = sorted({h.get("gpu") or f"{h.get('cpu_count')} CPU cores"
+                           for h in (r["hardware"] for items in found.values() for _, r in items)})
+        took = f"{sum(walls) / 60:.0f} min" if walls else "not recorded"
+        return f"{took} ({'; '.join(hardware)}; {log_rel})"
+    e = paper_estimate(res)
+    rows = [("a laptop or any CPU", "`bash scripts/demo.sh`", measured("results/demo.json", "results/demo.log"),
+             "the demo's table below and `results/demo.png`"),
+            ("2 CPU cores", "`bash scripts/reproduce_small.sh cpu`",
+             measured("results/small-cpu", "results/small-cpu/run.log"), "`results/small-cpu/report.md`"),
+            ("one GPU", "`bash scripts/reproduce_small.sh`", measured("results/small/sweep.json", "results/small/run.log"),
+             "`results/small/report.md`"),
+            (f"{e['ngpu']} GPUs", f"`bash scripts/reproduce_paper.sh {e['ngpu']}`",
+             f"about {e['gpu_hours'] / e['ngpu']:.0f} h of training, estimated (not run; the cost estimate below)",
+             "`results/paper_124m/report.md`")]
+    lines = ["| machine | command | time, last run | what it writes |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in rows])
+
+
 def h200(res):
     folder = res.path(H200)
     return gpu_check.collect(folder, res.path(f"{H200}/log.txt"))
@@ -331,6 +356,8 @@ def sass_every_type(res):
 
 # name: (what it holds, the function that writes it from the results under a root)
 BLOCKS = {
+    "quickstart": ("the quick start per machine with each path's last wall time: results/demo.log, "
+                   "results/small*/run.log, the paper's estimate", quickstart),
     "demo": ("the demo's length sweep (scripts/demo.sh): results/demo.json, demo.log", demo),
     "small-gpu": ("the one-GPU small run's sweep: results/small/sweep.json, run.log", small_gpu),
     "small-cpu": ("every type at CPU scale (reproduce_small.sh cpu): results/small-cpu/*.json, run.log", small_cpu),

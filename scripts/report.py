@@ -272,6 +272,12 @@ def stats_table(runs):
     return "\n".join(lines)
 
 
+def wall_times(log_text):
+    """The wall time in seconds of each invocation a reproduction's log records: reproduce_*.sh ends
+    with "[reproduce_small] wall time 933 s; ...", demo.sh with "[demo] plot: ... wall time: 316 s"."""
+    return [int(s) for s in re.findall(r"^\[(?:reproduce_\w+|demo)\] (?:.* )?wall time:? (\d+) s", log_text, flags=re.M)]
+
+
 def provenance(found, log):
     """Commits, hardware and wall time of a reproduction (log: its run.log, or demo.sh's demo.log)."""
     reports = [report for items in found.values() for _, report in items]
@@ -284,8 +290,7 @@ def provenance(found, log):
         with open(log) as f:
             text = f.read()
         starts = re.findall(r"^\[(reproduce_\w+|demo)\] (\S+) (.*) at (\S+.*)$", text, flags=re.M)
-        # reproduce_*.sh: "[reproduce_small] wall time 933 s; ..."; demo.sh: "[demo] plot: ... wall time: 316 s"
-        walls = [int(s) for s in re.findall(r"^\[(?:reproduce_\w+|demo)\] (?:.* )?wall time:? (\d+) s", text, flags=re.M)]
+        walls = wall_times(text)
         for script, when, command, commit in starts:
             lines.append(f"- invocation: `{command}` at {commit}, {when}")
         if walls:

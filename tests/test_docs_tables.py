@@ -77,6 +77,21 @@ def test_a_changed_result_fails_the_check_naming_its_block_and_a_rewrite_mends_i
         [before.index(next(line for line in before if line.startswith("| demo-lssar |")))]
 
 
+def test_the_quick_start_takes_each_paths_time_from_its_log(copy, capsys):
+    log = copy / "results" / "demo.log"
+    text = log.read_text()
+    assert re.search(r"wall time: \d+ s", text)
+    log.write_text(re.sub(r"wall time: \d+ s", "wall time: 5400 s", text))   # 90 min
+    status, lines = check(copy, capsys)
+    assert status == 1 and lines == [f"README.md: block {name} differs from the results; {HINT}"
+                                     for name in ("quickstart", "demo")]   # the demo's provenance has it too
+    docs_tables.main(["--root", str(copy)])
+    assert table_row((copy / "README.md").read_text(), "a laptop or any CPU")[2].startswith("90 min (")
+    log.write_text(re.sub(r"wall time: \d+ s", "", text))                       # a log without its time says so
+    docs_tables.main(["--root", str(copy)])
+    assert table_row((copy / "README.md").read_text(), "a laptop or any CPU")[2].startswith("not recorded (")
+
+
 def test_every_block_of_a_results_folder_sees_a_change_there(copy, capsys):
     """A change to one run of results/small-cpu reaches its sweep table, the paper's layout and the
     summary; a new attention type there (reproduce_small.sh trains more than these) gets its rows."""
