@@ -5,8 +5,11 @@ torch's TF32 flags left as they were by tests and by train.main.
 
 No GPU here: a CUDA tensor on a second GPU is a fake tensor (torch's FakeTensorMode), the launches
 and torch.cuda.device are stand-ins that record, and the kernels themselves run under Triton's
-interpreter in a child process. What only a GPU can show (that torch.cuda.device really moves
-Triton's launch, that a real fault is caught at the probe's synchronize) is not tested here.
+interpreter, in a child process or (the `interpreted` fixture) in this one, where attention.py's
+dispatch around them (the kernel backend, check_kernel's probe, _auto_kernel_applies, auto's CUDA
+branch) is reached by the tests and by mutation testing. What only a GPU can show (that
+torch.cuda.device really moves Triton's launch, that a real fault is caught at the probe's
+synchronize) is not tested here.
 """
 import os
 import re
