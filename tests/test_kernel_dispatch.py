@@ -300,6 +300,16 @@ def test_check_kernel_failure_reason_warning_and_memory(interpreted, monkeypatch
     assert len(caught) == 1
 
 
+def test_the_fallback_warning_names_the_code_that_asked(interpreted, monkeypatch):
+    """The warning points at check_kernel's caller (here this file), not inside attention.py.
+    Left out of mutation runs (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
+    monkeypatch.setattr(interpreted, "_backward", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("simulated")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16)
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_check_kernel_waits_on_the_probed_device(interpreted, monkeypatch):
     synced = []
     monkeypatch.setattr(torch.cpu, "synchronize", lambda device=None: synced.append(device))
