@@ -445,6 +445,12 @@ def test_head_dim_without_a_kernel_warns_once_when_built(monkeypatch, head_dim):
     assert f"supported head dims: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}" in message
 
 
+def test_check_head_dim_takes_backend_auto_by_default(monkeypatch):
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="head_dim 80 has no fused lssar kernel"):
+        attention.check_head_dim("lssar", 80)
+
+
 def test_the_head_dim_warning_names_the_model_that_asked(monkeypatch):
     """It points at model.py, which built the attention. Left out of mutation runs
     (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
