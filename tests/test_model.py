@@ -174,3 +174,10 @@ def test_the_model_makes_its_rope_tables_on_the_device_of_its_input():
         assert logits.device.type == loss.device.type == "meta" and logits.shape == (2, T, 97)
     cpu, meta = model.rope(12, "cpu"), model.rope(12, "meta")   # one length, two devices: two tables
     assert {t.device.type for t in cpu} == {"cpu"} and {t.device.type for t in meta} == {"meta"}
+
+
+def test_a_model_whose_head_dim_has_no_kernel_says_so_when_built(monkeypatch):
+    import attention
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="head_dim 80 has no fused lssar kernel"):
+        GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=160, attention="lssar"))
