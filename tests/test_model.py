@@ -1,5 +1,6 @@
 """The GPT model: API, RoPE, length generalisation of the code path, counts."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -181,3 +182,8 @@ def test_a_model_whose_head_dim_has_no_kernel_says_so_when_built(monkeypatch):
     monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
     with pytest.warns(RuntimeWarning, match="head_dim 80 has no fused lssar kernel"):
         GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=160, attention="lssar"))
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the reference, asked for: nothing to warn about
+        GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=160, attention="lssar",
+                      attention_backend="reference"))
