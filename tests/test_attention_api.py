@@ -156,3 +156,16 @@ def test_16_bit_inputs_with_a_visible_mask():
     s = (q.double() @ k.double().transpose(-2, -1)) / 8 ** 0.5
     expected = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1) @ v.double()
     torch.testing.assert_close(y.double(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("kind", ATTENTION_TYPES)
+def test_tensors_made_inside_are_on_q_device(kind):
+    """The row counts and the causal mask attention makes itself are made on q's device. The meta
+    device (shapes only) stands in for a GPU: a tensor made on the CPU by mistake meets q there
+    and fails, as it would on CUDA. The weights for every type, and ssmax's SDPA path."""
+    q, k, v = (t.to("meta") for t in qkv())
+    head_scale = torch.ones(2, device="meta") if kind == "ssmax" else None
+    a = attention_weights(q, k, kind, q_start=3, head_scale=head_scale)
+    assert a.device.type == "meta" and a.shape == (1, 2, 5, 5)
+    if kind == "ssmax":
+        assert reference_attention(q, k, v, kind, head_scale=head_scale).device.type == "meta"

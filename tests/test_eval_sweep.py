@@ -235,3 +235,20 @@ def test_what_a_gpu_and_a_cpu_each_get(monkeypatch, gpu):
         assert (autocast.device, autocast.fast_dtype) == ("cuda", torch.bfloat16)
     else:
         assert not isinstance(autocast, torch.autocast)
+
+
+def test_each_checkpoint_is_loaded_onto_the_chosen_device(monkeypatch):
+    """--device reaches load_model (a stand-in that records it and stops there): a GPU sweep must
+    not evaluate a model left on the CPU."""
+    loaded = []
+
+    def load_model(path, device="cpu", **overrides):
+        loaded.append((path, device))
+        raise KeyboardInterrupt   # what was asked is recorded: nothing more to run
+
+    monkeypatch.setattr(eval_length, "pick_device", lambda name: "cuda:1")
+    monkeypatch.setattr(eval_length, "hardware", lambda d: {"device": d})
+    monkeypatch.setattr(eval_length, "load_model", load_model)
+    with pytest.raises(KeyboardInterrupt):
+        eval_length.main(["some/run", "--device", "cuda:1"])
+    assert loaded == [("some/run", "cuda:1")]

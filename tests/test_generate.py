@@ -3,6 +3,8 @@
 Each step's logits are compared with the no-cache forward of the same prefix, which runs the
 whole sequence through the ordinary causal path: the cache is right only if every row's n_i,
 RoPE position and keys are."""
+import os
+
 import pytest
 import torch
 
@@ -132,3 +134,51 @@ def test_generate_stops_early_and_limits_the_vocabulary():
         model.generate(prompt, -5)
     with pytest.raises(ValueError, match="left padding .* needs the cache"):
         model.generate(prompt, 2, pad=torch.tensor([1, 0]), use_cache=False)
+
+
+def test_the_cache_holds_keys_and_values_in_the_dtype_asked_for():
+    """bf16 under autocast: the keys and values the model writes are stored as they come."""
+    config = GPTConfig(block_size=BLOCK, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
+    cache = KVCache(config, 2, 6, None, "cpu", torch.bfloat16)
+    assert cache.k.dtype == cache.v.dtype == torch.bfloat16 and cache.k.shape == (2, 2, 2, 6, 16)
+
+
+def test_a_step_past_the_capacity_is_refused_with_the_numbers():
+    cache = KVCache(GPTConfig(block_size=BLOCK, vocab_size=64, n_layer=1, n_head=2, n_embd=32), 1, 4, None,
+                    "cpu", torch.float32)
+    cache.begin(3)
+    cache.advance(3)
+    cache.begin(1)   # exactly full: fits
+    with pytest.raises(ValueError, match=r"^the cache holds 4 positions; 3 \+ 2 do not fit$"):
+        cache.begin(2)
+
+
+def test_sampling_defaults_to_temperature_1():
+    from model import sample
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(500, 1)
+    torch.manual_seed(0)
+    default = sample(logits)
+    torch.manual_seed(0)
+    assert torch.equal(default, sample(logits, 1.0))
+
+
+def test_the_cache_path_keeps_the_power_and_the_backend():
+    """lssar with p = 3 (not the default 15) through the cache's masked path (a padded batch)
+    equals the no-cache forward; and a model set to backend "kernel" fails loudly in the cached
+    path too, where the kernel cannot run (no GPU, no interpreter), instead of quietly taking the
+    reference."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=64, n_layer=1, n_head=2, n_embd=32, attention="lssar",
+                          reweight_p=3.0)).eval()
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight.mul_(6)
+    tokens = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    prompt = torch.cat((torch.full((1, 1), 63), tokens[:, :3]), dim=1)   # one pad: the masked path
+    steps = cached_steps(model, prompt, tokens[:, 3:], pad=torch.tensor([1]))
+    for t, logits in enumerate(steps):
+        assert (logits - full_logits(model, tokens[:, :t + 3])).abs().max() < 1e-5, t
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        kernel = GPT(GPTConfig(block_size=BLOCK, vocab_size=64, n_layer=1, n_head=2, n_embd=32, attention="lssa",
+                               attention_backend="kernel"))
+        with pytest.raises(RuntimeError, match="fused lssa kernel cannot run"):
+            kernel.generate(tokens[:, :3], 1)

@@ -5,8 +5,11 @@ torch's TF32 flags left as they were by tests and by train.main.
 
 No GPU here: a CUDA tensor on a second GPU is a fake tensor (torch's FakeTensorMode), the launches
 and torch.cuda.device are stand-ins that record, and the kernels themselves run under Triton's
-interpreter in a child process. What only a GPU can show (that torch.cuda.device really moves
-Triton's launch, that a real fault is caught at the probe's synchronize) is not tested here.
+interpreter, in a child process or (the `interpreted` fixture) in this one, where attention.py's
+dispatch around them (the kernel backend, check_kernel's probe, _auto_kernel_applies, auto's CUDA
+branch) is reached by the tests and by mutation testing. What only a GPU can show (that
+torch.cuda.device really moves Triton's launch, that a real fault is caught at the probe's
+synchronize) is not tested here.
 """
 import os
 import re
@@ -163,6 +166,225 @@ def test_an_invalid_env_value_is_raised_not_a_fallback(monkeypatch):
             attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 64)
 
 
+# ----------------------------------------------------------------------------- in this process
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """kernels.lssa_triton run by Triton's interpreter in this process, for this test only: the
+    child processes above hold the kernels' numerics, these tests attention.py's dispatch around
+    them, where a test's stand-ins and mutation testing (which sees only this process) reach it.
+    The interpreter must be on when a @triton.jit function is made, so this loads a second copy
+    of the module with TRITON_INTERPRET=1 and turns triton.language's own jit helpers (tl.zeros,
+    ...; made when triton was imported) into interpreted ones; a plain autograd function
+    (LSSA_TRITON_OP=function) keeps the copy out of torch's op registry. All undone after."""
+    optional_module("triton", "pip install -r requirements-dev.txt")
+    import importlib.util
+    import kernels
+    from triton.runtime import interpreter
+    from triton.runtime.jit import JITFunction
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LSSA_TRITON_OP", "function")
+    for name, module in list(sys.modules.items()):
+        if name.startswith("triton.language") and module is not None:
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, JITFunction):
+                    monkeypatch.setattr(module, attr, interpreter.InterpretedFunction(value.fn))
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", interpreter._patch_lang_tensor)  # the copy patches it
+    path = os.path.join(os.path.dirname(kernels.__file__), "lssa_triton.py")
+    spec = importlib.util.spec_from_file_location("kernels.lssa_triton", path)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy.INTERPRET and copy.OP_KIND == "function"
+    monkeypatch.setattr(kernels, "lssa_triton", copy, raising=False)
+    monkeypatch.setitem(sys.modules, "kernels.lssa_triton", copy)
+    monkeypatch.setattr(attention, "_KERNEL_STATUS", {})
+    return copy
+
+
+def _qkv(T=20, d=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 2, T, d, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def _output_and_grads(q, k, v, kind, p, backend):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = attention.causal_attention(q, k, v, kind, p, backend=backend)
+    (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize("kind,p", [("lssar", 3.0), ("softplus_l1", 15.0)])
+def test_kernel_backend_in_this_process_matches_the_reference(interpreted, kind, p):
+    """backend="kernel" hands q, k, v, the type's recipe, p and softplus_l1's fixed length to the
+    fused kernel: output and gradients equal the reference's (q, k, v differ, so a swapped or
+    dropped argument shows; p = 3 and softplus_l1 so that a lost p or length does)."""
+    q, k, v = _qkv()
+    got = _output_and_grads(q, k, v, kind, p, "kernel")
+    want = _output_and_grads(q, k, v, kind, p, "reference")
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max(), name
+
+
+class _Recorder:
+    """Wraps the interpreted module's lssa_attention and _backward: what each probe launched."""
+
+    def __init__(self, module, monkeypatch, fail=None):
+        self.launched, self.backwards = [], 0
+        forward, backward = module.lssa_attention, module._backward
+
+        def lssa_attention(q, k, v, recipe, p=15.0, fixed_length=0):
+            self.launched.append((tuple(q.shape), q.dtype, q.device.type, q.requires_grad, recipe, p))
+            if fail is not None and fail(q):
+                raise RuntimeError(f"simulated: no {q.dtype} kernel here")
+            return forward(q, k, v, recipe, p, fixed_length)
+
+        def _backward(*args, **kwargs):
+            self.backwards += 1
+            return backward(*args, **kwargs)
+
+        monkeypatch.setattr(module, "lssa_attention", lssa_attention)
+        monkeypatch.setattr(module, "_backward", _backward)
+
+
+def test_check_kernel_probes_each_combination_once(interpreted, monkeypatch):
+    """The probe runs the real (interpreted) kernel, forward and backward, on (1, 1, probe_length,
+    head_dim) inputs of the asked dtype that need a gradient, also when called under no_grad and
+    bf16 autocast; once per (type, p, device, dtype, head dim): 15 and 15.0 are one p."""
+    rec = _Recorder(interpreted, monkeypatch)
+    T = interpreted.probe_length()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16) is None
+    for _ in range(2):
+        assert attention.check_kernel("lssa", 15, torch.device("cpu"), torch.float32, 16) is None
+    assert attention.check_kernel("lssar", 15.0, "cpu", torch.float32, 16) is None
+    assert attention.check_kernel("lssar", 3.0, "cpu", torch.float32, 16) is None
+    assert attention.check_kernel("lssa", 15.0, "cpu", torch.bfloat16, 16) is None
+    assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 32) is None
+    lssa, lssar = attention.RECIPES["lssa"], attention.RECIPES["lssar"]
+    assert rec.launched == [((1, 1, T, 16), torch.float32, "cpu", True, lssa, 15.0),
+                            ((1, 1, T, 16), torch.float32, "cpu", True, lssar, 15.0),
+                            ((1, 1, T, 16), torch.float32, "cpu", True, lssar, 3.0),
+                            ((1, 1, T, 16), torch.bfloat16, "cpu", True, lssa, 15.0),
+                            ((1, 1, T, 32), torch.float32, "cpu", True, lssa, 15.0)]
+    assert rec.backwards == 5
+
+
+def test_check_kernel_failure_reason_warning_and_memory(interpreted, monkeypatch):
+    """A kernel whose backward fails: the reason is the exception's type and its first non-empty
+    line, cut at 300 characters; one RuntimeWarning names the type, the reason and the flag; the
+    verdict is remembered (no second probe, no second warning); an exception without a message
+    gives its type alone. A head dim the kernel has no tile for is no failure: its reason, silently."""
+    first_line = "simulated: no kernel image is available " + "x" * 400
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"\n  {first_line}  \nsecond line")
+
+    monkeypatch.setattr(interpreted, "_backward", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reason = attention.check_kernel("lssar", 15.0, "cpu", torch.float32, 16)
+        assert attention.check_kernel("lssar", 15.0, "cpu", torch.float32, 16) == reason
+    assert reason == "RuntimeError: " + first_line[:300]
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning
+    assert str(caught[0].message) == (
+        f"the fused lssar kernel cannot run here: {reason}. Using the reference lssar attention instead "
+        "(slower; O(T^2) memory in training). Pass --attention_backend=reference to choose it explicitly, "
+        "or fix the Triton install.")
+
+    monkeypatch.setattr(interpreted, "_backward", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16) == "RuntimeError: "
+        assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 48) == (
+            f"head_dim 48 is not supported (supported: {interpreted.SUPPORTED_HEAD_DIMS})")
+    assert len(caught) == 1
+
+
+def test_the_fallback_warning_names_the_code_that_asked(interpreted, monkeypatch):
+    """The warning points at check_kernel's caller (here this file), not inside attention.py.
+    Left out of mutation runs (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
+    monkeypatch.setattr(interpreted, "_backward", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("simulated")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_check_kernel_waits_on_the_probed_device(interpreted, monkeypatch):
+    synced = []
+    monkeypatch.setattr(torch.cpu, "synchronize", lambda device=None: synced.append(device))
+    assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16) is None
+    assert synced == [torch.device("cpu")]
+
+
+def test_inside_a_compile_trace_nothing_is_probed_or_remembered(interpreted, monkeypatch):
+    rec = _Recorder(interpreted, monkeypatch)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert attention.check_kernel("lssa", 15.0, "cpu", torch.float32, 16) is None
+    assert rec.launched == [] and attention._KERNEL_STATUS == {}
+
+
+def test_cuda_without_an_index_is_the_current_device(monkeypatch):
+    """"cuda" and "cuda:N" (N the current device) share one verdict; a CPU device is not renamed.
+    torch.cuda.current_device is a stand-in: no GPU needed, nothing launched."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(attention, "_KERNEL_STATUS", {
+        ("lssa", 15.0, "cuda:1", torch.bfloat16, 64): "verdict of cuda:1",
+        ("lssa", 15.0, "cpu", torch.bfloat16, 64): "verdict of the cpu"})
+    assert attention.check_kernel("lssa", 15, "cuda", torch.bfloat16, 64) == "verdict of cuda:1"
+    assert attention.check_kernel("lssa", 15, torch.device("cuda"), torch.bfloat16, 64) == "verdict of cuda:1"
+    assert attention.check_kernel("lssa", 15, "cpu", torch.bfloat16, 64) == "verdict of the cpu"
+
+
+def test_auto_kernel_applies_where_the_probe_and_the_inputs_allow(interpreted, monkeypatch):
+    """backend="auto"'s test on CUDA tensors (here CPU ones under the interpreter): the kernel
+    when this type, p, device, dtype and head dim probe well and the inputs are ones it covers;
+    else the reference, warned about only for a failed probe (here the bf16 kernel fails)."""
+    rec = _Recorder(interpreted, monkeypatch, fail=lambda q: q.dtype == torch.bfloat16)
+    q, k, v = _qkv(T=20, d=16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert attention._auto_kernel_applies(q, k, v, "lssar", 3.0)
+        assert rec.launched[-1][0][-1] == 16 and rec.launched[-1][-1] == 3.0   # probed at q's head dim, p
+        assert not attention._auto_kernel_applies(*_qkv(d=48), "lssar", 3.0)         # no tile for 48
+        assert not attention._auto_kernel_applies(q, k, torch.randn(1, 2, 20, 32), "lssar", 3.0)  # v's width
+        assert not attention._auto_kernel_applies(q, k[:, :, :9], v, "lssar", 3.0)  # k's length
+        assert caught == []
+        assert not attention._auto_kernel_applies(*_qkv(dtype=torch.bfloat16), "lssar", 3.0)
+    assert len(caught) == 1 and "no torch.bfloat16 kernel" in str(caught[0].message)
+
+
+class _SaysCuda(torch.Tensor):
+    """A CPU tensor whose is_cuda says True: backend="auto"'s CUDA branch without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_auto_backend_on_cuda_tensors_runs_the_kernel_it_asked_about(monkeypatch):
+    """On CUDA tensors, "auto" asks _auto_kernel_applies about exactly q, k, v, the type and p,
+    and then runs the fused kernel on them (stand-ins record both); if it does not apply, the
+    reference."""
+    asked, ran = [], []
+    applies = [True]
+    monkeypatch.setattr(attention, "kernel_module", lambda: "the kernel module")
+    monkeypatch.setattr(attention, "_auto_kernel_applies",
+                        lambda q, k, v, kind, p: asked.append((q, k, v, kind, p)) or applies[0])
+    monkeypatch.setattr(attention, "_fused",
+                        lambda module, q, k, v, kind, p: ran.append((module, q, k, v, kind, p)) or "fused output")
+    q, k, v = (t.detach().as_subclass(_SaysCuda) for t in _qkv())
+    assert attention.causal_attention(q, k, v, "lssar", 3.0) == "fused output"
+    assert len(asked) == len(ran) == 1
+    assert all(a is b for a, b in zip(asked[0], (q, k, v))) and asked[0][3:] == ("lssar", 3.0)
+    assert ran[0][0] == "the kernel module" and all(a is b for a, b in zip(ran[0][1:4], (q, k, v)))
+    assert ran[0][4:] == ("lssar", 3.0)
+    applies[0] = False
+    got = attention.causal_attention(q, k, v, "lssar", 3.0).as_subclass(torch.Tensor)
+    plain = [t.as_subclass(torch.Tensor) for t in (q, k, v)]
+    assert torch.equal(got, attention.causal_attention(*plain, "lssar", 3.0, backend="reference"))
+
+
 # ----------------------------------------------------------------------------- side tensors
 
 _LAYOUT_CHILD = r"""
@@ -221,7 +443,22 @@ def test_head_dim_without_a_kernel_warns_once_when_built(monkeypatch, head_dim):
     message = str(caught[0].message)
     assert f"head_dim {head_dim} has no fused lssar kernel" in message and "O(T^2) memory" in message
     assert f"supported head dims: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}" in message
-    assert caught[0].filename == os.path.join(REPO, "model.py")   # points at the model that asked
+
+
+def test_check_head_dim_takes_backend_auto_by_default(monkeypatch):
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="head_dim 80 has no fused lssar kernel"):
+        attention.check_head_dim("lssar", 80)
+
+
+def test_the_head_dim_warning_names_the_model_that_asked(monkeypatch):
+    """It points at model.py, which built the attention. Left out of mutation runs
+    (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _model(160, 2, attention="lssar")
+    assert [w.filename for w in caught] == [os.path.join(REPO, "model.py")]
 
 
 def test_no_head_dim_warning_where_nothing_is_lost(monkeypatch):

@@ -1,5 +1,6 @@
 """The GPT model: API, RoPE, length generalisation of the code path, counts."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -161,3 +162,28 @@ def test_rope_tables_are_not_saved():
     cos, sin = rope_tables(16, 16, 10000.0, "cpu")
     assert torch.equal(model.rope(16, torch.device("cpu"))[0], cos)
     assert torch.equal(model.rope(16, torch.device("cpu"))[1], sin)
+
+
+def test_the_model_makes_its_rope_tables_on_the_device_of_its_input():
+    """RoPE tables are made on the input's device and cached per device: the meta device (shapes
+    only) stands in for a GPU, where a table made on the CPU by mistake meets the activations and
+    fails. At the training length (the buffers, moved with the model) and at another length."""
+    model = GPT(config_from_preset("tiny", vocab_size=97, block_size=16)).to("meta")
+    for T in (16, 8):
+        idx = torch.zeros(2, T, dtype=torch.long, device="meta")
+        logits, loss = model(idx, idx)
+        assert logits.device.type == loss.device.type == "meta" and logits.shape == (2, T, 97)
+    cpu, meta = model.rope(12, "cpu"), model.rope(12, "meta")   # one length, two devices: two tables
+    assert {t.device.type for t in cpu} == {"cpu"} and {t.device.type for t in meta} == {"meta"}
+
+
+def test_a_model_whose_head_dim_has_no_kernel_says_so_when_built(monkeypatch):
+    import attention
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="head_dim 80 has no fused lssar kernel"):
+        GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=160, attention="lssar"))
+    monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the reference, asked for: nothing to warn about
+        GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=160, attention="lssar",
+                      attention_backend="reference"))

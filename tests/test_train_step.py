@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
+from checkpoint import list_checkpoints, load_checkpoint
 from configurator import load_config
 from data.shards import TrainLoader
 from model import GPT, GPTConfig
@@ -217,3 +217,37 @@ def test_a_run_saved_on_a_gpu_resumes_on_a_cpu(synth_dir, tmp_path, monkeypatch)
         torch.save(ckpt, path)
     train.main(tiny_args(synth_dir, tmp_path, "--max_iters=2", "--init_from=resume", *common))
     assert load_checkpoint(str(tmp_path))["step"] == 2
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_the_cuda_only_steps_of_the_training_loop(synth_dir, tmp_path, monkeypatch):
+    """What the loop does on a CUDA device only, with torch.cuda's stand-ins (the run itself on
+    the CPU, its setup saying "cuda"): one synchronize on the training device before the first
+    step is timed, and per logged interval the device's peak memory in GiB, then its peak reset.
+    And the resume tests' kill hook (TRAIN_CRASH_AFTER_STEP, used in child processes): SIGKILL
+    to this process after that step's checkpoint, here a stand-in for os.kill that stops the run."""
+    import dataclasses
+    calls, setup = [], train.setup_process
+    monkeypatch.setattr(train, "setup_process", lambda cfg: dataclasses.replace(setup(cfg), device_type="cuda"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("synchronize", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 3 * 2**29)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+
+    def kill(pid, sig):
+        calls.append(("kill", pid, sig))
+        raise _Killed
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setenv("TRAIN_CRASH_AFTER_STEP", "2")
+    out = tmp_path / "run"
+    with pytest.raises(_Killed):
+        train.main(tiny_args(synth_dir, str(out), "--max_iters=4", "--log_interval=1", "--ckpt_interval=2",
+                             "--attention=softmax"))
+    assert calls == [("synchronize", "cpu"), ("peak", "cpu"), ("reset", "cpu"), ("peak", "cpu"), ("reset", "cpu"),
+                     ("kill", os.getpid(), 9)]
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["peak_mem_gib"] for r in records if "loss" in r] == [1.5, 1.5]
+    assert [step for step, _ in list_checkpoints(str(out))] == [2]   # killed after step 2's checkpoint

@@ -29,9 +29,11 @@ source scripts/env.sh
 python -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install -r requirements-mutation.txt" >&2; exit 1; }
 
 declare -A TESTS=(
-  [attention.py]="tests/test_attention.py tests/test_attention_api.py tests/test_kernels.py --deselect tests/test_kernels.py::test_interpreter_under_torch_compile"
-  # torch.compile cannot trace through mutmut's trampolines (a ContextVar): the compile tests are left out
-  [model.py]="tests/test_model_maths.py tests/test_attention_stats.py::test_attention_maps_of_a_model_with_and_without_a_per_head_scale tests/test_model.py --deselect tests/test_model.py::test_compiled_model_does_not_recompile --deselect tests/test_model.py::test_trained_at_32_runs_at_512"
+  [attention.py]="tests/test_attention.py tests/test_attention_api.py tests/test_kernel_dispatch.py tests/test_kernels.py --deselect tests/test_kernels.py::test_interpreter_under_torch_compile --deselect tests/test_kernel_dispatch.py::test_the_head_dim_warning_names_the_model_that_asked --deselect tests/test_kernel_dispatch.py::test_the_fallback_warning_names_the_code_that_asked"
+  # torch.compile cannot trace through mutmut's trampolines (a ContextVar): the compile tests are left out;
+  # a warning's stacklevel counts stack frames and each trampoline adds one, so the tests of the file a
+  # warning names (the head-dim and the fallback warnings) fail on the unmutated code there: left out too
+  [model.py]="tests/test_model_maths.py tests/test_attention_stats.py::test_attention_maps_of_a_model_with_and_without_a_per_head_scale tests/test_model.py tests/test_generate.py --deselect tests/test_model.py::test_compiled_model_does_not_recompile --deselect tests/test_model.py::test_trained_at_32_runs_at_512"
   [checkpoint.py]="tests/test_checkpoint.py"
   [eval_length.py]="tests/test_eval_sweep.py tests/test_eval.py::test_too_small_a_token_budget_says_what_was_asked_and_what_the_split_holds"
   [eval_passkey.py]="tests/test_passkey.py tests/test_passkey_gaps.py"
