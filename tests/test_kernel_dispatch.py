@@ -302,7 +302,7 @@ def test_check_kernel_failure_reason_warning_and_memory(interpreted, monkeypatch
 
 def test_the_fallback_warning_names_the_code_that_asked(interpreted, monkeypatch):
     """The warning points at check_kernel's caller (here this file), not inside attention.py.
-    Left out of mutation runs (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
+    Left out of mutation runs (tools/mutation.sh): each mutmut trampoline adds a stack frame."""
     monkeypatch.setattr(interpreted, "_backward", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("simulated")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -453,7 +453,7 @@ def test_check_head_dim_takes_backend_auto_by_default(monkeypatch):
 
 def test_the_head_dim_warning_names_the_model_that_asked(monkeypatch):
     """It points at model.py, which built the attention. Left out of mutation runs
-    (scripts/mutation.sh): each mutmut trampoline adds a stack frame."""
+    (tools/mutation.sh): each mutmut trampoline adds a stack frame."""
     monkeypatch.setattr(attention, "_HEAD_DIM_WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
