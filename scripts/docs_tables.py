@@ -240,7 +240,7 @@ def kernel_errors_cpu(res):
             + " and ".join(str(t) for t in sorted({r["T"] for r in rows})) + f" (`{rel}`)")
 
 
-# One tile of scripts/kernel_resources.py's text table: kernel dtype d mode (tile) registers stores/loads shared
+# One tile of tools/kernel_resources.py's text table: kernel dtype d mode (tile) registers stores/loads shared
 RESOURCE_LINE = re.compile(r"^(\w+)\s+(\w+)\s+(\d+)\s+(\S+)\s+\(([\d, ]+)\)\s+(\d+)\s+(\d+)/(\d+)\s")
 
 
@@ -288,7 +288,7 @@ def sm90_spills_lssa(res):
     return spills(res, rel, f"Triton {triton.group(1) if triton else '?'}, sm_90, lssa and lssar")
 
 
-# One loop of scripts/kernel_resources.py --sass's text table: kernel dtype d mode (tile) loop instr MUFU mma
+# One loop of tools/kernel_resources.py --sass's text table: kernel dtype d mode (tile) loop instr MUFU mma
 SASS_LINE = re.compile(r"^(\w+)\s+(\w+)\s+(\d+)\s+(\S+)\s+\(([\d, ]+)\)\s+([A-Za-z][^()]*?)\s+([\d.]+)\s+([\d.]+)\s+\S+")
 KERNEL_NAMES = {"fwd": "forward", "dkdv": "dK/dV", "dq": "dQ"}
 
