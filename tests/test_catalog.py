@@ -54,7 +54,8 @@ def test_prepare_command_names_the_dataset_tokenizer_and_directory(tmp_path):
     elsewhere = tmp_path / "fineweb-10B"
     assert prepare_command(elsewhere) == f"python data/prepare.py fineweb-10B --out-dir {elsewhere}"
     bytes_elsewhere = tmp_path / "embedded-bytes"
-    assert prepare_command(bytes_elsewhere) == f"python data/prepare.py embedded --tokenizer bytes --out-dir {bytes_elsewhere}"
+    assert prepare_command(bytes_elsewhere) == (f"python data/prepare.py embedded --tokenizer bytes "
+                                                f"--out-dir {bytes_elsewhere}")
     # a directory prepare.py wrote says which dataset and tokenizer it holds, whatever its name
     written = meta_dir(tmp_path, {"dataset": "openwebtext", "tokenizer": "bytes"}, "mine")
     assert prepare_command(written) == f"python data/prepare.py openwebtext --tokenizer bytes --out-dir {written}"

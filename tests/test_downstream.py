@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import eval_downstream
 from checkpoint import load_model
-from data.tokenizer import EOT, get_encoding
+from data.tokenizer import EOT, ByteTokenizer, get_encoding
 from helpers import optional_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +39,31 @@ def forward_losses(model, tokens):
     with torch.no_grad():
         logits, _ = model(x[None, :-1], x[None, 1:])
     return F.cross_entropy(logits[0].float(), x[1:], reduction="none")
+
+
+def test_pairs_windows_and_options_by_hand(harness):
+    """The pure pieces of harness.py on byte tokens (one token a byte, NUL the separator)."""
+    tok = ByteTokenizer()
+    # the context's trailing space moves to the continuation, as running text tokenises it
+    assert harness.split_pair(tok, "Hello ", "world") == ([0] + list(b"Hello"), list(b" world"))
+    assert harness.split_pair(tok, "", "Hi") == ([0], list(b"Hi"))
+    # every token after the separator scored once; later windows have a full max_length of input
+    assert harness.rolling_windows(list(range(10)), 4) == [([0], [1, 2, 3, 4]), ([4], [5, 6, 7, 8]),
+                                                           ([5, 6, 7, 8], [9])]
+    assert harness.rolling_windows([0, 1, 2], 1) == [([0], [1]), ([1], [2])]
+    assert harness.rolling_windows([0, 1, 2], 8) == [([0], [1, 2])] and harness.rolling_windows([0], 8) == []
+    assert [harness.window_tokens(m, 32) for m in ("16x", "2x", None, 0, 64, "48")] == [512, 64, 32, 32, 64, 48]
+    options = harness.generation_options
+    assert options(None) == {"until": [], "max_gen_toks": 256, "temperature": 0.0, "top_k": None}
+    assert options({"until": ["", "\n"], "max_gen_toks": 5, "max_new_tokens": 9})["until"] == ["\n"]
+    assert options({"max_gen_toks": 5, "max_new_tokens": 9})["max_gen_toks"] == 5   # lm-eval's own order
+    assert options({"max_gen_toks": None, "max_new_tokens": 9})["max_gen_toks"] == 9
+    assert options({"temperature": None, "top_p": 1.0, "top_k": 4}) == {"until": [], "max_gen_toks": 256,
+                                                                        "temperature": 0.0, "top_k": None}
+    assert options({"do_sample": True, "temperature": 0.5, "top_k": "3", "top_p": 1}) == {
+        "until": [], "max_gen_toks": 256, "temperature": 0.5, "top_k": 3}
+    assert options({"do_sample": True, "top_k": 1})["top_k"] == 1
+    assert options({"max_gen_toks": 1})["max_gen_toks"] == 1
 
 
 def test_loglikelihood_equals_forward_token_losses(harness, gpt2_vocab_run):
