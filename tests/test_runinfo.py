@@ -24,8 +24,17 @@ def test_code_version_dirty_means_code_not_results(tmp_path, monkeypatch):
     git("add", ".")
     git("commit", "-qm", "c")
     monkeypatch.setattr(runinfo, "REPO_ROOT", str(tmp_path))
+    timeouts = []
+    run = subprocess.run
+
+    def spy(*args, **kwargs):   # every git call is bounded: a hung git must not hang a training run
+        timeouts.append(kwargs.get("timeout"))
+        return run(*args, **kwargs)
+    monkeypatch.setattr(subprocess, "run", spy)
     clean = runinfo.code_version()
-    assert len(clean["commit"]) == 40 and clean["dirty"] is False
+    head = run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True).stdout.decode().strip()
+    assert clean == {"commit": head, "dirty": False} and type(clean["commit"]) is str and len(head) == 40
+    assert timeouts and all(t is not None and t <= 10 for t in timeouts)
     (tmp_path / "results" / "sweep.json").write_text('{"new": 1}\n')  # a script rewriting its own output
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert runinfo.code_version()["dirty"] is False
@@ -116,7 +125,7 @@ def test_hardware_of_the_cpu_and_of_a_cuda_stand_in(monkeypatch):
     assert runinfo.hardware() == cpu and runinfo.hardware(torch.device("cpu")) == cpu
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: asked.append(device) or
-                        SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30 + 2**29 - 2**20))
+                        SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=int(80.46 * 2**30)))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setitem(sys.modules, "triton", SimpleNamespace(__version__="3.9.9"))

@@ -169,10 +169,16 @@ def test_config_values_and_their_errors_word_for_word():
     with pytest.raises(ConfigError, match=r"^cannot parse 'x': expects list \(a Python literal\)$"):
         parse_value("x", [])
     assert config_error(["--max_iters"]) == "expected --key=value, got '--max_iters'"
+    assert load_config(["--wandb_run_name=a=b"]).wandb_run_name == "a=b"   # the first "=" ends the key
+    with pytest.raises(ConfigError, match="^unknown model 'gpt5'"):   # validate checks the model unless told not to
+        configurator.validate(TrainConfig(model="gpt5"))
     assert config_error(["--dtype=fp8"]) == ("config key 'dtype' must be one of auto, float32, bfloat16, float16; "
                                              "got 'fp8'")
     assert config_error(["--zzz=1"]) == ("unknown config key 'zzz' (valid keys are listed in configurator.py: "
                                          "TrainConfig)")
+    # the three closest of the eight keys close to it
+    assert config_error(["--eval_iter=1"]) == ("unknown config key 'eval_iter'; did you mean eval_iters, eval_interval, "
+                                               "max_iters? (valid keys are listed in configurator.py: TrainConfig)")
     assert config_error(["--out_dir=out/{0}"]).startswith("out_dir 'out/{0}': bad {key} template (")   # IndexError
     # the positive keys, each at 0 (1 is fine)
     for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
@@ -210,26 +216,36 @@ def test_config_files_include_and_skip_what_is_not_a_key(tmp_path, monkeypatch):
     base = tmp_path / "base.py"
     base.write_text("batch_size = 4\nmax_iters = 7\n")
     variant = tmp_path / "variant.py"
-    # include() by a path that exists from here, or relative to the repository (config/...)
-    variant.write_text(f"include({str(base)!r})\ninclude('config/paper_124m_owt.py')\nimport math\n_private = 3\n"
-                       "def helper():\n    return 1\nbatch_size = math.floor(8.5)\n")
-    monkeypatch.chdir(tmp_path)
-    cfg = load_config(["variant.py"])
+    # include() by a path that exists from here (the working directory), or relative to the repository
+    variant.write_text(f"include({os.path.relpath(base)!r})\ninclude('config/paper_124m_owt.py')\nimport math\n"
+                       "_private = 3\ndef helper():\n    return 1\nbatch_size = math.floor(8.5)\n")
+    cfg = load_config([str(variant)])
     assert (cfg.batch_size, cfg.dataset, cfg.max_iters) == (8, "openwebtext", 18865)
-    (tmp_path / "loop.py").write_text("include('loop.py')\n")
-    assert config_error(["loop.py"]) == "config file 'loop.py' includes itself"
+    # a relative path that does not exist from here is the repository's (here a stand-in for it)
+    (tmp_path / "repo" / "config").mkdir(parents=True)
+    (tmp_path / "repo" / "config" / "inc.py").write_text("eval_iters = 3\n")
+    (tmp_path / "uses.py").write_text(f"include({os.path.relpath(base)!r})\ninclude('config/inc.py')\n")
+    monkeypatch.setattr(configurator, "REPO_ROOT", str(tmp_path / "repo"))
+    cfg = load_config([str(tmp_path / "uses.py")])
+    assert (cfg.batch_size, cfg.eval_iters, cfg.max_iters) == (4, 3, 7)
+    monkeypatch.undo()
+    loop = tmp_path / "loop.py"
+    loop.write_text(f"include({str(loop)!r})\n")
+    assert config_error([str(loop)]) == f"config file {str(loop)!r} includes itself"
     assert config_error(["nope.py"]) == (f"config file 'nope.py' not found (config files live in "
                                          f"{os.path.join(configurator.REPO_ROOT, 'config')})")
     (tmp_path / "bad.py").write_text("learning_rat = 1e-3\n")
-    assert config_error(["bad.py"]) == ("in bad.py: unknown config key 'learning_rat'; did you mean learning_rate? "
-                                        "(valid keys are listed in configurator.py: TrainConfig)")
+    assert config_error([str(tmp_path / "bad.py")]) == (
+        f"in {tmp_path / 'bad.py'}: unknown config key 'learning_rat'; did you mean learning_rate? "
+        "(valid keys are listed in configurator.py: TrainConfig)")
     (tmp_path / "typed.py").write_text("compile = 'yes'\n")
-    assert config_error(["typed.py"]) == "config key 'compile' expects bool, got str 'yes'"
+    assert config_error([str(tmp_path / "typed.py")]) == "config key 'compile' expects bool, got str 'yes'"
 
 
 def test_grad_accum_steps_and_its_two_fixes():
     cfg = TrainConfig(batch_size=4, block_size=8, total_batch_size=96)   # 12 sequences per optimizer step
     assert grad_accum_steps(cfg, 1) == 3 and grad_accum_steps(cfg, 3) == 1
+    assert type(grad_accum_steps(cfg, 1)) is int   # a count of micro-steps: train.py loops over range() of it
     assert grad_accum_steps(TrainConfig(batch_size=4, block_size=8, total_batch_size=0), 5) == 1
     with pytest.raises(ConfigError) as e:
         grad_accum_steps(cfg, 2)
