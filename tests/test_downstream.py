@@ -129,6 +129,46 @@ def test_rolling_loglikelihood_scores_every_token_once(harness, gpt2_vocab_run):
     lm.max_length = 4  # windows: each token still scored once, with less context, so a lower likelihood
     cut, = lm.loglikelihood_rolling([request(text)])
     assert cut != pytest.approx(total, abs=1e-3)
+    # the document's total is the sum over its windows, each scored by the plain forward
+    windows = harness.rolling_windows(ids, 4)
+    assert len(windows) == 3 and cut == pytest.approx(
+        -sum(forward_losses(model, ctx + cont)[-len(cont):].sum().item() for ctx, cont in windows), abs=1e-4)
+
+
+def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt2_vocab_run, monkeypatch):
+    """lm-eval's --use_cache stores each answer through cache_hook.add_partial(kind, request args, answer);
+    the progress bars are shown on a terminal unless lm-eval asks for none."""
+    import tqdm
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=8)
+    stored, bars = [], []
+
+    class Hook:
+        def add_partial(self, attr, req, res):
+            stored.append((attr, req, res))
+    lm.set_cache_hook(Hook())
+    real_tqdm = tqdm.tqdm
+
+    def spy(*args, **kwargs):
+        bars.append((kwargs["desc"], kwargs["disable"], kwargs.get("total")))
+        return real_tqdm(*args, **{**kwargs, "disable": True})
+    monkeypatch.setattr(tqdm, "tqdm", spy)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    pairs = [request("And God said", " Let"), request("A", " b")]
+    scores = lm.loglikelihood(pairs)
+    text = "In the beginning God created the heaven and the earth."
+    total, = lm.loglikelihood_rolling([request(text)])
+    texts = lm.generate_until([request("And God said", {"max_gen_toks": 2})])
+    assert stored == [("loglikelihood", ("And God said", " Let"), scores[0]), ("loglikelihood", ("A", " b"), scores[1]),
+                      ("loglikelihood_rolling", (text,), total),
+                      ("generate_until", ("And God said", {"max_gen_toks": 2}), texts[0])]
+    assert bars == [("loglikelihood", False, None), ("loglikelihood", False, None), ("generate_until", False, 1)]
+    bars.clear()
+    lm.loglikelihood(pairs, disable_tqdm=True)
+    lm.loglikelihood_rolling([request(text)], disable_tqdm=True)
+    lm.generate_until([request("A", {"max_gen_toks": 2})], disable_tqdm=True)
+    assert bars == [("loglikelihood", True, None), ("loglikelihood", True, None), ("generate_until", True, 1)]
+    # a prompt keeps at least one token: max_gen_toks up to max_length - 1
+    assert lm.context_tokens("And God said", 7) == ([EOT] + lm.tok.encode("And God said"))[-1:]
 
 
 def greedy_by_hand(model, tokens, until, limit, vocab):
