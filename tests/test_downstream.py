@@ -146,11 +146,24 @@ def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt
         def add_partial(self, attr, req, res):
             stored.append((attr, req, res))
     lm.set_cache_hook(Hook())
-    real_tqdm = tqdm.tqdm
+    updates = []
+
+    class Bar:   # what harness.py uses of a tqdm bar
+        def __init__(self, iterable=None):
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            updates.append("closed")
 
     def spy(*args, **kwargs):
         bars.append((kwargs["desc"], kwargs["disable"], kwargs.get("total")))
-        return real_tqdm(*args, **{**kwargs, "disable": True})
+        return Bar(*args)
     monkeypatch.setattr(tqdm, "tqdm", spy)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     pairs = [request("And God said", " Let"), request("A", " b")]
@@ -162,11 +175,17 @@ def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt
                       ("loglikelihood_rolling", (text,), total),
                       ("generate_until", ("And God said", {"max_gen_toks": 2}), texts[0])]
     assert bars == [("loglikelihood", False, None), ("loglikelihood", False, None), ("generate_until", False, 1)]
+    assert updates == [1, "closed"]   # the generation bar counts requests
     bars.clear()
     lm.loglikelihood(pairs, disable_tqdm=True)
     lm.loglikelihood_rolling([request(text)], disable_tqdm=True)
     lm.generate_until([request("A", {"max_gen_toks": 2})], disable_tqdm=True)
     assert bars == [("loglikelihood", True, None), ("loglikelihood", True, None), ("generate_until", True, 1)]
+    bars.clear()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)   # a log file: no bars
+    lm.loglikelihood(pairs)
+    lm.generate_until([request("A", {"max_gen_toks": 2})])
+    assert bars == [("loglikelihood", True, None), ("generate_until", True, 1)]
     # a prompt keeps at least one token: max_gen_toks up to max_length - 1
     assert lm.context_tokens("And God said", 7) == ([EOT] + lm.tok.encode("And God said"))[-1:]
 
