@@ -154,3 +154,11 @@ def test_load_tokenizer_and_the_byte_tokenizer():
     assert gpt2.decode(iter([15496, 995])) == "Hello world"
     with pytest.raises(ValueError, match=r"^unknown tokenizer 'chars'; known: gpt2, bytes$"):
         tokenizer.load_tokenizer("chars")
+
+
+def test_encoding_from_ranks_is_named_gpt2_and_checks_the_tables_size():
+    ranks = tokenizer.load_ranks()
+    assert tokenizer.encoding_from_ranks(ranks).name == "gpt2"
+    # tiktoken checks the 50,256 ranks + <|endoftext|> against GPT-2's 50,257 ids: a cut table is refused
+    with pytest.raises(AssertionError):
+        tokenizer.encoding_from_ranks(dict(list(ranks.items())[:300]))
