@@ -158,7 +158,21 @@ def test_load_tokenizer_and_the_byte_tokenizer():
 
 def test_encoding_from_ranks_is_named_gpt2_and_checks_the_tables_size():
     ranks = tokenizer.load_ranks()
-    assert tokenizer.encoding_from_ranks(ranks).name == "gpt2"
+    enc = tokenizer.encoding_from_ranks(ranks)
+    assert enc.name == "gpt2" and enc.encode("<|endoftext|>", allowed_special="all") == [50256]
     # tiktoken checks the 50,256 ranks + <|endoftext|> against GPT-2's 50,257 ids: a cut table is refused
     with pytest.raises(AssertionError):
         tokenizer.encoding_from_ranks(dict(list(ranks.items())[:300]))
+
+
+def test_ranks_are_checked_when_extracted(tmp_path, monkeypatch):
+    monkeypatch.setattr(tokenizer, "RANKS_PATH", tmp_path / "gpt2.tiktoken")   # not extracted yet
+    monkeypatch.setattr(tokenizer, "RANKS_SHA256", "0" * 64)   # what the member must hash to
+    with pytest.raises(sources.PinError, match="sha256 mismatch"):
+        tokenizer.ranks_file()
+    assert not (tmp_path / "gpt2.tiktoken").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(tokenizer, "RANKS_PATH", tmp_path / "new" / "cache" / "gpt2.tiktoken")   # folders made
+    path = tokenizer.ranks_file()
+    assert path == tmp_path / "new" / "cache" / "gpt2.tiktoken"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == tokenizer.RANKS_SHA256
