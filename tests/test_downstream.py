@@ -186,6 +186,10 @@ def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt
     lm.loglikelihood(pairs)
     lm.generate_until([request("A", {"max_gen_toks": 2})])
     assert bars == [("loglikelihood", True, None), ("generate_until", True, 1)]
+    # what lm-eval records of the model in its results
+    assert lm.get_model_info() == {"checkpoint": lm.ckpt["path"], "step": 2, "attention": "lssar", "reweight_p": 15.0,
+                                   "overrides": {}, "train_context": 32, "max_length": 8, "tokenizer": "gpt2"}
+    assert os.path.dirname(lm.ckpt["path"]) == gpt2_vocab_run
     # a prompt keeps at least one token: max_gen_toks up to max_length - 1
     assert lm.context_tokens("And God said", 7) == ([EOT] + lm.tok.encode("And God said"))[-1:]
 
@@ -256,6 +260,7 @@ def test_generate_until_sampling_options(harness, gpt2_vocab_run):
     for bad, message in (({"top_p": 0.9, "do_sample": True}, "top_p=0.9 is not supported"),
                          ({"temperature": -1}, "temperature must be >= 0"),
                          ({"top_k": 0, "do_sample": True}, "top_k must be a positive integer"),
+                         ({"top_p": 2, "do_sample": True}, "top_p=2 is not supported"),
                          ({"max_gen_toks": 0}, "max_gen_toks must be at least 1")):
         with pytest.raises(ValueError, match=message):
             options(bad)
