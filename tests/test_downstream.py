@@ -186,6 +186,11 @@ def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt
     lm.loglikelihood(pairs)
     lm.generate_until([request("A", {"max_gen_toks": 2})])
     assert bars == [("loglikelihood", True, None), ("generate_until", True, 1)]
+    # the defaults: 16 requests a batch, the device picked ("auto": the CPU where no GPU is)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plain = harness.LssaGPT(gpt2_vocab_run)
+    assert (plain.batch_size, plain._device, plain.overrides) == (16, "cpu", {})
+    assert harness.LssaGPT(gpt2_vocab_run, attention_backend="reference").overrides == {"attention_backend": "reference"}
     # what lm-eval records of the model in its results
     assert lm.get_model_info() == {"checkpoint": lm.ckpt["path"], "step": 2, "attention": "lssar", "reweight_p": 15.0,
                                    "overrides": {}, "train_context": 32, "max_length": 8, "tokenizer": "gpt2"}
