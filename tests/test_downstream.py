@@ -190,6 +190,7 @@ def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     plain = harness.LssaGPT(gpt2_vocab_run)
     assert (plain.batch_size, plain._device, plain.overrides) == (16, "cpu", {})
+    assert harness.LssaGPT(gpt2_vocab_run, device=None)._device == "cpu"   # None: auto, as lm-eval may pass it
     assert harness.LssaGPT(gpt2_vocab_run, attention_backend="reference").overrides == {"attention_backend": "reference"}
     # what lm-eval records of the model in its results
     assert lm.get_model_info() == {"checkpoint": lm.ckpt["path"], "step": 2, "attention": "lssar", "reweight_p": 15.0,
