@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import eval_downstream
 from checkpoint import load_model
-from data.tokenizer import EOT, get_encoding
+from data.tokenizer import EOT, ByteTokenizer, get_encoding
 from helpers import optional_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +39,31 @@ def forward_losses(model, tokens):
     with torch.no_grad():
         logits, _ = model(x[None, :-1], x[None, 1:])
     return F.cross_entropy(logits[0].float(), x[1:], reduction="none")
+
+
+def test_pairs_windows_and_options_by_hand(harness):
+    """The pure pieces of harness.py on byte tokens (one token a byte, NUL the separator)."""
+    tok = ByteTokenizer()
+    # the context's trailing space moves to the continuation, as running text tokenises it
+    assert harness.split_pair(tok, "Hello ", "world") == ([0] + list(b"Hello"), list(b" world"))
+    assert harness.split_pair(tok, "", "Hi") == ([0], list(b"Hi"))
+    # every token after the separator scored once; later windows have a full max_length of input
+    assert harness.rolling_windows(list(range(10)), 4) == [([0], [1, 2, 3, 4]), ([4], [5, 6, 7, 8]),
+                                                           ([5, 6, 7, 8], [9])]
+    assert harness.rolling_windows([0, 1, 2], 1) == [([0], [1]), ([1], [2])]
+    assert harness.rolling_windows([0, 1, 2], 8) == [([0], [1, 2])] and harness.rolling_windows([0], 8) == []
+    assert [harness.window_tokens(m, 32) for m in ("16x", "2x", None, 0, 64, "48")] == [512, 64, 32, 32, 64, 48]
+    options = harness.generation_options
+    assert options(None) == {"until": [], "max_gen_toks": 256, "temperature": 0.0, "top_k": None}
+    assert options({"until": ["", "\n"], "max_gen_toks": 5, "max_new_tokens": 9})["until"] == ["\n"]
+    assert options({"max_gen_toks": 5, "max_new_tokens": 9})["max_gen_toks"] == 5   # lm-eval's own order
+    assert options({"max_gen_toks": None, "max_new_tokens": 9})["max_gen_toks"] == 9
+    assert options({"temperature": None, "top_p": 1.0, "top_k": 4}) == {"until": [], "max_gen_toks": 256,
+                                                                        "temperature": 0.0, "top_k": None}
+    assert options({"do_sample": True, "temperature": 0.5, "top_k": "3", "top_p": 1}) == {
+        "until": [], "max_gen_toks": 256, "temperature": 0.5, "top_k": 3}
+    assert options({"do_sample": True, "top_k": 1})["top_k"] == 1
+    assert options({"max_gen_toks": 1})["max_gen_toks"] == 1
 
 
 def test_loglikelihood_equals_forward_token_losses(harness, gpt2_vocab_run):
@@ -104,6 +129,75 @@ def test_rolling_loglikelihood_scores_every_token_once(harness, gpt2_vocab_run):
     lm.max_length = 4  # windows: each token still scored once, with less context, so a lower likelihood
     cut, = lm.loglikelihood_rolling([request(text)])
     assert cut != pytest.approx(total, abs=1e-3)
+    # the document's total is the sum over its windows, each scored by the plain forward
+    windows = harness.rolling_windows(ids, 4)
+    assert len(windows) == 3 and cut == pytest.approx(
+        -sum(forward_losses(model, ctx + cont)[-len(cont):].sum().item() for ctx, cont in windows), abs=1e-4)
+
+
+def test_answers_go_to_lm_evals_cache_and_a_terminal_shows_progress(harness, gpt2_vocab_run, monkeypatch):
+    """lm-eval's --use_cache stores each answer through cache_hook.add_partial(kind, request args, answer);
+    the progress bars are shown on a terminal unless lm-eval asks for none."""
+    import tqdm
+    lm = harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=8)
+    stored, bars = [], []
+
+    class Hook:
+        def add_partial(self, attr, req, res):
+            stored.append((attr, req, res))
+    lm.set_cache_hook(Hook())
+    updates = []
+
+    class Bar:   # what harness.py uses of a tqdm bar
+        def __init__(self, iterable=None):
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            updates.append("closed")
+
+    def spy(*args, **kwargs):
+        bars.append((kwargs["desc"], kwargs["disable"], kwargs.get("total")))
+        return Bar(*args)
+    monkeypatch.setattr(tqdm, "tqdm", spy)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    pairs = [request("And God said", " Let"), request("A", " b")]
+    scores = lm.loglikelihood(pairs)
+    text = "In the beginning God created the heaven and the earth."
+    total, = lm.loglikelihood_rolling([request(text)])
+    texts = lm.generate_until([request("And God said", {"max_gen_toks": 2})])
+    assert stored == [("loglikelihood", ("And God said", " Let"), scores[0]), ("loglikelihood", ("A", " b"), scores[1]),
+                      ("loglikelihood_rolling", (text,), total),
+                      ("generate_until", ("And God said", {"max_gen_toks": 2}), texts[0])]
+    assert bars == [("loglikelihood", False, None), ("loglikelihood", False, None), ("generate_until", False, 1)]
+    assert updates == [1, "closed"]   # the generation bar counts requests
+    bars.clear()
+    lm.loglikelihood(pairs, disable_tqdm=True)
+    lm.loglikelihood_rolling([request(text)], disable_tqdm=True)
+    lm.generate_until([request("A", {"max_gen_toks": 2})], disable_tqdm=True)
+    assert bars == [("loglikelihood", True, None), ("loglikelihood", True, None), ("generate_until", True, 1)]
+    bars.clear()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)   # a log file: no bars
+    lm.loglikelihood(pairs)
+    lm.generate_until([request("A", {"max_gen_toks": 2})])
+    assert bars == [("loglikelihood", True, None), ("generate_until", True, 1)]
+    # the defaults: 16 requests a batch, the device picked ("auto": the CPU where no GPU is)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plain = harness.LssaGPT(gpt2_vocab_run)
+    assert (plain.batch_size, plain._device, plain.overrides) == (16, "cpu", {})
+    assert harness.LssaGPT(gpt2_vocab_run, device=None)._device == "cpu"   # None: auto, as lm-eval may pass it
+    assert harness.LssaGPT(gpt2_vocab_run, attention_backend="reference").overrides == {"attention_backend": "reference"}
+    # what lm-eval records of the model in its results
+    assert lm.get_model_info() == {"checkpoint": lm.ckpt["path"], "step": 2, "attention": "lssar", "reweight_p": 15.0,
+                                   "overrides": {}, "train_context": 32, "max_length": 8, "tokenizer": "gpt2"}
+    assert os.path.dirname(lm.ckpt["path"]) == gpt2_vocab_run
+    # a prompt keeps at least one token: max_gen_toks up to max_length - 1
+    assert lm.context_tokens("And God said", 7) == ([EOT] + lm.tok.encode("And God said"))[-1:]
 
 
 def greedy_by_hand(model, tokens, until, limit, vocab):
@@ -172,6 +266,7 @@ def test_generate_until_sampling_options(harness, gpt2_vocab_run):
     for bad, message in (({"top_p": 0.9, "do_sample": True}, "top_p=0.9 is not supported"),
                          ({"temperature": -1}, "temperature must be >= 0"),
                          ({"top_k": 0, "do_sample": True}, "top_k must be a positive integer"),
+                         ({"top_p": 2, "do_sample": True}, "top_p=2 is not supported"),
                          ({"max_gen_toks": 0}, "max_gen_toks must be at least 1")):
         with pytest.raises(ValueError, match=message):
             options(bad)

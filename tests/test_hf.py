@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -242,6 +243,9 @@ def test_attention_function_counts_visible_keys_from_the_mask(transformers):
                                         head_scale=torch.ones(H))
             assert torch.allclose(y[b, n:], alone[0].transpose(0, 1), atol=1e-5), kind
         assert torch.isfinite(y).all() and (y[1, :5] == 0).all()   # fully padded rows: zeros, not NaN
+        # transformers' eager masks are additive floats: 0 where visible, the dtype's minimum elsewhere
+        additive = torch.zeros(B, 1, T, T).masked_fill(~visible, torch.finfo(torch.float32).min)
+        assert torch.equal(hf_lssa.attention_forward(kind, None, q, k, v, additive)[0], y), kind
         # a cached decoding step: one query against T keys, no mask (transformers skips it)
         step, _ = hf_lssa.attention_forward(kind, None, q[:, :, -1:], k, v, None)
         full, _ = hf_lssa.attention_forward(kind, None, q, k, v, None)
@@ -251,12 +255,67 @@ def test_attention_function_counts_visible_keys_from_the_mask(transformers):
 def test_attention_function_grouped_query_heads(transformers):
     import hf_lssa
     torch.manual_seed(4)
-    q = torch.randn(1, 4, 10, 8) * 3
-    k, v = torch.randn(1, 2, 10, 8) * 3, torch.randn(1, 2, 10, 8)
-    y, _ = hf_lssa.attention_forward("lssar", None, q, k, v, None)
-    for h in range(4):   # query heads 0, 1 share k/v head 0; heads 2, 3 share head 1
-        one = reference_attention(q[:, h:h + 1], k[:, h // 2:h // 2 + 1], v[:, h // 2:h // 2 + 1], "lssar")
-        assert torch.allclose(y[:, :, h], one[:, 0], atol=1e-6)
+    for T in (2, 4, 10):   # as many positions as k/v heads, as query heads, or neither: heads are dim 1
+        q = torch.randn(1, 4, T, 8) * 3
+        k, v = torch.randn(1, 2, T, 8) * 3, torch.randn(1, 2, T, 8)
+        y, _ = hf_lssa.attention_forward("lssar", None, q, k, v, None)
+        for h in range(4):   # query heads 0, 1 share k/v head 0; heads 2, 3 share head 1
+            one = reference_attention(q[:, h:h + 1], k[:, h // 2:h // 2 + 1], v[:, h // 2:h // 2 + 1], "lssar")
+            assert torch.allclose(y[:, :, h], one[:, 0], atol=1e-6)
+
+
+def test_bound_attention_function_passes_everything_through(transformers):
+    """_bind(kind) is what transformers calls by the type's name: the type, the module's p, the
+    mask, q/k/v and transformers' scaling all reach the attention (float64 sums by hand)."""
+    import hf_lssa
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 6, 16, dtype=torch.float64) for _ in range(3))
+    visible = torch.ones(1, 1, 6, 6).tril().bool()
+    visible[..., 0] = False   # a left-padded first key
+    visible[..., 0, 0] = True
+    module = SimpleNamespace(config=SimpleNamespace(reweight_p=3.0))
+    softmax = hf_lssa._bind("softmax")
+    assert softmax.__name__ == "softmax_attention_forward"   # as tracebacks and transformers' registry show it
+    y, weights = softmax(module, q, k, v, visible, scaling=0.5, dropout=0.0)
+    scores = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~visible, float("-inf"))   # transformers' 0.5, not 1/sqrt(16)
+    assert weights is None and torch.allclose(y, (scores.softmax(-1) @ v).transpose(1, 2), atol=1e-12)
+    lssar = hf_lssa._bind("lssar")
+    y, _ = lssar(module, q, k, v, visible)
+    expected = reference_attention(q, k, v, "lssar", 3.0, visible=visible)   # p from the module's config
+    assert torch.allclose(y, expected.transpose(1, 2), atol=1e-12)
+    assert not torch.allclose(y, reference_attention(q, k, v, "lssar", 15.0, visible=visible).transpose(1, 2))
+    with pytest.raises(ValueError, match="^lssar attention has no attention dropout: set the model's "
+                                         "attention_dropout to 0$"):
+        lssar(module, q, k, v, visible, dropout=0.1)
+    # lssa's queries are QK-normed: transformers' scaling is ignored, bit for bit (scaling the query
+    # by 0.3 * 4 before the norm would round differently)
+    assert torch.equal(lssar(module, q, k, v, visible, scaling=0.3)[0], y)
+    # transformers' default, 1/sqrt(d), leaves the query as it is: with d = 8, 8 ** -0.5 * sqrt(8) is
+    # 1 + 2e-16 in float64, so multiplying by it would show in the last bits
+    q8, k8, v8 = q[..., :8], k[..., :8], v[..., :8]
+    assert torch.equal(softmax(module, q8, k8, v8, visible, scaling=8 ** -0.5)[0],
+                       softmax(module, q8, k8, v8, visible)[0])
+
+
+def test_float64_rope_of_the_model_class(transformers):
+    """LssaGPTForCausalLM's RoPE: angles p * base^(-2j/head_dim) formed in float64 (math, by hand),
+    whatever the model's dtype; base from the config."""
+    import hf_lssa
+    config = hf_lssa.LssaGPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                   intermediate_size=64, rotary_pct=1.0, rope_base=500.0, attention="lssar")
+    model = hf_lssa.LssaGPTForCausalLM(config)
+    rotary = model.gpt_neox.rotary_emb
+    assert isinstance(rotary, hf_lssa.Float64Rotary) and model.config._attn_implementation == "lssar"
+    positions = [0, 1, 7, 16383]
+    angles = [[p * 500.0 ** (-2 * j / 8) for j in range(4)] * 2 for p in positions]   # head_dim 8, rotate-half
+    for dtype in (torch.float32, torch.bfloat16):
+        cos, sin = rotary(torch.zeros(1, dtype=dtype), torch.tensor([positions]))
+        assert cos.dtype == sin.dtype == dtype and cos.shape == (1, 4, 8)
+        expect_cos = torch.tensor([[[math.cos(a) for a in row] for row in angles]]).to(dtype)
+        expect_sin = torch.tensor([[[math.sin(a) for a in row] for row in angles]]).to(dtype)
+        # fp32 angles would be ~1e-3 off at position 16383
+        assert torch.allclose(cos.float(), expect_cos.float(), atol=1e-6, rtol=0)
+        assert torch.allclose(sin.float(), expect_sin.float(), atol=1e-6, rtol=0)
 
 
 def tiny_llama(attn_implementation, hidden_size=32):

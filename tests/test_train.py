@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import configurator
 import train
+from attention import check_attention_type, check_backend, check_reweight_p
 from checkpoint import list_checkpoints, load_checkpoint
-from configurator import ConfigError, grad_accum_steps, load_config
+from configurator import ConfigError, TrainConfig, config_diff, grad_accum_steps, load_config, parse_value
 from data.shards import ShardError, write_shard
 
 from helpers import tiny_args
@@ -151,6 +153,117 @@ def test_unknown_key_in_config_file(tmp_path):
     path.write_text("include('config/paper_124m.py')\nbatchsize = 8\n")
     with pytest.raises(ConfigError, match=r"bad.py.*unknown config key 'batchsize'; did you mean batch_size"):
         load_config([str(path)])
+
+
+def config_error(argv, check_model=True):
+    with pytest.raises(ConfigError) as e:
+        load_config(argv, check_model).resolve_templates()
+    return str(e.value)
+
+
+def test_config_values_and_their_errors_word_for_word():
+    cfg = load_config(["--learning_rate=1", "--min_lr=0", "--dataset=openwebtext", "--wandb_project='x y'"])
+    assert (cfg.learning_rate, cfg.min_lr, cfg.dataset, cfg.wandb_project) == (1.0, 0.0, "openwebtext", "x y")
+    assert type(cfg.learning_rate) is float and type(cfg.min_lr) is float   # an int given for a float key
+    assert config_error(["--learning_rate=True"]) == "config key 'learning_rate' expects float, got bool True"
+    assert config_error(["--max_iters=ten"]) == "config key 'max_iters': cannot parse 'ten': expects int (e.g. 1000)"
+    assert config_error(["--min_lr=low"]) == "config key 'min_lr': cannot parse 'low': expects float (e.g. 3e-4)"
+    with pytest.raises(ConfigError, match=r"^cannot parse 'x': expects list \(a Python literal\)$"):
+        parse_value("x", [])
+    assert config_error(["--max_iters"]) == "expected --key=value, got '--max_iters'"
+    assert load_config(["--wandb_run_name=a=b"]).wandb_run_name == "a=b"   # the first "=" ends the key
+    with pytest.raises(ConfigError, match="^unknown model 'gpt5'"):   # validate checks the model unless told not to
+        configurator.validate(TrainConfig(model="gpt5"))
+    assert config_error(["--dtype=fp8"]) == ("config key 'dtype' must be one of auto, float32, bfloat16, float16; "
+                                             "got 'fp8'")
+    assert config_error(["--zzz=1"]) == ("unknown config key 'zzz' (valid keys are listed in configurator.py: "
+                                         "TrainConfig)")
+    # the three closest of the eight keys close to it
+    assert config_error(["--eval_iter=1"]) == ("unknown config key 'eval_iter'; did you mean eval_iters, eval_interval, "
+                                               "max_iters? (valid keys are listed in configurator.py: TrainConfig)")
+    assert config_error(["--out_dir=out/{0}"]).startswith("out_dir 'out/{0}': bad {key} template (")   # IndexError
+    # the positive keys, each at 0 (1 is fine)
+    for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                "ckpt_interval", "keep_checkpoints"):
+        assert config_error([f"--{key}=0"]) == f"config key {key!r} must be >= 1, got 0"
+        assert getattr(load_config([f"--{key}=1"]), key) == 1
+    assert load_config(["--vocab_size=0", "--tokenizer=bytes"]).tokenizer == "bytes"
+    assert config_error(["--model=gpt5"]) == ("unknown model 'gpt5'; presets are: gpt2-124M, gpt2-350M, gpt2-774M, "
+                                              "gpt2-1.5B, small, mini, micro, tiny (n_layer/n_head/n_embd override "
+                                              "a preset's shape)")
+    # without torch (a dry run): the model's own checks are left to train.py, the rest stay
+    assert load_config(["--attention=nope", "--model=gpt5", "--tokenizer=chars"], check_model=False).model == "gpt5"
+    assert config_error(["--attention=nope", "--max_iters=0"], check_model=False) == ("config key 'max_iters' "
+                                                                                     "must be >= 1, got 0")
+    # with it, attention.py's own messages, as ConfigErrors
+    for bad, check in ((["--attention=nope"], lambda: check_attention_type("nope")),
+                       (["--attention_backend=fast"], lambda: check_backend("fast")),
+                       (["--reweight_p=-1"], lambda: check_reweight_p(-1.0))):
+        with pytest.raises(ValueError) as own:
+            check()
+        assert config_error(bad) == str(own.value)
+
+
+def test_templates_of_out_dir_and_wandb_run_name():
+    cfg = load_config(["--attention=lssar", "--out_dir=runs/{attention}-{block_size}",
+                       "--wandb_run_name={model}/{seed}"]).resolve_templates()
+    assert (cfg.out_dir, cfg.wandb_run_name) == ("runs/lssar-1024", "gpt2-124M/1337")
+    assert load_config([]).resolve_templates().wandb_run_name == "gpt2-124M-fineweb-10B-softmax"
+    assert config_error(["--wandb_run_name={atention}"]) == (
+        "unknown config key 'atention' in wandb_run_name '{atention}': {...} names a config key; did you mean "
+        "attention, attention_backend, dataset? (valid keys are listed in configurator.py: TrainConfig)")
+
+
+def test_config_files_include_and_skip_what_is_not_a_key(tmp_path, monkeypatch):
+    base = tmp_path / "base.py"
+    base.write_text("batch_size = 4\nmax_iters = 7\n")
+    variant = tmp_path / "variant.py"
+    # include() by a path that exists from here (the working directory), or relative to the repository
+    variant.write_text(f"include({os.path.relpath(base)!r})\ninclude('config/paper_124m_owt.py')\nimport math\n"
+                       "_private = 3\ndef helper():\n    return 1\nbatch_size = math.floor(8.5)\n")
+    cfg = load_config([str(variant)])
+    assert (cfg.batch_size, cfg.dataset, cfg.max_iters) == (8, "openwebtext", 18865)
+    # a relative path that does not exist from here is the repository's (here a stand-in for it)
+    (tmp_path / "repo" / "config").mkdir(parents=True)
+    (tmp_path / "repo" / "config" / "inc.py").write_text("eval_iters = 3\n")
+    (tmp_path / "uses.py").write_text(f"include({os.path.relpath(base)!r})\ninclude('config/inc.py')\n")
+    monkeypatch.setattr(configurator, "REPO_ROOT", str(tmp_path / "repo"))
+    cfg = load_config([str(tmp_path / "uses.py")])
+    assert (cfg.batch_size, cfg.eval_iters, cfg.max_iters) == (4, 3, 7)
+    monkeypatch.undo()
+    loop = tmp_path / "loop.py"
+    loop.write_text(f"include({str(loop)!r})\n")
+    assert config_error([str(loop)]) == f"config file {str(loop)!r} includes itself"
+    assert config_error(["nope.py"]) == (f"config file 'nope.py' not found (config files live in "
+                                         f"{os.path.join(configurator.REPO_ROOT, 'config')})")
+    (tmp_path / "bad.py").write_text("learning_rat = 1e-3\n")
+    assert config_error([str(tmp_path / "bad.py")]) == (
+        f"in {tmp_path / 'bad.py'}: unknown config key 'learning_rat'; did you mean learning_rate? "
+        "(valid keys are listed in configurator.py: TrainConfig)")
+    (tmp_path / "typed.py").write_text("compile = 'yes'\n")
+    assert config_error([str(tmp_path / "typed.py")]) == "config key 'compile' expects bool, got str 'yes'"
+
+
+def test_grad_accum_steps_and_its_two_fixes():
+    cfg = TrainConfig(batch_size=4, block_size=8, total_batch_size=96)   # 12 sequences per optimizer step
+    assert grad_accum_steps(cfg, 1) == 3 and grad_accum_steps(cfg, 3) == 1
+    assert type(grad_accum_steps(cfg, 1)) is int   # a count of micro-steps: train.py loops over range() of it
+    assert grad_accum_steps(TrainConfig(batch_size=4, block_size=8, total_batch_size=0), 5) == 1
+    with pytest.raises(ConfigError) as e:
+        grad_accum_steps(cfg, 2)
+    assert str(e.value) == ("total_batch_size=96 is not a multiple of batch_size x block_size x processes = 4 x 8 x 2 "
+                            "= 64; change batch_size (to a divisor of total_batch_size / block_size / processes = 6) "
+                            "or total_batch_size")
+    with pytest.raises(ConfigError) as e:
+        grad_accum_steps(cfg, 5)
+    assert str(e.value) == ("total_batch_size=96 is not a multiple of batch_size x block_size x processes = 4 x 8 x 5 "
+                            "= 160; no batch_size fits: use a number of processes that divides total_batch_size / "
+                            "block_size = 12, or change total_batch_size")
+
+
+def test_config_diff():
+    diff = config_diff({"x": 1, "y": 2, "z": 3}, {"x": 1, "y": 5, "z": 4, "w": 0}, ignore=("z",))
+    assert diff == {"w": (None, 0), "y": (2, 5)} and list(diff) == ["w", "y"]
 
 
 def test_run_errors_are_clear(synth_dir, tmp_path):
