@@ -217,6 +217,42 @@ def greedy_by_hand(model, tokens, until, limit, vocab):
     return text[:min((text.find(s) for s in until if s in text), default=len(text))], len(new)
 
 
+def test_the_models_arguments_at_their_bounds(harness, gpt2_vocab_run, monkeypatch):
+    """The smallest window and batch are accepted, one less is a one-line error; None and lm-eval's
+    "auto" mean a batch of 16; a model's vocabulary equal to its tokenizer's is enough, one token
+    smaller is refused naming the checkpoint, both sizes and the tokenizer; an explicit device
+    is used even where a GPU is visible (auto would take it)."""
+    assert harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=1).max_length == 1
+    with pytest.raises(ValueError, match=r"max_length -1 is outside 1\.\.512"):   # 0 means the default
+        harness.LssaGPT(gpt2_vocab_run, device="cpu", max_length=-1)
+    assert harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=1).batch_size == 1
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=0)
+    for spelling in (None, "auto"):
+        assert harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=spelling).batch_size == 16
+    real = harness.tokenizer_of
+    # stand-in tokenizers: the model's vocabulary size (50,304, conftest's gpt2_vocab_run), then one more
+    monkeypatch.setattr(harness, "tokenizer_of", lambda ckpt: SimpleNamespace(name="gpt2", vocab_size=50304))
+    harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    monkeypatch.setattr(harness, "tokenizer_of", lambda ckpt: SimpleNamespace(name="gpt2", vocab_size=50305))
+    with pytest.raises(ValueError, match=r"ckpt_\d+\.pt: its vocabulary of 50304 tokens is smaller than the "
+                                         r"gpt2 tokenizer's 50305: it was not trained on gpt2 tokens"):
+        harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    monkeypatch.setattr(harness, "tokenizer_of", real)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # auto would pick cuda, which load_model lacks here
+    cpu = harness.LssaGPT(gpt2_vocab_run, device="cpu")
+    assert cpu._device == "cpu" and type(cpu.autocast).__name__ == "nullcontext"   # fp32 on the CPU
+    # on a CUDA device the model runs under bf16 autocast: the device stood in for, the model loaded on the CPU
+    load = harness.load_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(harness, "pick_device", lambda name: "cuda")
+    monkeypatch.setattr(harness, "load_model", lambda path, device, **kw: load(path, "cpu", **kw))
+    with pytest.warns(UserWarning, match="CUDA is not available"):   # torch disables it here, after recording it
+        gpu = harness.LssaGPT(gpt2_vocab_run)
+    assert isinstance(gpu.autocast, torch.autocast) and (gpu.autocast.device, gpu.autocast.fast_dtype) == \
+        ("cuda", torch.bfloat16)
+
+
 def test_generate_until_batches_by_length_and_stops_per_request(harness, gpt2_vocab_run):
     lm = harness.LssaGPT(gpt2_vocab_run, device="cpu", batch_size=3)
     model, _ = load_model(gpt2_vocab_run)
