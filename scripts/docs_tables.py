@@ -47,6 +47,12 @@ class Results:
     def __init__(self, root):
         self.root = root
         self.block = None   # the block being written, for the error message
+        self.memo = {}      # what several blocks read (a results folder, the H200 figures, the estimate): once per run
+
+    def once(self, key, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def path(self, rel):
         path = os.path.join(self.root, rel)
@@ -56,6 +62,9 @@ class Results:
         return path
 
     def json(self, rel):
+        return self.once(("json", rel), lambda: self._load(rel))
+
+    def _load(self, rel):
         with open(self.path(rel)) as f:
             try:
                 return json.load(f)
@@ -67,7 +76,7 @@ class Results:
         return {"eval_length.py": [(self.path(rel), self.json(rel))]}
 
     def folder(self, rel):
-        found = report.load_results(self.path(rel))
+        found = self.once(("folder", rel), lambda: report.load_results(self.path(rel)))
         if not found.get("eval_length.py"):
             raise Problem(f"{rel} holds no eval_length.py result (block {self.block})")
         return found
@@ -151,6 +160,10 @@ def paper_runs():
 def paper_estimate(res):
     """paper_plan.estimate of the paper's runs on 8 GPUs, from the GPU with the most types measured
     (what a dry run on a machine without a measured GPU borrows)."""
+    return res.once("paper_estimate", lambda: _paper_estimate(res))
+
+
+def _paper_estimate(res):
     gpus = os.path.join(res.path("results/gpu"), "")
     measured = paper_plan.measured_gpus(gpus)
     if not measured:
@@ -202,8 +215,7 @@ def quickstart(res):
 
 
 def h200(res):
-    folder = res.path(H200)
-    return gpu_check.collect(folder, res.path(f"{H200}/log.txt"))
+    return res.once("h200", lambda: gpu_check.collect(res.path(H200), res.path(f"{H200}/log.txt")))
 
 
 def h200_errors(res):
