@@ -17,9 +17,11 @@
 #   bash tools/mutation.sh --changed [BASE]          # only the mutants of the functions changed since BASE (default:
 #                                                    # the merge-base with main; on main, the last commit), before a commit
 #   bash tools/mutation.sh --report                  # rebuild results/mutation.md (and results/mutation_excluded.md)
-#                                                    # from the last runs and results/mutation_carried.txt
+#                                                    # from results/mutation_verdicts.txt
 # Each module runs in its own scratch copy of the repo ($MUTATION_DIR, default /tmp/lssa-mutation)
-# with the test files chosen for it below: the ones that exercise it, and fast.
+# with the test files chosen for it below: the ones that exercise it, and fast. Each run's verdicts go
+# to results/mutation_verdicts.txt (with a hash of each tested function's code), which the report reads:
+# commit it with the code and tests it judges.
 # The Triton kernels are mutated separately (Triton parses their source): tools/mutate_kernels.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +56,8 @@ declare -A TESTS=(
   [harness.py]="tests/test_downstream.py"
   [data/tokenizer.py]="tests/test_tokenizer.py tests/test_bytes.py --deselect tests/test_bytes.py::test_what_does_not_fit_the_shards_is_a_clear_error --deselect tests/test_bytes.py::test_train_sweep_sample_on_bytes"
   # the two test_bytes.py tests left out train models (30 s for each mutant they reach)
-  [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one"
+  [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py tests/test_determinism.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one --deselect tests/test_determinism.py::test_two_ranks_launch_rank_0s_tiles --deselect tests/test_determinism.py::test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same"
+  # tests/test_determinism.py checks pin_kernel_tiles in-process (its two slow tests run torchrun or two whole runs)
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py
        data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py)
@@ -137,13 +140,15 @@ if [[ ${1:-} != --report ]]; then
       [[ -z $survivors ]] || (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" $survivors >> run.log 2>&1) || true
     fi
     (cd "$dir" && python -m mutmut export-cicd-stats > /dev/null 2>&1; python -m mutmut results --all true > results.txt 2>&1) || true
-    echo $(( $(date +%s) - start + $(cat "$dir/seconds" 2>/dev/null || echo 0) )) > "$dir/seconds"  # a continued run adds up
+    took=$(( $(date +%s) - start ))
+    echo $(( took + $(cat "$dir/seconds" 2>/dev/null || echo 0) )) > "$dir/seconds"  # a continued run adds up
     echo "${MUTANTS:-}" > "$dir/selection"
+    python tools/mutation_report.py --record "$dir" "$module" "$took" ${KEEP:+continued} ${MUTANTS:-}
     tail -c 120 "$dir/run.log"; echo
   done
 fi
 [[ -z ${NO_REPORT:-} ]] || exit 0
-for module in "${ORDER[@]}" "${NOT_YET[@]}"; do   # every mutant's name and diff, for the report
+for module in "${ORDER[@]}" "${NOT_YET[@]}"; do   # every mutant's name and diff, for the report (the store has no diffs)
   [[ -f $WORK/${module//\//_}.list/names.txt && -z $(git status --porcelain -- "$module") && \
      $WORK/${module//\//_}.list/names.txt -nt $module ]] || list_mutants "$module"
 done

@@ -1,20 +1,22 @@
 """
-results/mutation.md from the per-module mutmut runs of tools/mutation.sh:
+results/mutation.md from the verdicts of tools/mutation.sh's mutmut runs:
 
+    python tools/mutation_report.py --record RUN_DIR MODULE SECONDS [SELECTION]   # after each run
     python tools/mutation_report.py /tmp/lssa-mutation checkpoint.py model.py ... > results/mutation.md
-
     python tools/mutation_report.py --changed BASE model.py     # mutant globs of the functions changed since BASE
 
-Every mutant of a module (mutmut's own list, $WORK/<module>.list) is killed, surviving, equivalent
-or not run. Killed includes a timeout (a mutant that loops) and a test process killed by a signal.
-tests/mutation_equivalent.txt names a mutant (or a glob) and why it is equivalent (no test on any
-machine can tell), or "not run:" and why no CPU test can reach it (a real CUDA device). A mutant no
-run of today tested takes the verdict carried over in results/mutation_carried.txt, if its function
-is unchanged since; otherwise, or if that verdict was "not run", it counts as not run.
+Every run's verdicts are kept in results/mutation_verdicts.txt, committed with the code they judge:
+per function, the hash of its syntax tree when tested, so a report never needs the scratch runs
+(they live in /tmp) and a function changed since counts as not run. Every mutant of a module
+(mutmut's own list, $WORK/<module>.list) is killed, surviving, equivalent or not run. Killed includes
+a timeout (a mutant that loops) and a test process killed by a signal. tests/mutation_equivalent.txt
+names a mutant (or a glob) and why it is equivalent (no test on any machine can tell), or "not run:"
+and why no CPU test can reach it (a real CUDA device).
 Score = killed / (all - equivalent): not run counts against it. The diffs of every equivalent and
 not-run mutant, beside the reason, go to results/mutation_excluded.md.
 """
 import ast
+import hashlib
 import fnmatch
 import glob
 import os
@@ -44,7 +46,8 @@ def equivalents():
 
 
 def functions(path, source=None):
-    """{'name' or 'Class.name': its code as an AST dump} of a module's functions and methods."""
+    """{'name' or 'Class.name': its code as an AST dump} of a module's functions and methods (mutmut
+    mutates these; a comment or blank line changes nothing here)."""
     found = {}
     for node in ast.parse(open(path).read() if source is None else source).body:
         if isinstance(node, ast.FunctionDef):
@@ -60,42 +63,6 @@ def function_of(mutant):
     """'model.xǁGPTǁ__init____mutmut_3' -> 'GPT.__init__'; 'train.x_lr_at__mutmut_2' -> 'lr_at'."""
     name = mutant.rsplit("__mutmut_", 1)[0].split(".x", 1)[1]
     return ".".join(filter(None, name.split("ǁ"))) if name.startswith("ǁ") else name[1:]
-
-
-def module_result(run_dir, module):
-    """({mutant: status}, seconds, mutant selection, where) of one module's runs, or None if it was not
-    run: its run directory and any reruns beside it (RUN_TAG), a later run's verdicts winning.
-    A run's verdicts on a function whose code has changed since (its copy of the module differs
-    from the repository's) are dropped: that function's mutants count as not run until rerun."""
-    dirs = [d for d in glob.glob(run_dir) + glob.glob(run_dir + ".*") if os.path.exists(os.path.join(d, "results.txt"))]
-    dirs.sort(key=lambda d: os.path.getmtime(os.path.join(d, "setup.cfg")))  # by when each run started
-    if not dirs:
-        return None
-    status, seconds, selection = {}, 0, []
-    now = functions(os.path.join(HERE, "..", module))
-    for d in dirs:
-        then = functions(os.path.join(d, module))
-        stale = {f for f in now if then.get(f) != now[f]}
-        with open(os.path.join(d, "results.txt")) as f:
-            for line in f:
-                m = re.match(r"\s*(\S+): (.+)$", line)
-                if not m:
-                    continue
-                verdict = "not checked" if function_of(m.group(1)) in stale else m.group(2).strip()
-                if verdict != "not checked" or m.group(1) not in status:
-                    status[m.group(1)] = verdict
-        seconds += int(open(os.path.join(d, "seconds")).read().strip())
-        chosen = open(os.path.join(d, "selection")).read().split() if os.path.exists(os.path.join(d, "selection")) else []
-        selection.append("all" if not chosen else " ".join(chosen) if len(chosen) <= 4 else
-                         f"rerun of {len(chosen)} mutants" + (" or patterns" if any("*" in c for c in chosen) else ""))
-        if os.path.exists(os.path.join(d, "continued")):  # KEEP=1: unchanged functions' verdicts carried over
-            selection[-1] = f"continued ({open(os.path.join(d, 'continued')).read().splitlines()[-1]})"
-    # the newest run lists every mutant of the code as it is now; names only older runs have are
-    # of code since changed (a rerun of a changed function tests its mutants anew, as the newest)
-    with open(os.path.join(dirs[-1], "results.txt")) as f:
-        current = {m.group(1) for m in re.finditer(r"^\s*(\S+): ", f.read(), re.M)}
-    status = {n: v for n, v in status.items() if n in current}
-    return status, seconds, " + ".join(selection), dirs[-1]
 
 
 def at_commit(commit, module):
@@ -116,25 +83,100 @@ def changed(base, module):
     return [mutant_glob(module, f) for f in now if then.get(f) != now[f]]
 
 
-def carried(module):
-    """({mutant: status} carried over for the module's functions unchanged since the carried runs,
-    their commit): results/mutation_carried.txt lists the mutants not killed; the others were."""
-    listed, at, mine, seconds = {}, None, False, 0
-    with open(os.path.join(ROOT, "results", "mutation_carried.txt")) as f:
+STORE = os.path.join(ROOT, "results", "mutation_verdicts.txt")
+DONE = ("killed", "timeout", "segfault")          # mutmut's verdicts that count as killed
+UNTESTED = ("not checked", "skipped", "check was interrupted by user")   # no verdict
+
+
+def fingerprint(code):
+    """A short hash of a function's syntax tree: its verdicts hold while the hash matches today's."""
+    return hashlib.sha1(code.encode()).hexdigest()[:12]
+
+
+def load_store(path=None):
+    """{module: {"runs": [run line], "functions": {function: (hash, run index)}, "status": {mutant: status}}}
+    from results/mutation_verdicts.txt. A function listed there had every mutant tested by the run it
+    names, on code with that hash; its mutants listed with a status were not killed, the others were."""
+    store, mine = {}, None
+    with open(path or STORE) as f:
         for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
             if line.startswith("@ "):
-                mine = line.split()[1] == module
-                if mine:
-                    at, seconds = line.split()[2], int(line.split()[3])
-            elif mine and ": " in line:
-                name, _, status = line.strip().partition(": ")
-                listed[name] = status
-    if at is None:
-        return {}, None, 0
-    then, now = functions(module, at_commit(at, module)), functions(os.path.join(ROOT, module))
-    fresh = {f for f in now if then.get(f) == now[f]}
-    names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
-    return {n: listed.get(n, "killed") for n in names if function_of(n) in fresh}, at, seconds
+                mine = store.setdefault(line[2:].strip(), {"runs": [], "functions": {}, "status": {}})
+            elif line.startswith("run "):
+                mine["runs"].append(line[4:])
+            elif line.startswith("= "):
+                function, code, run = line[2:].split()
+                mine["functions"][function] = (code, int(run))
+            else:
+                name, _, status = line.partition(": ")
+                mine["status"][name] = status
+    return store
+
+
+def save_store(store, path=None):
+    """Write the store back, modules and functions in a stable order (a run changes only its lines)."""
+    lines = ["# Every mutant's last verdict, kept with the code: tools/mutation.sh records each run here",
+             "# (tools/mutation_report.py --record) and results/mutation.md is built from this file alone.",
+             "# Per module: `run DATE COMMIT SECONDS s: SELECTION` (each run that still gives a verdict, numbered",
+             "# from 0 in order), `= FUNCTION HASH RUN` (every mutant of the function was tested by that run on",
+             "# code whose syntax tree has that hash: the verdicts hold while the hash matches today's code),",
+             "# then `MUTANT: STATUS` for each mutant of those functions that was not killed; the others were.",
+             "# A function with no `=` line, or whose hash differs from today's, counts as not run."]
+    for module in sorted(store):
+        entry = store[module]
+        used = sorted({run for _, run in entry["functions"].values()})
+        renumber = {old: new for new, old in enumerate(used)}
+        lines.append(f"@ {module}")
+        lines += [f"run {entry['runs'][old]}" for old in used]
+        lines += [f"= {f} {code} {renumber[run]}" for f, (code, run) in sorted(entry["functions"].items())]
+        lines += [f"{n}: {st}" for n, st in sorted(entry["status"].items(), key=lambda kv: natural(kv[0]))
+                  if function_of(n) in entry["functions"]]
+    with open(path or STORE, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def natural(name):
+    """'x_f__mutmut_10' after 'x_f__mutmut_9'."""
+    head, _, number = name.rpartition("__mutmut_")
+    return head, int(number) if number.isdigit() else 0
+
+
+def record(run_dir, module, when, commit, seconds, selection, path=None):
+    """Fold one mutmut run (its results.txt, and its copy of the module: the code it mutated) into the
+    store. A function with any mutant tested in the run takes the run's verdicts: all of them if its
+    code changed since its last verdicts (its untested mutants then have none: not run), else the
+    tested ones beside the older. Returns the number of functions updated."""
+    store = load_store(path) if os.path.exists(path or STORE) else {}
+    entry = store.setdefault(module, {"runs": [], "functions": {}, "status": {}})
+    code = {f: fingerprint(c) for f, c in functions(os.path.join(run_dir, module)).items()}
+    ran = {}
+    with open(os.path.join(run_dir, "results.txt")) as f:
+        for line in f:
+            m = re.match(r"\s*(\S+__mutmut_\d+): (.+)$", line)
+            if m:
+                ran.setdefault(function_of(m.group(1)), {})[m.group(1)] = m.group(2).strip()
+    entry["runs"].append(f"{when} {commit} {seconds} s: {selection or 'all'}")
+    run, updated = len(entry["runs"]) - 1, 0
+    for function, verdicts in ran.items():
+        tested = {n: v for n, v in verdicts.items() if v not in UNTESTED}
+        if not tested or function not in code:
+            continue
+        updated += 1
+        same = entry["functions"].get(function, (None,))[0] == code[function]
+        if not same:   # new code: the older verdicts of this function no longer hold
+            entry["status"] = {n: v for n, v in entry["status"].items() if function_of(n) != function}
+            tested = verdicts
+        for n, v in tested.items():
+            if v == "killed":
+                entry["status"].pop(n, None)
+            else:
+                entry["status"][n] = v
+        entry["functions"][function] = (code[function], run)
+    save_store(store, path)
+    return updated
 
 
 def list_dir(module):
@@ -158,62 +200,69 @@ def diffs(module, names):
         os.chdir(cwd)
 
 
+def verdicts(module, names, store):
+    """({mutant: mutmut status, or "not run"}, {run line: how many verdicts it gives}) of a module from the
+    store: a function's verdicts count while its code (syntax tree) is what was tested."""
+    entry = store.get(module, {"runs": [], "functions": {}, "status": {}})
+    today = {f: fingerprint(c) for f, c in functions(os.path.join(ROOT, module)).items()}
+    status, runs = {}, {}
+    for n in names:
+        code, run = entry["functions"].get(function_of(n), (None, None))
+        if code is not None and code == today.get(function_of(n)):
+            status[n] = entry["status"].get(n, "killed")
+            runs[entry["runs"][run]] = runs.get(entry["runs"][run], 0) + 1
+        else:
+            status[n] = "not run"
+    return status, runs
+
+
 def main(modules, not_yet):
     equiv = equivalents()
+    store = load_store()
     rows, survivors, judged = [], [], []
-    for module in modules:
+    for module in modules + not_yet:
         names = [n.split(":")[0].strip() for n in open(os.path.join(list_dir(module), "names.txt"))]
-        status, at, then_seconds = carried(module)
-        from_carried = {n for n in status}
-        result = module_result(os.path.join(WORK, module.replace("/", "_")), module)
-        seconds, what = 0, []
-        if result:
-            ran, seconds, selection, where = result
-            today = {n: v for n, v in ran.items() if v not in ("skipped", "not checked", "check was interrupted by user")}
-            status.update(today)
-            from_carried -= set(today)
-            what.append(f"{len(today)} run now ({selection})")
-        if from_carried:
-            what.insert(0, f"{len(from_carried)} carried over from {at} (runs of {then_seconds} s)")
+        status, runs = verdicts(module, names, store)
         verdict, why = {}, {}
         for n in names:
-            st = status.get(n, "not run")
+            st = status[n]
             reason = next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None)
-            if st in ("killed", "timeout", "segfault"):
+            if st in DONE:
                 verdict[n] = "killed"
             elif reason and reason.startswith("not run:"):
                 verdict[n], why[n] = "not run", reason[len("not run:"):].strip()
             elif st == "no tests":
                 verdict[n], why[n] = "not run", ("no test calls its function in mutmut's own process (a test that "
-                                                 "reaches it in a child process only, as tests/test_kernels.py's "
-                                                 "interpreter runs do, is not mapped to it)")
-            elif st == "not run":
-                verdict[n], why[n] = "not run", ("excluded before as GPU-only or subprocess-only, so never run against a test that reaches it; a CPU test does (a stand-in for torch.cuda, a device name, or a child process): to be run"
-                                                 if n in from_carried else "no run since its function changed")
+                                                 "reaches it in a child process only is not mapped to it)")
+            elif st in ("not run",) + UNTESTED:
+                verdict[n], why[n] = "not run", ("no run of its function's code as it is now (changed since "
+                                                 "its last run, or never run)")
             elif reason:
                 verdict[n], why[n] = "equivalent", reason
             else:
                 verdict[n] = "surviving"
         count = {v: sum(1 for n in names if verdict[n] == v) for v in ("killed", "surviving", "equivalent", "not run")}
         score = 100 * count["killed"] / max(1, len(names) - count["equivalent"])
+        seconds = sum(int(r.split()[2]) for r in runs)
+        what = "; ".join(f"{k} from {r.split()[0]} at {r.split()[1]} ({r.split(': ', 1)[1]})" for r, k in runs.items())
         rows.append(f"| {module} | {len(names)} | {count['killed']} | {count['surviving']} | {count['equivalent']} | "
-                    f"{count['not run']} | **{score:.1f} %** | {TARGETS[module]} % | {' + '.join(what)} | "
+                    f"{count['not run']} | **{score:.1f} %** | {TARGETS[module]} % | {what or 'not mutated yet'} | "
                     f"{seconds or ''}{' s' if seconds else ''} |")
         survivors += [(module, n) for n in names if verdict[n] == "surviving"]
-        judged += [(module, n, verdict[n], why[n]) for n in names if verdict[n] in ("equivalent", "not run")]
-    for module in not_yet:
-        n = sum(1 for _ in open(os.path.join(list_dir(module), "names.txt")))
-        rows.append(f"| {module} | {n} | | | | {n} | **0.0 %** | {TARGETS[module]} % | not run: not mutated yet | |")
+        judged += [(module, n, verdict[n], why[n]) for n in names
+                   if verdict[n] == "equivalent" or verdict[n] == "not run" and runs]
     print("# Mutation testing: does the suite fail when the code is wrong?\n")
     print("Written by `bash tools/mutation.sh` (mutmut 3, one module at a time with the test files chosen for it "
           "in the script); see docs/testing.md. Every mutant mutmut generates is killed, surviving, equivalent "
           "(no test on any machine can tell it from the original; the reason in tests/mutation_equivalent.txt) "
           "or not run (never tested against a test that reaches it, or different only on a real CUDA device). "
-          "Score = killed / (all - equivalent): not run counts against it. *Verdicts* says which verdicts were "
-          "carried over from earlier runs (results/mutation_carried.txt: functions unchanged since that commit) "
-          "and which come from runs of the code as it is now. The diff of every equivalent and not-run mutant, "
-          "beside its reason: results/mutation_excluded.md.\n")
-    print("| module | mutants | killed | surviving | equivalent | not run | score | target | verdicts | time of the runs of now |")
+          "Score = killed / (all - equivalent): not run counts against it. Every verdict comes from "
+          "results/mutation_verdicts.txt, which keeps each run's verdicts with a hash of the code of each "
+          "function it tested; a function changed since counts as not run. *Verdicts* says which runs (date, "
+          "commit, mutants chosen) give how many of the module's verdicts, *time* what those runs took (wall "
+          "clock on 2 shared CPU cores). The diff of every equivalent and not-run mutant, beside its reason: "
+          "results/mutation_excluded.md.\n")
+    print("| module | mutants | killed | surviving | equivalent | not run | score | target | verdicts | time |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n## Surviving mutants (not yet killed by a test)\n")
@@ -230,7 +279,7 @@ def main(modules, not_yet):
                   "Written by `bash tools/mutation.sh --report` beside results/mutation.md: each mutant's diff "
                   "(from mutmut's own generator) and why it is equivalent (tests/mutation_equivalent.txt) or was "
                   "not run.\n")
-        for module in modules:
+        for module in modules + not_yet:
             mine = [(n, v, w) for m, n, v, w in judged if m == module]
             if not mine:
                 continue
@@ -240,9 +289,22 @@ def main(modules, not_yet):
                 out.write(f"\n### {n}: {v}\n{w}\n```diff\n{d[n]}\n```\n")
 
 
+def commit_of(module):
+    """The short commit of HEAD, with '+' when the module differs from it (a run of uncommitted code)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", module], cwd=ROOT).returncode != 0
+    return head + ("+" if dirty else "")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--changed":
         print(" ".join(changed(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "--record":   # --record RUN_DIR MODULE SECONDS [SELECTION...]
+        run_dir, module, seconds = sys.argv[2:5]
+        import datetime
+        n = record(run_dir, module, datetime.date.today().isoformat(), commit_of(module), int(seconds),
+                   " ".join(sys.argv[5:]))
+        print(f"recorded the verdicts of {n} functions of {module} in results/mutation_verdicts.txt")
     else:
         WORK = sys.argv[1]
         args = sys.argv[2:]
