@@ -200,11 +200,11 @@ def diffs(module, names):
         os.chdir(cwd)
 
 
-def verdicts(module, names, store):
+def verdicts(module, names, store, root=ROOT):
     """({mutant: mutmut status, or "not run"}, {run line: how many verdicts it gives}) of a module from the
     store: a function's verdicts count while its code (syntax tree) is what was tested."""
     entry = store.get(module, {"runs": [], "functions": {}, "status": {}})
-    today = {f: fingerprint(c) for f, c in functions(os.path.join(ROOT, module)).items()}
+    today = {f: fingerprint(c) for f, c in functions(os.path.join(root, module)).items()}
     status, runs = {}, {}
     for n in names:
         code, run = entry["functions"].get(function_of(n), (None, None))
@@ -216,6 +216,25 @@ def verdicts(module, names, store):
     return status, runs
 
 
+def judge(name, status, equiv):
+    """(killed | surviving | equivalent | not run, why) of one mutant from its mutmut status and the
+    judged equivalences {name or glob: reason}. A kill wins over any reason; a "not run:" reason (a
+    difference only a real CUDA device shows) or no test reaching it is not run, never equivalent."""
+    reason = next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(name, pat)), None)
+    if status in DONE:
+        return "killed", None
+    if reason and reason.startswith("not run:"):
+        return "not run", reason[len("not run:"):].strip()
+    if status == "no tests":
+        return "not run", ("no test calls its function in mutmut's own process (a test that reaches it in a "
+                           "child process only is not mapped to it)")
+    if status in ("not run",) + UNTESTED:
+        return "not run", "no run of its function's code as it is now (changed since its last run, or never run)"
+    if reason:
+        return "equivalent", reason
+    return "surviving", None
+
+
 def main(modules, not_yet):
     equiv = equivalents()
     store = load_store()
@@ -225,24 +244,9 @@ def main(modules, not_yet):
         status, runs = verdicts(module, names, store)
         verdict, why = {}, {}
         for n in names:
-            st = status[n]
-            reason = next((r for pat, r in equiv.items() if fnmatch.fnmatchcase(n, pat)), None)
-            if st in DONE:
-                verdict[n] = "killed"
-            elif reason and reason.startswith("not run:"):
-                verdict[n], why[n] = "not run", reason[len("not run:"):].strip()
-            elif st == "no tests":
-                verdict[n], why[n] = "not run", ("no test calls its function in mutmut's own process (a test that "
-                                                 "reaches it in a child process only is not mapped to it)")
-            elif st in ("not run",) + UNTESTED:
-                verdict[n], why[n] = "not run", ("no run of its function's code as it is now (changed since "
-                                                 "its last run, or never run)")
-            elif reason:
-                verdict[n], why[n] = "equivalent", reason
-            else:
-                verdict[n] = "surviving"
+            verdict[n], why[n] = judge(n, status[n], equiv)
         count = {v: sum(1 for n in names if verdict[n] == v) for v in ("killed", "surviving", "equivalent", "not run")}
-        score = 100 * count["killed"] / max(1, len(names) - count["equivalent"])
+        score = 100 * count["killed"] / max(1, len(names) - count["equivalent"])   # not run counts against
         seconds = sum(int(r.split()[2]) for r in runs)
         what = "; ".join(f"{k} from {r.split()[0]} at {r.split()[1]} ({r.split(': ', 1)[1]})" for r, k in runs.items())
         rows.append(f"| {module} | {len(names)} | {count['killed']} | {count['surviving']} | {count['equivalent']} | "
