@@ -453,11 +453,13 @@ def test_checkpoint_refuses_non_finite_weights_and_gathers_every_process_random_
     gather_from_others(monkeypatch)
     state, _ = train.build(cfg, s, None)
     state.step = 7
+    state.kernel_tiles = {"bf16/lssa/d64": [64, 32, 4, 2]}   # what train.pin_kernel_tiles reads back on a resume
     other = {"torch": torch.tensor([1, 2], dtype=torch.uint8)}
     gather_from_others(monkeypatch, other)
     train.checkpoint(state, cfg, s, {"commit": "abc", "dirty": False})
     saved = load_checkpoint(str(out))
     assert saved["step"] == 7 and saved["world_size"] == 2 and saved["code"] == {"commit": "abc", "dirty": False}
+    assert saved["kernel_tiles"] == {"bf16/lssa/d64": [64, 32, 4, 2]}
     assert len(saved["rng"]) == 2 and saved["rng"][1]["torch"].tolist() == [1, 2]
     assert saved["rng"][0]["torch"].dtype == torch.uint8 and len(saved["rng"][0]["torch"]) > 2  # this process's own
     for state.step in (9, 11):
