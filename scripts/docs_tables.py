@@ -367,6 +367,27 @@ def sass_every_type(res):
 
 
 # name: (what it holds, the function that writes it from the results under a root)
+def mutation_scores(res):
+    """Each module's mutation score and what its runs took, from the table of results/mutation.md
+    (written by tools/mutation.sh from results/mutation_verdicts.txt)."""
+    header = "| module | mutants | killed | surviving | equivalent | not run | score | target |"
+    with open(res.path("results/mutation.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not any(line.startswith(header) for line in lines):
+        raise Problem("results/mutation.md has no table of modules (block mutation-scores); rerun "
+                      "bash tools/mutation.sh --report")
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 2
+    out = ["| module | mutants | killed | not run | score | target | wall time of its runs |", "|---|---|---|---|---|---|---|"]
+    for line in lines[start:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 10:
+            break
+        module, mutants, killed, _, _, not_run, score, target, _, seconds = cells[:10]
+        out.append(f"| {module} | {mutants} | {killed} | {not_run} | {score} | {target} | "
+                   f"{f'{int(seconds.split()[0]):,} s' if seconds else 'not run'} |")
+    return "\n".join(out)
+
+
 BLOCKS = {
     "quickstart": ("the quick start per machine with each path's last wall time: results/demo.log, "
                    "results/small*/run.log, the paper's estimate", quickstart),
@@ -394,6 +415,7 @@ BLOCKS = {
     "sm90-spills": ("the 16-bit tiles that spill on sm_90: results/kernel_resources/sm90.json", sm90_spills),
     "kernel-errors-cpu": ("kernel errors under Triton's interpreter: results/kernel_errors/cpu-interpreter.json",
                           kernel_errors_cpu),
+    "mutation-scores": ("each module's mutation score and the time of its runs: results/mutation.md", mutation_scores),
 }
 
 

@@ -162,3 +162,20 @@ def test_a_results_file_that_is_not_json_is_named(copy):
     with pytest.raises(SystemExit, match=r"^docs_tables: results/demo_downstream.json is not valid JSON .*"
                                          r"block demo-downstream"):
         docs_tables.main(["--check", "--root", str(copy)])
+
+
+def test_the_mutation_scores_follow_the_mutation_report(copy, capsys):
+    report = copy / "results" / "mutation.md"
+    lines = report.read_text().splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("| checkpoint.py |"))
+    cells = lines[i].split("|")
+    cells[7], cells[10] = " **12.5 %** ", " 4321 s "     # the score, and the seconds of its runs
+    lines[i] = "|".join(cells)
+    report.write_text("\n".join(lines) + "\n")
+    assert check(copy, capsys)[1] == [f"docs/testing.md: block mutation-scores differs from the results; {HINT}"]
+    docs_tables.main(["--root", str(copy)])
+    row = table_row((copy / "docs" / "testing.md").read_text(), "checkpoint.py")
+    assert row[4] == "**12.5 %**" and row[6] == "4,321 s"
+    report.write_text("no table here\n")
+    with pytest.raises(docs_tables.Problem, match="^docs_tables: results/mutation.md has no table of modules"):
+        docs_tables.main(["--check", "--root", str(copy)])

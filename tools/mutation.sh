@@ -58,9 +58,13 @@ declare -A TESTS=(
   # the two test_bytes.py tests left out train models (30 s for each mutant they reach)
   [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py tests/test_determinism.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one --deselect tests/test_determinism.py::test_two_ranks_launch_rank_0s_tiles --deselect tests/test_determinism.py::test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same"
   # tests/test_determinism.py checks pin_kernel_tiles in-process (its two slow tests run torchrun or two whole runs)
+  [kernels/lssa_triton.py]="tests/test_kernel_dispatch.py tests/test_determinism.py tests/test_kernels.py --deselect tests/test_determinism.py::test_two_ranks_launch_rank_0s_tiles --deselect tests/test_determinism.py::test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same --deselect tests/test_kernels.py::test_interpreter_matches_reference --deselect tests/test_kernels.py::test_interpreter_under_torch_compile --deselect tests/test_kernels.py::test_backward_materialises_no_zero_gradients --deselect tests/test_kernels.py::test_failing_kernel_falls_back_with_one_warning --deselect tests/test_kernels.py::test_interpreter_training_curve_matches_reference"
+  # the host code of the kernels (mutmut leaves the @triton.jit functions alone: it skips decorated ones):
+  # tests/test_kernel_dispatch.py runs the kernels under the interpreter in its own process; the tests of
+  # test_kernels.py left out run them in child processes only (not mapped to a mutant, 30 s of each run's start)
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py
-       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py)
+       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py kernels/lssa_triton.py)
 # modules not mutated yet: the report counts their mutants (mutmut generates them without running a test) as not run
 NOT_YET=(export_hf.py eval_downstream.py data/sources.py
          scripts/report.py scripts/paper_plan.py)
