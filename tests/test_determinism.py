@@ -149,6 +149,22 @@ def test_a_run_pins_its_gpus_tables_or_its_checkpoints(lssa_triton, capsys):
         assert train.pin_kernel_tiles(load_config(args), gpu_setup(), None) is None
 
 
+def test_the_interpreter_on_a_cpu_pins_tiles_and_a_plain_cpu_run_does_not(lssa_triton, monkeypatch):
+    """Triton's interpreter runs the kernels on the CPU (the tests, the demo with TRITON_INTERPRET=1):
+    such a run launches tiles like a GPU's and pins them; without it a CPU run launches no kernel."""
+    import types
+    import train
+    from configurator import load_config
+    cpu = types.SimpleNamespace(device="cpu", device_type="cpu", master=True, world_size=1)
+    lssa_triton.pin_tiles({})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert train.pin_kernel_tiles(load_config(["--attention=lssa"]), cpu, None) is None
+    assert lssa_triton.pinned_tiles() == {}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    tiles = train.pin_kernel_tiles(load_config(["--attention=lssa"]), cpu, None)
+    assert tiles["other/fwd/64"] == list(lssa_triton._TABLES["other"]["fwd", 64][0]) and lssa_triton.pinned_tiles() == tiles
+
+
 def test_autotuning_unpins_and_warns(lssa_triton, monkeypatch, capsys):
     import train
     from configurator import load_config
