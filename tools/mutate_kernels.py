@@ -187,7 +187,7 @@ def main(argv=None):
                       "errors_16bit": worst, "seconds": round(time.time() - t)}
         print(f"{name:<16} {'killed' if bad else 'SURVIVED'} by {len(bad)} case(s), {len(low)} of them 16-bit "
               f"({time.time() - t:.0f} s)", flush=True)
-    json.dump(done, open(store, "w"), indent=1)
+        json.dump(done, open(store, "w"), indent=1)   # after each mutant: a stopped run keeps what it finished
     rows = [(name, what, done[name]) for name, what, _, _ in MUTANTS if name in done]
     killed = sum(1 for _, _, r in rows if r["failing"])
     with open(args.out, "w") as f:
