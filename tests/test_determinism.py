@@ -144,6 +144,9 @@ def test_a_run_pins_its_gpus_tables_or_its_checkpoints(lssa_triton, capsys):
     other = {k.replace("sm90/", "other/"): v for k, v in saved.items()}
     assert train.pin_kernel_tiles(cfg, gpu_setup(), {"kernel_tiles": other}) == tiles
     assert "another GPU's table (other); this GPU launches its own (sm90)" in capsys.readouterr().out
+    both = dict(other, **{"sm90/fwd/64": [64, 64, 4, 3]})   # tiles of two tables: each named
+    assert train.pin_kernel_tiles(cfg, gpu_setup(), {"kernel_tiles": both}) == tiles
+    assert "another GPU's table (other/sm90); this GPU launches its own (sm90)" in capsys.readouterr().out
     # nothing to pin: no fused kernel in the run
     for args in (["--attention=softmax"], ["--attention=lssar", "--attention_backend=reference"]):
         assert train.pin_kernel_tiles(load_config(args), gpu_setup(), None) is None
@@ -163,6 +166,33 @@ def test_the_interpreter_on_a_cpu_pins_tiles_and_a_plain_cpu_run_does_not(lssa_t
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     tiles = train.pin_kernel_tiles(load_config(["--attention=lssa"]), cpu, None)
     assert tiles["other/fwd/64"] == list(lssa_triton._TABLES["other"]["fwd", 64][0]) and lssa_triton.pinned_tiles() == tiles
+
+
+def test_every_rank_launches_the_tiles_rank_0_broadcasts(lssa_triton, monkeypatch):
+    """Several processes: rank 0 chooses, torch.distributed broadcasts its choice from rank 0, every
+    rank pins what it received (a stand-in for the broadcast: rank 0's tiles differ from this GPU's
+    table, as after a resume on tiles an updated table no longer starts with)."""
+    import train
+    from configurator import load_config
+    cfg = load_config(["--attention=lssa"])
+    ours = lssa_triton.default_tiles("cuda:0")
+    rank0 = dict(ours, **{"sm90/fwd/64": [64, 64, 4, 3]})
+    sent = []
+
+    def broadcast(objects, src):
+        sent.append((list(objects), src))
+        if objects[0] is None:   # a rank other than 0 receives rank 0's
+            objects[0] = rank0
+    monkeypatch.setattr(train.dist, "broadcast_object_list", broadcast)
+    other = gpu_setup(world_size=2)
+    other.master = False
+    assert train.pin_kernel_tiles(cfg, other, None) == rank0 == lssa_triton.pinned_tiles()
+    assert sent == [([None], 0)]
+    sent.clear()
+    assert train.pin_kernel_tiles(cfg, gpu_setup(world_size=2), None) == ours == lssa_triton.pinned_tiles()
+    assert sent == [([ours], 0)]   # rank 0 sends its own
+    sent.clear()
+    assert train.pin_kernel_tiles(cfg, gpu_setup(world_size=1), None) == ours and sent == []
 
 
 def test_autotuning_unpins_and_warns(lssa_triton, monkeypatch, capsys):
