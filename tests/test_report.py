@@ -16,12 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """[(plot, runs or metrics, path)] of every plot report.build asks for, none of them drawn."""
+    """[(plot, runs or metrics, path, title)] of every plot report.build asks for, none of them drawn."""
     calls = []
     for name, module in (("length", report.plot_length), ("passkey", report.plot_passkey),
                          ("attention_stats", report.plot_attention_stats)):
-        monkeypatch.setattr(module, "plot", lambda runs, out, title=None, _name=name: calls.append((_name, runs, out)))
-    monkeypatch.setattr(report, "plot_curves", lambda metrics, out: calls.append(("curves", metrics, out)))
+        monkeypatch.setattr(module, "plot", lambda runs, out, title=None, _name=name: calls.append((_name, runs, out, title)))
+    monkeypatch.setattr(report, "plot_curves", lambda metrics, out: calls.append(("curves", metrics, out, None)))
     return calls
 
 
@@ -44,8 +44,9 @@ def test_the_committed_reports_are_rebuilt_word_for_word(name, tmp_path, drawn, 
         assert (folder / "report.md").read_text() == f.read()
     assert capsys.readouterr().out == f"wrote {folder / 'report.md'}\n"
     trained = [r for r in report.runs_of(report.load_results(str(folder)), "eval_length.py") if not r.get("overrides")]
-    assert [(plot, out) for plot, _, out in drawn] == [("length", str(folder / "length.png"))] + (
-        [("curves", str(folder / "curves.png"))] if name == "small-cpu" else [])
+    assert [(plot, out, title) for plot, _, out, title in drawn] == [
+        ("length", str(folder / "length.png"), f"{name}: loss vs inference length")] + (
+        [("curves", str(folder / "curves.png"), None)] if name == "small-cpu" else [])
     assert drawn[0][1] == trained and len(trained) == {"small-cpu": 11, "small": 3}[name]
     if name == "small-cpu":   # the metrics kept in the folder (the run directories are gone)
         assert sorted(drawn[1][1]) == sorted(r["run"] for r in trained) and len(drawn[1][1]["small-cpu-softmax"]) > 10
@@ -68,10 +69,12 @@ def test_results_are_told_apart_by_content_and_unreadable_ones_left_out(tmp_path
     (tmp_path / "b" / "sweep.json").write_text(json.dumps(sweep))
     (tmp_path / "a.json").write_text(json.dumps(sweep))
     (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "c.json").write_text(json.dumps(sweep))          # after the broken one: still read
     (tmp_path / "other.json").write_text(json.dumps({"runs": [{"results": [{"x": 1}]}]}))
     (tmp_path / "sweep.csv").write_text("not json")
     found = report.load_results(str(tmp_path))
-    assert found == {"eval_length.py": [(str(tmp_path / "a.json"), sweep), (str(tmp_path / "b" / "sweep.json"), sweep)]}
+    assert found == {"eval_length.py": [(str(tmp_path / "a.json"), sweep), (str(tmp_path / "b" / "sweep.json"), sweep),
+                                        (str(tmp_path / "c.json"), sweep)]}
     err = capsys.readouterr().err
     assert err.startswith(f"warning: {tmp_path / 'broken.json'} is not readable JSON (") and err.count("\n") == 1
     assert err.endswith("); left out of the report\n")
@@ -110,6 +113,10 @@ def test_metrics_are_copied_from_the_run_directory_and_read_from_the_copy_after(
     expected = {"a": [{"step": 1, "loss": 2.0}, {"step": 2, "val_loss": 1.5}]}
     assert report.collect_metrics(str(folder), runs) == expected       # b has no metrics anywhere: left out
     assert (folder / "metrics" / "a.jsonl").read_text() == (out / "a" / "metrics.jsonl").read_text()
+    (out / "a" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')    # the run went on: copied again
+    assert report.collect_metrics(str(folder), runs) == {"a": [{"step": 1, "loss": 2.0}]}
+    (out / "a" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "val_loss": 1.5}\n')
+    report.collect_metrics(str(folder), runs)
     shutil.rmtree(out)                 # the run directories gone: the copy is read
     assert report.collect_metrics(str(folder), runs) == expected
     # a run directory that is the folder's metrics/ itself (a run named "metrics"), the folder named another
@@ -314,6 +321,7 @@ def test_a_folder_of_every_evaluation_gets_each_section_and_plot(tmp_path, drawn
         assert "\n" + section + "\n" in text
     assert text.endswith("## Attention maps\n\n![lssar.png](maps/lssar.png)\n![softmax.png](maps/softmax.png)\n")
     assert "row entropy / ln n, mass on the first key" in text and "![passkey](passkey.png)" in text
-    assert [(plot, len(runs), os.path.basename(out)) for plot, runs, out in drawn] == [
-        ("passkey", 3, "passkey.png"), ("attention_stats", len(stats), "attention_stats.png")]
+    assert [(plot, len(runs), out, title) for plot, runs, out, title in drawn] == [
+        ("passkey", 3, str(tmp_path / "passkey.png"), None),
+        ("attention_stats", len(stats), str(tmp_path / "attention_stats.png"), None)]
     assert "\n\n## Generation tasks (lm-eval)\n\n| run |" in text and "\n\n## Attention statistics\n\nMean over" in text

@@ -59,6 +59,12 @@ def test_estimate_uses_each_measured_figure_and_the_slowest_for_the_rest(tmp_pat
     assert e["ckpt_total_bytes"] == 4 * 3 * 12 * params
 
 
+def test_a_type_never_measured_takes_the_slowest_figure_not_the_first_name(tmp_path):
+    bench_file(tmp_path, lssa=500_000.0, softmax=250_000.0)
+    e = paper_plan.estimate(["config/paper_124m.py"], 8, [("relu", "relu")], str(tmp_path))
+    assert e["rows"][0]["tokens_per_s"] == 250_000.0 and "softmax's 250,000" in e["rows"][0]["figure"]
+
+
 def test_estimate_scales_to_another_model_by_flops_per_token(tmp_path):
     bench_file(tmp_path, softmax=500_000.0)
     e = paper_plan.estimate(["config/paper_350m.py"], 8, [("softmax", "softmax")], str(tmp_path))
@@ -234,9 +240,10 @@ def test_footprint_of_a_small_config_on_bytes():
 def test_estimate_lines_are_the_dry_runs_text():
     row = {"run": "paper-softmax", "attention": "softmax", "tokens_per_s": 1234567.8, "gpu_hours": 12.34,
            "measured": True, "figure": "F1"}
-    e = {"config": "config/x.py --a=1", "ngpu": 4, "params": 123_456_789, "tokens_per_run": 9_876_543_210,
+    # sizes just above a rounding boundary (123.45M, 9.875B, 1.45 GB): a unit off by one part in 10^9 rounds down
+    e = {"config": "config/x.py --a=1", "ngpu": 4, "params": 123_450_001, "tokens_per_run": 9_875_000_001,
          "gpu": "G", "note": None, "gpu_hours": 56.78, "data_bytes": 2 * 10**10, "dataset": "fineweb-10B",
-         "ckpt_total_bytes": 4_500_000_000, "keep_checkpoints": 2, "ckpt_bytes": 1_480_000_000,
+         "ckpt_total_bytes": 4_500_000_000, "keep_checkpoints": 2, "ckpt_bytes": 1_450_000_001,
          "rows": [row, {**row, "run": "r2", "attention": "lssar", "tokens_per_s": 999.4, "gpu_hours": 0.04,
                         "measured": False, "figure": "F2"}]}
     assert paper_plan.estimate_lines(e) == [
@@ -274,7 +281,18 @@ def test_paper_plan_main_lists_types_and_prints_the_estimate(monkeypatch, capsys
     assert "# no training throughput measured for this machine's GPU" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         paper_plan.main(["cost", "8", "a:softmax"])
-    assert e.value.code == 2 and "cost needs -- and a config file after the runs" in capsys.readouterr().err
+    assert e.value.code == 2 and capsys.readouterr().err.endswith(
+        "paper_plan.py: error: cost needs -- and a config file after the runs\n")
+    with pytest.raises(SystemExit) as e:
+        paper_plan.main([])
+    assert e.value.code == 2 and "the following arguments are required: command" in capsys.readouterr().err
+
+
+def test_paper_plan_finds_the_measurements_from_any_working_directory(tmp_path, monkeypatch, capsys):
+    config = os.path.join(paper_plan.ROOT, "config", "paper_124m.py")
+    monkeypatch.chdir(tmp_path)
+    paper_plan.main(["cost", "8", "a:softmax", "--gpu", "NVIDIA H200", "--", config])
+    assert capsys.readouterr().out.splitlines()[0].endswith("figures of NVIDIA-H200")
 
 
 def toy_env(synth_dir, tmp_path):
