@@ -108,19 +108,20 @@ def test_estimate_without_measurements_says_how_to_make_one(tmp_path):
         paper_plan.estimate(["config/paper_124m.py"], 8, [("softmax", "softmax")], str(tmp_path))
 
 
-def test_module_literals_are_read_from_the_source_without_importing_it(tmp_path):
+def test_module_literals_are_read_from_the_source_without_importing_it(tmp_path, monkeypatch):
     source = tmp_path / "m.py"
     source.write_text("import os\nA: int = 1\nos.B = 2\nB = C = dict(x=1, y={'z': [2, 3]}, w=dict())\n"
-                      "D = {'k': dict(v=5)}\nD = 0\nE = dict(os.environ)\nF = dict({'a': 1})\n")
+                      "D = {'k': dict(v=5)}\nD = 0\nE = dict(os.environ)\nF = dict({'a': 1})\nG = os.getcwd()\n")
     both = {"x": 1, "y": {"z": [2, 3]}, "w": {}}
     assert paper_plan.module_literal(str(source), "B") == both and paper_plan.module_literal(str(source), "C") == both
     assert paper_plan.module_literal(str(source), "D") == {"k": {"v": 5}}     # the first assignment
     with pytest.raises(ValueError, match=r"m\.py has no A = \.\.\.$"):     # annotated: not `A = ...`
         paper_plan.module_literal(str(source), "A")
-    for name in ("E", "F"):          # a call with arguments is code, not a literal
+    for name in ("E", "F", "G"):     # a call with arguments, or of anything but dict, is code, not a literal
         with pytest.raises(ValueError, match="malformed"):
             paper_plan.module_literal(str(source), name)
-    # the repository's own, read without torch, equal what importing the modules gives
+    # the repository's own (found from any working directory), read without torch, equal what importing gives
+    monkeypatch.chdir(tmp_path)
     import attention
     import model
     assert paper_plan.recipe_names() == list(attention.RECIPES)
@@ -166,8 +167,9 @@ def test_measured_throughput_reads_one_gpus_files_the_last_in_name_order_winning
     config = {"model": "mini", "batch_size": 8, "block_size": 512}
     (folder / "bench_train.json").write_text(json.dumps({"hardware": {"gpu": "Some GPU"}, "results": [
         {"attention": "softmax", "tokens_per_s": 10.0, "config": config},
-        {"attention": "lssa", "tokens_per_s": 20.0, "config": config},
-        {"attention": "relu", "error": "out of memory"}]}))
+        {"attention": "relu", "error": "out of memory"},       # failed there: no figure, the next ones still read
+        {"attention": "lssa", "tokens_per_s": 20.0, "config": config}]}))
+    (folder / "bench_train_1.json").write_text(json.dumps({"hardware": {"gpu": "Some GPU"}}))   # no results at all
     (folder / "bench_train_2.json").write_text(json.dumps({"results": [   # no hardware: the folder's name
         {"attention": "softmax", "tokens_per_s": 30.0, "config": {**config, "block_size": 256}}]}))
     (folder / "bench_attention.json").write_text(json.dumps({"results": [
@@ -189,8 +191,9 @@ def test_measured_throughput_reads_one_gpus_files_the_last_in_name_order_winning
     assert paper_plan.most_measured({"b": {1: 0, 2: 0}, "c": {1: 0}}) == "b"
 
 
-def test_the_note_of_a_borrowed_gpu_says_whose_figures_and_how_to_measure(monkeypatch):
+def test_the_note_of_a_borrowed_gpu_says_whose_figures_and_how_to_measure(tmp_path, monkeypatch):
     gpus = os.path.join(paper_plan.ROOT, "results", "gpu")    # the committed figures: one GPU, the H200
+    monkeypatch.chdir(tmp_path)                               # the folder named from the repository, not from here
     borrowed = "every figure below is NVIDIA-H200's (measure yours: python scripts/bench_train.py --attention all --out "
     used, measured, note = paper_plan.pick_gpu(gpus, "NVIDIA A100")
     assert used == "NVIDIA-H200" and measured == paper_plan.measured_throughput(os.path.join(gpus, "NVIDIA-H200"))
@@ -214,10 +217,12 @@ def test_no_measurement_at_all_is_one_line_naming_the_folder_and_the_command(tmp
                             f"--out {tmp_path}/<GPU>/bench_train.json measures one)")
 
 
-def test_footprint_of_a_small_config_on_bytes():
+def test_footprint_of_a_small_config_on_bytes(monkeypatch):
     """config/demo_cpu.py: the mini model on embedded-bytes (a 256-byte vocabulary, no dataset size on
     record), 16 x 64 tokens per GPU and step (total_batch_size 0), 700 steps, 2 checkpoints kept."""
-    mini, wider = meta_model("mini", 256), meta_model("mini", 512, n_layer=2, n_embd=64)
+    mini, wider, tiny = meta_model("mini", 256), meta_model("mini", 512, n_layer=2, n_embd=64), meta_model("tiny")
+    for name in ("attention", "model", "data.tokenizer"):   # a dry run in a shell without torch: none of them needed
+        monkeypatch.setitem(sys.modules, name, None)
     runs = [("a", "softmax"), ("b", "lssar"), ("c", "relu")]
     f = paper_plan.footprint(["config/demo_cpu.py"], 2, runs)
     params = mini.num_params()
@@ -231,7 +236,7 @@ def test_footprint_of_a_small_config_on_bytes():
     assert f["ckpt_total_bytes"] == 2 * 12 * wider.num_params() and f["config"].endswith("--max_iters=10")
     # GPT-2's tokens on a dataset of known size unless the tokenizer is bytes
     f = paper_plan.footprint(["config/paper_124m.py", "--model=tiny"], 8, runs)
-    assert f["params"] == paper_plan.model_shape("tiny")[0] == meta_model("tiny").num_params()
+    assert f["params"] == paper_plan.model_shape("tiny")[0] == tiny.num_params()
     assert f["data_bytes"] == 2 * 10**10
     f = paper_plan.footprint(["config/paper_124m.py", "--model=tiny", "--tokenizer=bytes"], 8, runs)
     assert f["params"] == paper_plan.model_shape("tiny", 256)[0]
