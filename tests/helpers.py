@@ -1,6 +1,7 @@
 """Helpers shared by the tests (pytest puts tests/ on sys.path)."""
 import importlib
 import os
+import sys
 
 import pytest
 
@@ -18,3 +19,13 @@ def optional_module(name, install):
     if os.environ.get("CI"):
         return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"{name} is optional: {install}")
+
+
+def script(name):
+    """scripts/NAME.py imported as scripts.NAME, and entered under its bare name too, the name the
+    scripts import each other by (docs_tables.py: `import report`): one module object under both, so
+    a test that patches it patches what the other scripts call. The package name is the one mutation
+    testing gives the file's functions (tools/mutation.sh): only calls to scripts.NAME count there."""
+    module = importlib.import_module(f"scripts.{name}")
+    sys.modules.setdefault(name, module)
+    return module

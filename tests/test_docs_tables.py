@@ -13,6 +13,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from helpers import script  # noqa: E402
+paper_plan, report = script("paper_plan"), script("report")   # before docs_tables imports them by bare name
 import docs_tables  # noqa: E402
 
 HINT = "run python scripts/docs_tables.py"

@@ -64,12 +64,17 @@ declare -A TESTS=(
   # test_kernels.py left out run them in child processes only (not mapped to a mutant, 30 s of each run's start);
   # the sm_90 compile test too (it failed once after this selection's other tests, beside other runs: cause unknown),
   # and the test that reads the module's source for LSSA_TRITON_ names (mutmut's copy holds every mutant's text)
+  [scripts/paper_plan.py]="tests/test_reproduce_paper.py --deselect tests/test_reproduce_paper.py::test_reproduce_paper_end_to_end_at_toy_scale --deselect tests/test_reproduce_paper.py::test_the_toy_pass_runs_first_in_a_scratch_folder_and_stops_the_run_when_it_fails"
+  [scripts/report.py]="tests/test_report.py tests/test_docs_tables.py --deselect tests/test_docs_tables.py::test_the_cost_block_is_what_the_dry_run_prints"
+  # the tests left out run scripts/reproduce_paper.sh (a toy training run, or its dry run): the scripts run in a
+  # child python there, which mutmut does not see; tests/test_reproduce_paper.py checks paper_plan.py's functions
+  # in-process (tests/test_docs_tables.py reaches them too, through whole pages: seconds more for each mutant)
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py
-       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py kernels/lssa_triton.py)
+       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py kernels/lssa_triton.py
+       scripts/paper_plan.py scripts/report.py)
 # modules not mutated yet: the report counts their mutants (mutmut generates them without running a test) as not run
-NOT_YET=(export_hf.py eval_downstream.py data/sources.py
-         scripts/report.py scripts/paper_plan.py)
+NOT_YET=(export_hf.py eval_downstream.py data/sources.py)
 
 # A scratch copy of the repo in $1 whose mutmut config mutates module $2 with the tests chosen for it.
 scratch() {
