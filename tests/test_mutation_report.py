@@ -60,12 +60,17 @@ def test_a_rerun_of_some_mutants_keeps_the_others_unless_the_code_changed(tmp_pa
     R.record(a_run(tmp_path, "again", CODE, again), "m.py", "2026-12-06", "abc1234", 3, "m.x_double__mutmut_1",
              path=store)
     assert R.load_store(store)["m.py"]["status"] == {"m.x_double__mutmut_2": "survived"}
+    assert R.load_store(store)["m.py"]["functions"]["double"][1] == [0, 1]   # tested by both runs
+    (tmp_path / "m.py").write_text(CODE)
+    _, runs = R.verdicts("m.py", ["m.x_double__mutmut_1", "m.x_double__mutmut_2"], R.load_store(store), root=tmp_path)
+    assert runs == {"2026-12-05 abc1234 10 s: all": 2, "2026-12-06 abc1234 3 s: m.x_double__mutmut_1": 0}
     changed = CODE.replace("2 * x", "x + x")
     R.record(a_run(tmp_path, "changed", changed, again), "m.py", "2026-12-07", "def5678", 3, "m.x_double__mutmut_1",
              path=store)
     entry = R.load_store(store)["m.py"]
     assert entry["status"] == {"m.x_double__mutmut_2": "not checked"}   # its old verdict judged other code
     assert entry["runs"] == ["2026-12-07 def5678 3 s: m.x_double__mutmut_1"]   # runs giving no verdict are dropped
+    assert entry["functions"]["double"][1] == [0]
     (tmp_path / "m.py").write_text(changed)
     status, _ = R.verdicts("m.py", ["m.x_double__mutmut_1", "m.x_double__mutmut_2"], R.load_store(store), root=tmp_path)
     assert R.judge("m.x_double__mutmut_2", status["m.x_double__mutmut_2"], {})[0] == "not run"
@@ -89,5 +94,5 @@ def test_the_committed_verdicts_parse_and_name_only_mutants_of_recorded_function
         assert entry["functions"], module
         for name in entry["status"]:
             assert R.function_of(name) in entry["functions"], name
-        for code, run in entry["functions"].values():
-            assert len(code) == 12 and 0 <= run < len(entry["runs"])
+        for code, runs in entry["functions"].values():
+            assert len(code) == 12 and runs and all(0 <= run < len(entry["runs"]) for run in runs)

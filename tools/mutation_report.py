@@ -109,8 +109,8 @@ def load_store(path=None):
             elif line.startswith("run "):
                 mine["runs"].append(line[4:])
             elif line.startswith("= "):
-                function, code, run = line[2:].split()
-                mine["functions"][function] = (code, int(run))
+                function, code, runs = line[2:].split()
+                mine["functions"][function] = (code, [int(r) for r in runs.split(",")])
             else:
                 name, _, status = line.partition(": ")
                 mine["status"][name] = status
@@ -122,17 +122,19 @@ def save_store(store, path=None):
     lines = ["# Every mutant's last verdict, kept with the code: tools/mutation.sh records each run here",
              "# (tools/mutation_report.py --record) and results/mutation.md is built from this file alone.",
              "# Per module: `run DATE COMMIT SECONDS s: SELECTION` (each run that still gives a verdict, numbered",
-             "# from 0 in order), `= FUNCTION HASH RUN` (every mutant of the function was tested by that run on",
-             "# code whose syntax tree has that hash: the verdicts hold while the hash matches today's code),",
+             "# from 0 in order), `= FUNCTION HASH RUNS` (the function's mutants were tested by those runs, the",
+             "# later ones retesting some, on code whose syntax tree has that hash: the verdicts hold while the",
+             "# hash matches today's code),",
              "# then `MUTANT: STATUS` for each mutant of those functions that was not killed; the others were.",
              "# A function with no `=` line, or whose hash differs from today's, counts as not run."]
-    for module in sorted(store):
+    for module in sorted(m for m in store if store[m]["functions"]):
         entry = store[module]
-        used = sorted({run for _, run in entry["functions"].values()})
+        used = sorted({run for _, runs in entry["functions"].values() for run in runs})
         renumber = {old: new for new, old in enumerate(used)}
         lines.append(f"@ {module}")
         lines += [f"run {entry['runs'][old]}" for old in used]
-        lines += [f"= {f} {code} {renumber[run]}" for f, (code, run) in sorted(entry["functions"].items())]
+        lines += [f"= {f} {code} {','.join(str(renumber[r]) for r in runs)}"
+                  for f, (code, runs) in sorted(entry["functions"].items())]
         lines += [f"{n}: {st}" for n, st in sorted(entry["status"].items(), key=lambda kv: natural(kv[0]))
                   if function_of(n) in entry["functions"]]
     with open(path or STORE, "w") as f:
@@ -167,6 +169,7 @@ def record(run_dir, module, when, commit, seconds, selection, path=None):
             continue
         updated += 1
         same = entry["functions"].get(function, (None,))[0] == code[function]
+        runs = entry["functions"][function][1] if same else []
         if not same:   # new code: the older verdicts of this function no longer hold
             entry["status"] = {n: v for n, v in entry["status"].items() if function_of(n) != function}
             tested = verdicts
@@ -175,8 +178,9 @@ def record(run_dir, module, when, commit, seconds, selection, path=None):
                 entry["status"].pop(n, None)
             else:
                 entry["status"][n] = v
-        entry["functions"][function] = (code[function], run)
-    save_store(store, path)
+        entry["functions"][function] = (code[function], runs + [run])
+    if updated:
+        save_store(store, path)
     return updated
 
 
@@ -208,10 +212,13 @@ def verdicts(module, names, store, root=ROOT):
     today = {f: fingerprint(c) for f, c in functions(os.path.join(root, module)).items()}
     status, runs = {}, {}
     for n in names:
-        code, run = entry["functions"].get(function_of(n), (None, None))
+        code, ran = entry["functions"].get(function_of(n), (None, None))
         if code is not None and code == today.get(function_of(n)):
             status[n] = entry["status"].get(n, "killed")
-            runs[entry["runs"][run]] = runs.get(entry["runs"][run], 0) + 1
+            first, *later = [entry["runs"][r] for r in ran]   # a verdict counts for the run that first tested it
+            runs[first] = runs.get(first, 0) + 1
+            for r in later:                                    # later runs retested some of its mutants
+                runs.setdefault(r, 0)
         else:
             status[n] = "not run"
     return status, runs
@@ -249,7 +256,8 @@ def main(modules, not_yet):
         count = {v: sum(1 for n in names if verdict[n] == v) for v in ("killed", "surviving", "equivalent", "not run")}
         score = 100 * count["killed"] / max(1, len(names) - count["equivalent"])   # not run counts against
         seconds = sum(int(r.split()[2]) for r in runs)
-        what = "; ".join(f"{k} from {r.split()[0]} at {r.split()[1]} ({r.split(': ', 1)[1]})" for r, k in runs.items())
+        what = "; ".join((f"{k} from" if k else "reruns on") + f" {r.split()[0]} at {r.split()[1]} ({r.split(': ', 1)[1]})"
+                         for r, k in runs.items())
         rows.append(f"| {module} | {len(names)} | {count['killed']} | {count['surviving']} | {count['equivalent']} | "
                     f"{count['not run']} | **{score:.1f} %** | {TARGETS[module]} % | {what or 'not mutated yet'} | "
                     f"{seconds or ''}{' s' if seconds else ''} |")
