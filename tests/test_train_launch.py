@@ -4,6 +4,7 @@ device, which backend, which precision, which random state) is checked against w
 needs. The GPU runs themselves are tests/test_train.py's and tests/test_kernels.py's gpu tests."""
 import json
 import os
+import re
 import sys
 import types
 from contextlib import nullcontext
@@ -498,3 +499,32 @@ def test_the_parameter_count_is_printed_in_millions(monkeypatch, synth_dir, tmp_
     monkeypatch.setattr(GPT, "num_params", lambda self, **kw: 10_005_001)
     train.main(tiny_args(synth_dir, tmp_path, "--max_iters=1"))
     assert "\n10.01M parameters, 1 process(es)" in capsys.readouterr().out
+
+
+def test_record_launch_writes_readable_records_with_the_kernel_tiles_and_one_wandb_id(monkeypatch, synth_dir, tmp_path,
+                                                                                     capsys):
+    """config.json and run.json indented for reading (and the config printed the same way), the run's kernel tiles in
+    run.json, no wandb unless asked; with wandb, an 8-character hex id kept in out_dir and reused on a resume."""
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = resolved_config(synth_dir, out)
+    s = types.SimpleNamespace(rank=0, world_size=1, device="cpu", device_type="cpu", dtype="float32", data_dir=synth_dir,
+                              master=True, accum=1, tokens_per_step=cfg.batch_size * cfg.block_size)
+    state, _ = train.build(cfg, s, None)
+    state.kernel_tiles = {"other/fwd/64": [32, 32, 4, 2]}
+    capsys.readouterr()
+    run_info, wandb = train.record_launch(cfg, s, state, {})
+    assert wandb is None
+    config, run = json.loads((out / "config.json").read_text()), json.loads((out / "run.json").read_text())
+    assert run["kernel_tiles"] == {"other/fwd/64": [32, 32, 4, 2]} and run == json.loads(json.dumps(run_info))
+    assert (out / "config.json").read_text() == json.dumps(config, indent=2)
+    assert (out / "run.json").read_text() == json.dumps(run, indent=2)
+    assert capsys.readouterr().out.startswith(json.dumps(config, indent=2) + "\n")
+
+    inits = []
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: inits.append(kw)))
+    cfg.wandb_log = True
+    for _ in range(2):   # a launch, then a resume in the same folder
+        assert train.record_launch(cfg, s, state, {})[1] is sys.modules["wandb"]
+    first = (out / "wandb_id").read_text()
+    assert re.fullmatch(r"[0-9a-f]{8}", first) and [i["id"] for i in inits] == [first, first]
