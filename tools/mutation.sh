@@ -58,11 +58,14 @@ declare -A TESTS=(
   # the two test_bytes.py tests left out train models (30 s for each mutant they reach)
   [train.py]="tests/test_train_step.py tests/test_train_launch.py tests/test_train.py tests/test_determinism.py --deselect tests/test_train.py::test_wandb_offline_writes_files --deselect tests/test_train.py::test_resume_after_kill_is_exact --deselect tests/test_train.py::test_torchrun_two_processes_match_one --deselect tests/test_determinism.py::test_two_ranks_launch_rank_0s_tiles --deselect tests/test_determinism.py::test_resumed_run_launches_the_checkpoints_tiles_and_loses_the_same"
   # tests/test_determinism.py checks pin_kernel_tiles in-process (its two slow tests run torchrun or two whole runs)
+  [data/sources.py]="tests/test_sources.py tests/test_data.py::test_wiki_markup_and_gutenberg_stripping"
+  # downloads and archives stood in for in-process; the tests that read the real pinned archives (the tokenizer's,
+  # test_data.py's test_prepare_embedded) take seconds for each mutant they reach and check no more of this module
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py
-       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py)
+       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py data/sources.py)
 # modules not mutated yet: the report counts their mutants (mutmut generates them without running a test) as not run
-NOT_YET=(export_hf.py eval_downstream.py data/sources.py
+NOT_YET=(export_hf.py eval_downstream.py
          scripts/report.py scripts/paper_plan.py)
 
 # A scratch copy of the repo in $1 whose mutmut config mutates module $2 with the tests chosen for it.
