@@ -3,6 +3,7 @@
 lm-eval is optional (requirements-eval.txt): these tests skip without it on a developer's
 machine, and fail without it in CI (CI=true), where scripts/test.sh installs it."""
 import csv
+import importlib
 import json
 import os
 import re
@@ -18,6 +19,12 @@ import eval_downstream
 from checkpoint import load_model
 from data.tokenizer import EOT, ByteTokenizer, get_encoding
 from helpers import optional_module
+
+try:   # lm-eval loaded once at collection rather than by each test process: mutation testing forks one per
+    importlib.import_module("harness")   # mutant from the collected process, and lm-eval's import takes seconds
+    importlib.import_module("lm_eval.tasks")
+except ImportError:   # optional: the harness fixture below skips (or fails in CI) without it
+    pass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
@@ -501,8 +508,8 @@ def test_task_manager_indexes_lm_evals_own_tasks_only_when_needed(harness, monke
 def test_metrics_of_lm_evals_results():
     result = {"alias": "tiny", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25,
               "acc_norm_stderr,none": "N/A", "exact_match,strict-match": 0.75, "exact_match_stderr,strict-match": 0,
-              "bleu,none": 3.5, "samples": 4}
-    assert eval_downstream.metrics_of(result) == {
+              "bleu,none": 3.5, "samples": 4, "f1,a,b": 0.125, "f1_stderr,a,b": 0.5}   # a filter's name with a comma
+    assert eval_downstream.metrics_of(result) == {"f1,a,b": {"value": 0.125, "stderr": 0.5},
         "acc": {"value": 0.5, "stderr": 0.1}, "acc_norm": {"value": 0.25, "stderr": None},
         "exact_match,strict-match": {"value": 0.75, "stderr": 0}, "bleu": {"value": 3.5, "stderr": None}}
 

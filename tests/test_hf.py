@@ -6,6 +6,7 @@ random (no training; scripts/hf_logit_diff.py builds them) with weights large en
 attention types differ sharply.
     python -m pytest tests/test_hf.py -k fresh -s     # prints the logit differences per type
 """
+import importlib
 import inspect
 import json
 import math
@@ -26,6 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from hf_logit_diff import all_logits, random_checkpoint  # noqa: E402
 from helpers import optional_module  # noqa: E402
+
+try:   # loaded once at collection rather than by each test process: mutation testing forks one per mutant from
+    for _name in ("transformers", "tokenizers", "safetensors.torch"):   # the collected process (seconds each)
+        importlib.import_module(_name)
+except ImportError:   # optional: the transformers fixture below skips (or fails in CI) without them
+    pass
 
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
 CONTEXT = 32
@@ -508,6 +515,8 @@ def check_tokenizer(tok, ours, texts):
         assert tok.encode(text).ids == [ours.eot] + ids   # the document separator first, as in training
         assert tok.encode(text, "x").ids == [ours.eot] + ids + [ours.eot] + ours.encode("x")
         assert tok.decode(ids, skip_special_tokens=False) == text
+        if ours.eot not in ids:   # the separator is a special token: decoding leaves it out by default
+            assert tok.decode([ours.eot] + ids) == text and tok.decode([ours.eot]) == ""
 
 
 def test_built_byte_tokenizer_gives_our_ids_and_its_files(transformers, tmp_path):
@@ -611,11 +620,11 @@ def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, mo
     from checkpoint import load_checkpoint
     run = random_checkpoint(str(tmp_path / "runs" / "lssar-run"), "lssar", 16, bias=False)
     ckpt = load_checkpoint(run)
-    (tmp_path / "hf" / "lssar.tmp").mkdir(parents=True)   # a stale one of an interrupted export
-    (tmp_path / "hf" / "lssar.tmp" / "stale").write_text("x")
-    export_hf.main([run, str(tmp_path / "hf" / "lssar") + "/"])
-    folder = tmp_path / "hf" / "lssar"
-    assert capsys.readouterr().out == f"wrote {folder}/\n" and os.listdir(tmp_path / "hf") == ["lssar"]
+    (tmp_path / "hf" / "lssar-X.tmp").mkdir(parents=True)   # a stale one of an interrupted export
+    (tmp_path / "hf" / "lssar-X.tmp" / "stale").write_text("x")
+    export_hf.main([run, str(tmp_path / "hf" / "lssar-X") + "/"])
+    folder = tmp_path / "hf" / "lssar-X"
+    assert capsys.readouterr().out == f"wrote {folder}/\n" and os.listdir(tmp_path / "hf") == ["lssar-X"]
     assert sorted(os.listdir(folder)) == ["README.md", "attention.py", "config.json", "generation_config.json",
                                           "model.safetensors", "modeling_lssa_gpt.py", "tokenizer.json",
                                           "tokenizer_config.json"]
