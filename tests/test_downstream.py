@@ -634,3 +634,31 @@ def test_main_on_a_gpu_keeps_its_memory_and_writes_nothing_without_out(harness, 
     assert FakeLM.made[-1][1]["device"] == "cuda:1" and os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match=r"^--tasks is empty; give comma-separated lm-eval task names$"):
         eval_downstream.main([str(tmp_path), "--tasks", " , ,"])
+
+
+def test_help_shows_the_usage_every_options_help_and_the_module_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
+    with pytest.raises(SystemExit):
+        eval_downstream.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert eval_downstream.__doc__ in out   # as written: its example commands keep their lines
+    flat = " ".join(out.split())
+    assert flat.startswith("usage: ")
+    for text in (
+            "[--stand_in TASK=LOCAL]", "checkpoints run directories or checkpoint files",
+            "--tasks TASKS comma-separated lm-eval tasks (default hellaswag,arc_easy,arc_challenge,piqa,winogrande,"
+            "lambada_openai)",
+            "--include_path INCLUDE_PATH a folder of extra task YAMLs (e.g. tests/lm_eval_tasks)",
+            "--stand_in TASK=LOCAL run the local task LOCAL where TASK is asked for, its results filed under TASK and "
+            "the substitution recorded (a test of a recipe whose real data cannot be fetched: "
+            "scrolls_summscreenfd=tiny_gen); repeatable",
+            "--num_fewshot NUM_FEWSHOT examples in the prompt (default: each task's, zero for most)",
+            "--limit LIMIT examples per task (or a fraction), for quick checks",
+            "--batch_size BATCH_SIZE requests per forward pass (default 16)",
+            "--max_length MAX_LENGTH tokens per window, or '<k>x' for k times each checkpoint's training context (the "
+            "paper recipe's 16x); longer contexts lose their left end (default: the training context; at most 16x it)",
+            "evaluate with this attention type",
+            "--p P the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)",
+            "--attention_backend ATTENTION_BACKEND auto | reference | kernel", "--device DEVICE",
+            "--out OUT JSON path (a .csv is written beside it)"):
+        assert text in flat, text

@@ -674,3 +674,18 @@ def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, mo
     assert str(e.value) == "error: export_hf.py needs safetensors, tokenizers and transformers: " \
                            "pip install -r requirements-hf.txt"
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_export_help_shows_every_arguments_help_and_the_module_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
+    with pytest.raises(SystemExit):
+        export_hf.main(["--help"])
+    out = capsys.readouterr().out
+    assert export_hf.__doc__ in out   # as written: its example commands keep their lines
+    flat = " ".join(out.split())
+    for text in ("[--portable] [--sweep SWEEP] checkpoint out_dir",
+                 "checkpoint run directory (its newest checkpoint) or checkpoint file",
+                 "out_dir the folder to write (must not exist)",
+                 "--portable stock gpt_neox, no code of ours (softmax only)",
+                 "--sweep SWEEP an eval_length.py result JSON with this checkpoint's length sweep"):
+        assert text in flat, text
