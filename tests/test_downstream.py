@@ -454,7 +454,9 @@ def test_command_line_defaults_and_stand_ins(capsys):
             eval_downstream.parse_args(["a", "--stand_in", "x=y", "--stand_in", bad])
         assert capsys.readouterr().err.endswith("error: --stand_in takes TASK=LOCAL (e.g. scrolls_summscreenfd="
                                                 f"tiny_gen), got {bad!r}\n")
-    for bad in (["a", "--batch_size", "0"], ["a", "--attention", "nope"], ["a", "--limit", "0"], []):
+    assert eval_downstream.parse_args(["a", "--max_length", "300"]).max_length == 300
+    for bad in (["a", "--batch_size", "0"], ["a", "--attention", "nope"], ["a", "--limit", "0"], [],
+                ["a", "--max_length", "0x"], ["a", "--num_fewshot", "2.5"], ["a", "--p", "x"]):
         with pytest.raises(SystemExit):
             eval_downstream.parse_args(bad)
 
@@ -496,8 +498,8 @@ def test_task_manager_indexes_lm_evals_own_tasks_only_when_needed(harness, monke
     assert eval_downstream.task_manager(["hellaswag", "arc_*", "mmlu_[ab]", "x?"], None).all_tasks == \
         ["hellaswag", "arc_easy"] and made == [{"include_path": None, "include_defaults": True}]
     with pytest.raises(ValueError) as e:
-        eval_downstream.task_manager(["hellaswag", "tiny_mc", "nope", "arc_easy"], None)
-    assert str(e.value) == ("unknown lm-eval task(s) tiny_mc, nope; `python -m lm_eval ls tasks` lists them, and "
+        eval_downstream.task_manager(["hellaswag", "tiny_mc", "nope", "arc_easy", "XNLI"], None)
+    assert str(e.value) == ("unknown lm-eval task(s) tiny_mc, nope, XNLI; `python -m lm_eval ls tasks` lists them, and "
                             "--include_path adds a folder of your own")
     (tmp_path / "file.yaml").write_text("")
     with pytest.raises(FileNotFoundError) as e:
