@@ -659,7 +659,7 @@ def test_help_shows_the_usage_every_options_help_and_the_module_docstring(capsys
             "--batch_size BATCH_SIZE requests per forward pass (default 16)",
             "--max_length MAX_LENGTH tokens per window, or '<k>x' for k times each checkpoint's training context (the "
             "paper recipe's 16x); longer contexts lose their left end (default: the training context; at most 16x it)",
-            "evaluate with this attention type",
+            "} evaluate with this attention type --p P",
             "--p P the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)",
             "--attention_backend ATTENTION_BACKEND auto | reference | kernel", "--device DEVICE",
             "--out OUT JSON path (a .csv is written beside it)"):

@@ -622,9 +622,10 @@ def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, mo
     ckpt = load_checkpoint(run)
     (tmp_path / "hf" / "lssar-X.tmp").mkdir(parents=True)   # a stale one of an interrupted export
     (tmp_path / "hf" / "lssar-X.tmp" / "stale").write_text("x")
-    export_hf.main([run, str(tmp_path / "hf" / "lssar-X") + "/"])
+    monkeypatch.chdir(tmp_path)   # anywhere: the model code is copied from the repository, not the working folder
     folder = tmp_path / "hf" / "lssar-X"
-    assert capsys.readouterr().out == f"wrote {folder}/\n" and os.listdir(tmp_path / "hf") == ["lssar-X"]
+    assert export_hf.export(run, str(folder) + "/") == str(folder) + "/"   # not portable unless asked
+    assert os.listdir(tmp_path / "hf") == ["lssar-X"]
     assert sorted(os.listdir(folder)) == ["README.md", "attention.py", "config.json", "generation_config.json",
                                           "model.safetensors", "modeling_lssa_gpt.py", "tokenizer.json",
                                           "tokenizer_config.json"]
@@ -648,6 +649,7 @@ def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, mo
     json.dump({"runs": [{"run": "softmax-run", "step": 1, "label": "s", "train_context": 16,
                          "results": [{"length": 16, "loss": 5.0}]}]}, open(tmp_path / "sweep.json", "w"))
     export_hf.main([softmax, str(tmp_path / "portable"), "--portable", "--sweep", str(tmp_path / "sweep.json")])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'portable'}\n"
     assert sorted(os.listdir(tmp_path / "portable")) == ["README.md", "config.json", "generation_config.json",
                                                          "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert json.load(open(tmp_path / "portable" / "config.json"))["model_type"] == "gpt_neox"
