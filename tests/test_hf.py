@@ -525,7 +525,14 @@ def test_built_byte_tokenizer_gives_our_ids_and_its_files(transformers, tmp_path
     check_tokenizer(tok, ByteTokenizer(), ["Hello world", "naïve 日本 🙂\n\tĀ", "a\x00b\x00", "  two  spaces"])
     assert tok.get_vocab_size() == 256 and tok.token_to_id("\x00") == 0
     export_hf.write_tokenizer("bytes", str(tmp_path), 32)
-    assert json.load(open(tmp_path / "tokenizer.json")) == json.loads(tok.to_str())
+    saved = json.load(open(tmp_path / "tokenizer.json"))
+    assert saved == json.loads(tok.to_str())
+    # what the file tells its other readers: bytes one by one (no regex split first), the separator
+    # special and matched on the raw text
+    assert saved["pre_tokenizer"] == {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                      "use_regex": False}
+    assert saved["added_tokens"] == [{"id": 0, "content": "\x00", "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": True}]
     assert (tmp_path / "tokenizer_config.json").read_text() == json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "\x00", "eos_token": "\x00", "pad_token": "\x00",
          "clean_up_tokenization_spaces": False, "model_max_length": 512}, indent=2, ensure_ascii=False) + "\n"
