@@ -450,7 +450,8 @@ def test_neox_state_dict_puts_each_heads_q_k_v_rows_together():
         for i, (name, shape) in enumerate([("transformer.wte.weight", (6, C)), ("transformer.ln_f.weight", (C,))] + [
                 (f"transformer.h.{n}.{part}", shape) for n in range(2) for part, shape in (
                     ("ln_1.weight", (C,)), ("ln_2.weight", (C,)), ("attn.c_attn.weight", (3 * C, C)),
-                    ("attn.c_proj.weight", (C, C)), ("mlp.c_fc.weight", (4 * C, C)), ("mlp.c_proj.weight", (C, 4 * C)))]):
+                    ("attn.c_proj.weight", (C, C)), ("mlp.c_fc.weight", (4 * C, C)),
+                    ("mlp.c_proj.weight", (C, 4 * C)))]):
             state[name] = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape) + 1000 * i
             if bias and not name.endswith("wte.weight"):
                 state[name[:-len("weight")] + "bias"] = -state[name].flatten()[:shape[0]] - 0.5
@@ -541,7 +542,8 @@ def test_built_byte_tokenizer_gives_our_ids_and_its_files(transformers, tmp_path
 def test_built_gpt2_tokenizer_gives_our_ids(transformers):
     from data.tokenizer import GPT2Tokenizer
     tok = export_hf.build_tokenizer("gpt2")   # about 2 s: GPT-2's 50,000 merges
-    check_tokenizer(tok, GPT2Tokenizer(), ["Hello world", "naïve 日本 🙂\n\tĀ", "  two  spaces", "It's 3.14 o'clock"])
+    check_tokenizer(tok, GPT2Tokenizer(),
+                    ["Hello world", "naïve 日本 🙂\n\tĀ", "  two  spaces", "It's 3.14 o'clock"])
     assert tok.encode("a<|endoftext|>b", add_special_tokens=False).ids == [64, 50256, 65]
     assert tok.get_vocab_size() == 50257
 

