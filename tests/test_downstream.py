@@ -3,8 +3,10 @@
 lm-eval is optional (requirements-eval.txt): these tests skip without it on a developer's
 machine, and fail without it in CI (CI=true), where scripts/test.sh installs it."""
 import csv
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -17,6 +19,12 @@ import eval_downstream
 from checkpoint import load_model
 from data.tokenizer import EOT, ByteTokenizer, get_encoding
 from helpers import optional_module
+
+try:   # lm-eval loaded once at collection rather than by each test process: mutation testing forks one per
+    importlib.import_module("harness")   # mutant from the collected process, and lm-eval's import takes seconds
+    importlib.import_module("lm_eval.tasks")
+except ImportError:   # optional: the harness fixture below skips (or fails in CI) without it
+    pass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
@@ -402,3 +410,257 @@ def test_a_window_relative_to_the_training_context(harness, gpt2_vocab_run):
     for bad in ("0x", "x", "1.5x", "-2x"):
         with pytest.raises(SystemExit):
             eval_downstream.parse_args(["run", "--max_length", bad])
+
+
+# ----------------------------------------------------------------- eval_downstream.py's own parts, in-process
+# (the end-to-end tests above run lm-eval on a checkpoint: seconds each; these stand in for lm-eval and the model)
+
+def test_limit_is_a_count_or_a_fraction():
+    assert [eval_downstream.limit_arg(t) for t in ("5", "1", "2.0", "0.25", "0.999")] == [5, 1, 2, 0.25, 0.999]
+    assert type(eval_downstream.limit_arg("2.0")) is int and type(eval_downstream.limit_arg("1")) is int
+    for bad in ("0", "0.0", "-1", "1.5", "3.25"):
+        with pytest.raises(eval_downstream.argparse.ArgumentTypeError) as e:
+            eval_downstream.limit_arg(bad)
+        assert str(e.value) == f"must be a whole number of examples or a fraction in (0, 1), got {bad}"
+
+
+def test_a_window_is_tokens_or_a_multiple_of_the_training_context():
+    assert [eval_downstream.window(t) for t in ("1x", "16x", "1", "300")] == ["1x", "16x", 1, 300]
+    for bad in ("0x", "-2x", "x", "1.5x", "ax"):
+        with pytest.raises(eval_downstream.argparse.ArgumentTypeError) as e:
+            eval_downstream.window(bad)
+        assert str(e.value) == f"expected a positive integer followed by x (16x), got {bad!r}"
+    with pytest.raises(eval_downstream.argparse.ArgumentTypeError, match="must be a positive integer, got 0"):
+        eval_downstream.window("0")
+
+
+def test_command_line_defaults_and_stand_ins(capsys):
+    args = eval_downstream.parse_args(["a", "b"])
+    assert vars(args) == {"checkpoints": ["a", "b"], "tasks": "hellaswag,arc_easy,arc_challenge,piqa,winogrande,"
+                          "lambada_openai", "include_path": None, "stand_in": {}, "num_fewshot": None, "limit": None,
+                          "batch_size": 16, "max_length": None, "attention": None, "p": None,
+                          "attention_backend": None, "device": "auto", "out": None}
+    args = eval_downstream.parse_args(["a", "--tasks", "mmlu", "--include_path", "t", "--num_fewshot", "5",
+                                       "--stand_in", "mmlu=tiny_mc", "--stand_in", "scrolls=tiny_gen",
+                                       "--limit", "0.5", "--batch_size", "3", "--max_length", "2x", "--attention",
+                                       "lssar", "--p", "7", "--attention_backend", "reference", "--device", "cpu",
+                                       "--out", "r.json"])
+    assert vars(args) == {"checkpoints": ["a"], "tasks": "mmlu", "include_path": "t",
+                          "stand_in": {"mmlu": "tiny_mc", "scrolls": "tiny_gen"}, "num_fewshot": 5, "limit": 0.5,
+                          "batch_size": 3, "max_length": "2x", "attention": "lssar", "p": 7.0,
+                          "attention_backend": "reference", "device": "cpu", "out": "r.json"}
+    for bad in ("mmlu", "mmlu=a=b", "=tiny_mc", "mmlu="):
+        with pytest.raises(SystemExit):
+            eval_downstream.parse_args(["a", "--stand_in", "x=y", "--stand_in", bad])
+        assert capsys.readouterr().err.endswith("error: --stand_in takes TASK=LOCAL (e.g. scrolls_summscreenfd="
+                                                f"tiny_gen), got {bad!r}\n")
+    assert eval_downstream.parse_args(["a", "--max_length", "300"]).max_length == 300
+    for bad in (["a", "--batch_size", "0"], ["a", "--attention", "nope"], ["a", "--limit", "0"], [],
+                ["a", "--max_length", "0x"], ["a", "--num_fewshot", "2.5"], ["a", "--p", "x"]):
+        with pytest.raises(SystemExit):
+            eval_downstream.parse_args(bad)
+
+
+def test_without_lm_eval_one_line_says_how_to_install(harness, monkeypatch):
+    import lm_eval
+    assert eval_downstream.import_lm_eval() is lm_eval
+    monkeypatch.setitem(sys.modules, "lm_eval", None)   # None in sys.modules: import fails
+    with pytest.raises(SystemExit) as e:
+        eval_downstream.import_lm_eval()
+    assert str(e.value) == "error: eval_downstream.py needs lm-eval, an optional dependency: " \
+                           "pip install -r requirements-eval.txt"
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+class FakeTaskManager:
+    """lm-eval's TaskManager stood in for: its own tasks, and those of an include_path."""
+    made = []
+
+    def __init__(self, include_path=None, include_defaults=True):
+        FakeTaskManager.made.append({"include_path": include_path, "include_defaults": include_defaults})
+        self.all_tasks = (["tiny_mc", "tiny_gen"] if include_path else []) + \
+                         (["hellaswag", "arc_easy"] if include_defaults else [])
+
+
+def test_task_manager_indexes_lm_evals_own_tasks_only_when_needed(harness, monkeypatch, tmp_path):
+    import lm_eval.tasks
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", FakeTaskManager)
+    made = FakeTaskManager.made
+    made.clear()
+    local = eval_downstream.task_manager(["tiny_mc", "tiny_gen"], str(tmp_path))
+    assert local.all_tasks == ["tiny_mc", "tiny_gen"] and made == [{"include_path": str(tmp_path),
+                                                                   "include_defaults": False}]
+    made.clear()
+    both = eval_downstream.task_manager(["tiny_mc", "arc_easy"], str(tmp_path))
+    assert "arc_easy" in both.all_tasks and made == [{"include_path": str(tmp_path), "include_defaults": False},
+                                                     {"include_path": str(tmp_path), "include_defaults": True}]
+    made.clear()
+    assert eval_downstream.task_manager(["hellaswag", "arc_*", "mmlu_[ab]", "x?"], None).all_tasks == \
+        ["hellaswag", "arc_easy"] and made == [{"include_path": None, "include_defaults": True}]
+    with pytest.raises(ValueError) as e:
+        eval_downstream.task_manager(["hellaswag", "tiny_mc", "nope", "arc_easy", "XNLI"], None)
+    assert str(e.value) == ("unknown lm-eval task(s) tiny_mc, nope, XNLI; `python -m lm_eval ls tasks` lists them, and "
+                            "--include_path adds a folder of your own")
+    (tmp_path / "file.yaml").write_text("")
+    with pytest.raises(FileNotFoundError) as e:
+        eval_downstream.task_manager(["tiny_mc"], str(tmp_path / "file.yaml"))
+    assert str(e.value) == f"--include_path {tmp_path / 'file.yaml'} is not a folder of task YAMLs"
+
+
+def test_metrics_of_lm_evals_results():
+    result = {"alias": "tiny", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25,
+              "acc_norm_stderr,none": "N/A", "exact_match,strict-match": 0.75, "exact_match_stderr,strict-match": 0,
+              "bleu,none": 3.5, "samples": 4, "f1,a,b": 0.125, "f1_stderr,a,b": 0.5}   # a filter's name with a comma
+    assert eval_downstream.metrics_of(result) == {"f1,a,b": {"value": 0.125, "stderr": 0.5},
+        "acc": {"value": 0.5, "stderr": 0.1}, "acc_norm": {"value": 0.25, "stderr": None},
+        "exact_match,strict-match": {"value": 0.75, "stderr": 0}, "bleu": {"value": 3.5, "stderr": None}}
+
+
+def test_stand_ins_are_filed_under_the_task_they_stand_in_for():
+    by_task = {"tiny_mc": 1, "tiny_gen": 2, "piqa": 3}
+    # tiny_mc stands in for mmlu and was asked for too; tiny_gen only stands in (for scrolls)
+    assert eval_downstream.filed_under(["mmlu", "scrolls", "tiny_mc", "piqa"],
+                                       {"mmlu": "tiny_mc", "scrolls": "tiny_gen", "gone": "tiny_x"}, by_task) == \
+        {"tiny_mc": 1, "piqa": 3, "mmlu": 1, "scrolls": 2}
+    assert eval_downstream.filed_under(["piqa"], {}, {"piqa": 3}) == {"piqa": 3}
+
+
+def test_the_table_and_the_csv(tmp_path, capsys):
+    report = {"runs": [{"label": "demo [lssar p=15]", "run": "demo", "trained_attention": "lssa",
+                        "attention": "lssar", "reweight_p": 15.0, "step": 2, "train_context": 32, "max_length": 64,
+                        "samples": {"tiny_mc": 40},
+                        "results": {"tiny_mc": {"acc": {"value": 0.5, "stderr": 0.0801},
+                                                "acc_norm": {"value": 0.25, "stderr": None}},
+                                    "tiny_gen": {"exact_match": {"value": 1.0, "stderr": 0.0}}}}]}
+    eval_downstream.print_table(report)
+    head = "run [attention]                  task                  n      acc ± stderr  acc_norm ± stderr"
+    assert capsys.readouterr().out.splitlines() == [
+        head, "-" * len(head),
+        "demo [lssar p=15]                tiny_mc              40   0.5000 ± 0.0801             0.2500",
+        "demo [lssar p=15]                tiny_gen                                -                  -"]
+    eval_downstream.write_outputs(report, str(tmp_path / "out" / "r.json"))
+    assert json.load(open(tmp_path / "out" / "r.json")) == report
+    assert (tmp_path / "out" / "r.csv").read_bytes().decode() == (
+        "run,trained_attention,attention,reweight_p,step,train_context,max_length,task,samples,metric,value,stderr\r\n"
+        "demo,lssa,lssar,15.0,2,32,64,tiny_mc,40,acc,0.5,0.0801\r\n"
+        "demo,lssa,lssar,15.0,2,32,64,tiny_mc,40,acc_norm,0.25,\r\n"
+        "demo,lssa,lssar,15.0,2,32,64,tiny_gen,,exact_match,1.0,0.0\r\n")
+    assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'out' / 'r.csv'}\n")
+
+
+class FakeLM:
+    """harness.LssaGPT stood in for: what main reads of it, and the arguments it was made with."""
+    made = []
+
+    def __init__(self, path, **kwargs):
+        FakeLM.made.append((path, kwargs))
+        run = os.path.join(path, "ckpt_000007.pt")
+        self.ckpt = {"path": run, "step": 7, "model_config": {"attention": "lssa", "n_layer": 1}}
+        self.model = SimpleNamespace(config=SimpleNamespace(attention="lssar", reweight_p=3.0))
+        self.train_context, self.max_length, self.overrides = 32, 64, {"attention": "lssar"}
+        self.tok = SimpleNamespace(name="bytes")
+
+
+def test_main_wires_arguments_lm_eval_and_the_report(harness, monkeypatch, tmp_path, capsys):
+    import lm_eval
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"step": 5, "loss": 2.5}\n{"step": 7, "val_loss": 2.75}\n'
+                                                       '{"step": 9, "loss": 1.0}\n')
+        runs.append(str(tmp_path / name))
+    evaluated = []
+
+    def simple_evaluate(**kwargs):
+        evaluated.append(kwargs)
+        return {"results": {"tiny_mc": {"acc,none": 0.5, "acc_stderr,none": 0.1}, "piqa": {"acc,none": 0.75}},
+                "n-samples": {"tiny_mc": {"original": 40, "effective": 8}, "piqa": {"original": 9, "effective": 9}},
+                "n-shot": {"tiny_mc": 0, "piqa": 0}, "versions": {"tiny_mc": 1.0, "piqa": 2.0}}
+    clock = iter([100.0, 101.23456, 200.0, 200.5])
+    freed, managers = [], []
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    monkeypatch.setattr(harness, "LssaGPT", FakeLM)
+    monkeypatch.setattr(eval_downstream, "task_manager", lambda tasks, path: managers.append((tasks, path)) or "M")
+    monkeypatch.setattr(eval_downstream, "keep_freed_memory", lambda: freed.append(True))
+    monkeypatch.setattr(eval_downstream.time, "time", lambda: next(clock))
+    FakeLM.made.clear()
+    argv = [*runs, "--tasks", " mmlu, ,tiny_mc,piqa,", "--stand_in", "mmlu=tiny_mc", "--stand_in", "other=x",
+            "--include_path", "tasks", "--num_fewshot", "2", "--limit", "8", "--batch_size", "4", "--max_length",
+            "2x", "--attention", "lssar", "--p", "3", "--attention_backend", "reference", "--device", "cpu",
+            "--out", str(tmp_path / "r.json")]
+    report = eval_downstream.main(argv)
+    assert FakeLM.made == [(r, {"attention": "lssar", "p": 3.0, "attention_backend": "reference", "max_length": "2x",
+                                "batch_size": 4, "device": "cpu"}) for r in runs]
+    # the stand-in runs once for itself and for mmlu; a stand-in for a task not asked for is left out
+    assert managers == [(["tiny_mc", "piqa"], "tasks")] and freed == [True]
+    assert evaluated == [{"model": evaluated[i]["model"], "tasks": ["tiny_mc", "piqa"], "num_fewshot": 2, "limit": 8,
+                          "task_manager": "M", "log_samples": False} for i in range(2)]
+    assert [type(e["model"]) for e in evaluated] == [FakeLM, FakeLM]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", report.pop("created"))
+    assert report.pop("command") == "python eval_downstream.py " + " ".join(argv)
+    assert report.pop("code") == eval_downstream.code_version() and report.pop("hardware")["device"] == "cpu"
+    assert report.pop("lm_eval") == lm_eval.__version__
+    first = report["runs"][0]
+    assert report == {"tasks": ["mmlu", "tiny_mc", "piqa"], "stand_ins": {"mmlu": "tiny_mc"}, "num_fewshot": 2,
+                      "limit": 8, "runs": report["runs"]}
+    assert first == {
+        "checkpoint": os.path.join(runs[0], "ckpt_000007.pt"), "run": "first", "step": 7, "label": "first [lssar p=3]",
+        "stand_ins": {"mmlu": "tiny_mc"}, "trained_attention": "lssa", "attention": "lssar", "reweight_p": 3.0,
+        "overrides": {"attention": "lssar"}, "train_context": 32, "max_length": 64, "tokenizer": "bytes",
+        "results": {"tiny_mc": {"acc": {"value": 0.5, "stderr": 0.1}}, "piqa": {"acc": {"value": 0.75, "stderr": None}},
+                    "mmlu": {"acc": {"value": 0.5, "stderr": 0.1}}},
+        "samples": {"tiny_mc": 8, "piqa": 9, "mmlu": 8}, "n_shot": {"tiny_mc": 0, "piqa": 0},
+        "versions": {"tiny_mc": 1.0, "piqa": 2.0}, "time_s": 1.23, "training": {"train_loss": 2.5, "val_loss": 2.75},
+        "model_config": {"attention": "lssa", "n_layer": 1}}
+    assert report["runs"][1]["run"] == "second" and report["runs"][1]["time_s"] == 0.5
+    out = capsys.readouterr().out
+    assert (f"{runs[0]}/ckpt_000007.pt: trained with lssa at context 32, step 7; evaluating lssar p=3 on mmlu, "
+            "tiny_mc, piqa with windows of 64 tokens\n") in out
+    assert "first [lssar p=3]                mmlu                  8   0.5000 ± 0.1000                  -" in out
+    assert json.load(open(tmp_path / "r.json"))["runs"][1]["run"] == "second" and (tmp_path / "r.csv").exists()
+
+
+def test_main_on_a_gpu_keeps_its_memory_and_writes_nothing_without_out(harness, monkeypatch, tmp_path):
+    import lm_eval
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda **kw: {"results": {}, "n-samples": {}, "n-shot": {},
+                                                                  "versions": {}})
+    monkeypatch.setattr(harness, "LssaGPT", FakeLM)
+    monkeypatch.setattr(eval_downstream, "task_manager", lambda tasks, path: None)
+    monkeypatch.setattr(eval_downstream, "pick_device", lambda d: "cuda:1" if d == "auto" else "?")
+    monkeypatch.setattr(eval_downstream, "hardware", lambda d: {"device": d})
+    freed = []
+    monkeypatch.setattr(eval_downstream, "keep_freed_memory", lambda: freed.append(True))
+    monkeypatch.chdir(tmp_path)
+    report = eval_downstream.main([str(tmp_path), "--tasks", "tiny_mc"])
+    assert freed == [] and report["hardware"] == {"device": "cuda:1"} and report["stand_ins"] == {}
+    assert FakeLM.made[-1][1]["device"] == "cuda:1" and os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match=r"^--tasks is empty; give comma-separated lm-eval task names$"):
+        eval_downstream.main([str(tmp_path), "--tasks", " , ,"])
+
+
+def test_help_shows_the_usage_every_options_help_and_the_module_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
+    with pytest.raises(SystemExit):
+        eval_downstream.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert eval_downstream.__doc__ in out   # as written: its example commands keep their lines
+    flat = " ".join(out.split())
+    assert flat.startswith("usage: ")
+    for text in (
+            "[--stand_in TASK=LOCAL]", "checkpoints run directories or checkpoint files",
+            "--tasks TASKS comma-separated lm-eval tasks (default hellaswag,arc_easy,arc_challenge,piqa,winogrande,"
+            "lambada_openai)",
+            "--include_path INCLUDE_PATH a folder of extra task YAMLs (e.g. tests/lm_eval_tasks)",
+            "--stand_in TASK=LOCAL run the local task LOCAL where TASK is asked for, its results filed under TASK and "
+            "the substitution recorded (a test of a recipe whose real data cannot be fetched: "
+            "scrolls_summscreenfd=tiny_gen); repeatable",
+            "--num_fewshot NUM_FEWSHOT examples in the prompt (default: each task's, zero for most)",
+            "--limit LIMIT examples per task (or a fraction), for quick checks",
+            "--batch_size BATCH_SIZE requests per forward pass (default 16)",
+            "--max_length MAX_LENGTH tokens per window, or '<k>x' for k times each checkpoint's training context (the "
+            "paper recipe's 16x); longer contexts lose their left end (default: the training context; at most 16x it)",
+            "} evaluate with this attention type --p P",
+            "--p P the re-weighting power p (with a re-weighted --attention; default: the checkpoint's reweight_p)",
+            "--attention_backend ATTENTION_BACKEND auto | reference | kernel", "--device DEVICE",
+            "--out OUT JSON path (a .csv is written beside it)"):
+        assert text in flat, text

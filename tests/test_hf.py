@@ -6,6 +6,7 @@ random (no training; scripts/hf_logit_diff.py builds them) with weights large en
 attention types differ sharply.
     python -m pytest tests/test_hf.py -k fresh -s     # prints the logit differences per type
 """
+import importlib
 import inspect
 import json
 import math
@@ -26,6 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from hf_logit_diff import all_logits, random_checkpoint  # noqa: E402
 from helpers import optional_module  # noqa: E402
+
+try:   # loaded once at collection rather than by each test process: mutation testing forks one per mutant from
+    for _name in ("transformers", "tokenizers", "safetensors.torch"):   # the collected process (seconds each)
+        importlib.import_module(_name)
+except ImportError:   # optional: the transformers fixture below skips (or fails in CI) without them
+    pass
 
 TASKS = os.path.join(ROOT, "tests", "lm_eval_tasks")
 CONTEXT = 32
@@ -429,3 +436,267 @@ def test_gpu_kernel_path_inside_transformers(transformers, kind, monkeypatch):
     with torch.no_grad():
         model(torch.randint(0, 64, (2, 256), device="cuda"))
     assert calls.count((2, 4, 256, 16)) == 2   # one per layer (besides check_kernel's own trial launch)
+
+
+# ----------------------------------------------------------------- export_hf.py's parts, in-process and fast
+# (the tests above load the exported folders with transformers: seconds each)
+
+def test_neox_state_dict_puts_each_heads_q_k_v_rows_together():
+    from model import GPTConfig
+    C, H, hd = 4, 2, 2
+    for bias, attention in ((True, "ssmax"), (False, "lssar")):
+        cfg = GPTConfig(block_size=8, vocab_size=6, n_layer=2, n_head=H, n_embd=C, bias=bias, attention=attention)
+        state = {}
+        for i, (name, shape) in enumerate([("transformer.wte.weight", (6, C)), ("transformer.ln_f.weight", (C,))] + [
+                (f"transformer.h.{n}.{part}", shape) for n in range(2) for part, shape in (
+                    ("ln_1.weight", (C,)), ("ln_2.weight", (C,)), ("attn.c_attn.weight", (3 * C, C)),
+                    ("attn.c_proj.weight", (C, C)), ("mlp.c_fc.weight", (4 * C, C)),
+                    ("mlp.c_proj.weight", (C, 4 * C)))]):
+            state[name] = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape) + 1000 * i
+            if bias and not name.endswith("wte.weight"):
+                state[name[:-len("weight")] + "bias"] = -state[name].flatten()[:shape[0]] - 0.5
+        scales = {n: torch.tensor([2.0, 3.0]) for n in range(2)}
+        for n in range(2):
+            state[f"transformer.h.{n}.attn.ssmax_scale"] = scales[n]
+        out = export_hf.neox_state_dict(state, cfg)
+        names = {"gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"}
+        for n in range(2):
+            names |= {f"gpt_neox.layers.{n}.{m}.{w}" for w in ("weight", "bias") for m in (
+                "input_layernorm", "post_attention_layernorm", "attention.query_key_value", "attention.dense",
+                "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")}
+        assert set(out) == names
+        assert all(v.dtype == torch.float32 and v.is_contiguous() for v in out.values())
+        assert torch.equal(out["gpt_neox.embed_in.weight"], state["transformer.wte.weight"].float())
+        zero = lambda n: torch.zeros(n)   # noqa: E731  a bias=False model's biases
+        for n in range(2):
+            src, dst = f"transformer.h.{n}.", f"gpt_neox.layers.{n}."
+            for a, b, rows in (("ln_1", "input_layernorm", C), ("ln_2", "post_attention_layernorm", C),
+                               ("attn.c_proj", "attention.dense", C), ("mlp.c_fc", "mlp.dense_h_to_4h", 4 * C),
+                               ("mlp.c_proj", "mlp.dense_4h_to_h", C)):
+                assert torch.equal(out[dst + b + ".weight"], state[src + a + ".weight"].float())
+                assert torch.equal(out[dst + b + ".bias"], state[src + a + ".bias"].float() if bias else zero(rows))
+            w, b = state[src + "attn.c_attn.weight"], state.get(src + "attn.c_attn.bias", torch.zeros(3 * C))
+            # NeoX's rows: head 0's q, k, v, then head 1's; ours: all heads' q, then k, then v
+            order = [part * C + h * hd + r for h in range(H) for part in range(3) for r in range(hd)]
+            scale = [(scales[n][h].item() if attention == "ssmax" and part == 0 else 1.0)
+                     for h in range(H) for part in range(3) for r in range(hd)]
+            for row, (src_row, s) in enumerate(zip(order, scale)):
+                assert torch.equal(out[dst + "attention.query_key_value.weight"][row], (w[src_row] * s).float())
+                assert out[dst + "attention.query_key_value.bias"][row].item() == b[src_row].item() * s
+        assert torch.equal(out["gpt_neox.final_layer_norm.bias"],
+                           state["transformer.ln_f.bias"].float() if bias else zero(C))
+
+
+def test_hf_config_of_ours_and_of_the_portable_export():
+    from model import GPTConfig
+    cfg = GPTConfig(block_size=64, vocab_size=256, n_layer=3, n_head=4, n_embd=32, attention="lssar", reweight_p=7.0,
+                    rope_base=500.0)
+    portable = {
+        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": 256, "hidden_size": 32,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 128, "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-5, "use_parallel_residual": False, "tie_word_embeddings": True, "attention_bias": True,
+        "attention_dropout": 0.0, "hidden_dropout": 0.0, "rotary_pct": 1.0, "rotary_emb_base": 500.0,
+        "rope_theta": 500.0, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                                                 "partial_rotary_factor": 1.0},
+        "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "use_cache": True,
+        "torch_dtype": "float32"}
+    assert export_hf.hf_config(cfg, "bytes", True) == portable
+    ours = export_hf.hf_config(cfg, "gpt2", False)
+    assert ours == {**portable, "architectures": ["LssaGPTForCausalLM"], "model_type": "lssa_gpt",
+                    "bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 50256,
+                    "auto_map": {"AutoConfig": "modeling_lssa_gpt.LssaGPTConfig",
+                                 "AutoModelForCausalLM": "modeling_lssa_gpt.LssaGPTForCausalLM"},
+                    "attention": "lssar", "reweight_p": 7.0, "rope_base": 500.0, "block_size": 64, "tokenizer": "gpt2"}
+
+
+def check_tokenizer(tok, ours, texts):
+    for text in texts:
+        ids = ours.encode(text)
+        assert tok.encode(text, add_special_tokens=False).ids == ids
+        assert tok.encode(text).ids == [ours.eot] + ids   # the document separator first, as in training
+        assert tok.encode(text, "x").ids == [ours.eot] + ids + [ours.eot] + ours.encode("x")
+        assert tok.decode(ids, skip_special_tokens=False) == text
+        if ours.eot not in ids:   # the separator is a special token: decoding leaves it out by default
+            assert tok.decode([ours.eot] + ids) == text and tok.decode([ours.eot]) == ""
+
+
+def test_built_byte_tokenizer_gives_our_ids_and_its_files(transformers, tmp_path):
+    from data.tokenizer import ByteTokenizer
+    tok = export_hf.build_tokenizer("bytes")
+    check_tokenizer(tok, ByteTokenizer(), ["Hello world", "naïve 日本 🙂\n\tĀ", "a\x00b\x00", "  two  spaces"])
+    assert tok.get_vocab_size() == 256 and tok.token_to_id("\x00") == 0
+    export_hf.write_tokenizer("bytes", str(tmp_path), 32)
+    saved = json.load(open(tmp_path / "tokenizer.json"))
+    assert saved == json.loads(tok.to_str())
+    # what the file tells its other readers: bytes one by one (no regex split first), the separator
+    # special and matched on the raw text
+    assert saved["pre_tokenizer"] == {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                      "use_regex": False}
+    assert saved["added_tokens"] == [{"id": 0, "content": "\x00", "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": True}]
+    assert (tmp_path / "tokenizer_config.json").read_text() == json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "\x00", "eos_token": "\x00", "pad_token": "\x00",
+         "clean_up_tokenization_spaces": False, "model_max_length": 512}, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_built_gpt2_tokenizer_gives_our_ids(transformers):
+    from data.tokenizer import GPT2Tokenizer
+    tok = export_hf.build_tokenizer("gpt2")   # about 2 s: GPT-2's 50,000 merges
+    check_tokenizer(tok, GPT2Tokenizer(),
+                    ["Hello world", "naïve 日本 🙂\n\tĀ", "  two  spaces", "It's 3.14 o'clock"])
+    assert tok.encode("a<|endoftext|>b", add_special_tokens=False).ids == [64, 50256, 65]
+    assert tok.get_vocab_size() == 50257
+
+
+def test_write_json_keeps_unicode_and_ends_with_a_newline(tmp_path):
+    export_hf.write_json({"b": "Ā\x00", "a": [1]}, str(tmp_path / "x.json"))
+    assert (tmp_path / "x.json").read_text(encoding="utf-8") == '{\n  "b": "Ā\\u0000",\n  "a": [\n    1\n  ]\n}\n'
+
+
+def card_checkpoint(tmp_path, config):
+    from model import GPTConfig
+    run = tmp_path / "demo-run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 10, "loss": 3.25}\n{"step": 20, "val_loss": 3.5}\n'
+                                       '{"step": 30, "loss": 1.0}\n')
+    ckpt = {"path": str(run / "ckpt_000020.pt"), "step": 20, "config": config}
+    cfg = GPTConfig(block_size=32, vocab_size=256, n_layer=2, n_head=2, n_embd=8, attention="lssar", reweight_p=15.0,
+                    rope_base=10000.0)
+    return ckpt, cfg
+
+
+def test_model_card_word_for_word(tmp_path):
+    config = {"tokenizer": "bytes", "data_dir": "data/x", "dataset": "unused", "max_iters": 100,
+              "total_batch_size": 4096, "learning_rate": 0.001}
+    ckpt, cfg = card_checkpoint(tmp_path, config)
+    sweep = [{"label": "demo-run [lssar p=15]", "tokens_per_length": 64, "train_context": 32,
+              "results": [{"length": 32, "loss": 3.5}, {"length": 48, "loss": 3.75}]}, {"label": "again",
+              "train_context": 32, "results": []}]
+    assert export_hf.model_card(ckpt, cfg, False, sweep) == "\n".join([
+        "# demo-run: lssar p=15 attention", "",
+        "A GPT-2-style model with RoPE and lssar p=15 attention, trained and exported (export_hf.py) with lssa-gpt, an "
+        "implementation of Gao & Spratling, *Softplus Attention with Re-weighting Boosts Length Extrapolation in Large "
+        "Language Models* ([arXiv 2501.13428](https://arxiv.org/abs/2501.13428)).", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)   # prepends the document separator",
+        "```", "",
+        "- model: 2 layers, 2 heads, width 8, vocabulary 256, trained at a context of 32 tokens (RoPE base 10000; it "
+        "runs longer)",
+        "- tokenizer: bytes; data: data/x",
+        "- training: step 20 of 100, 4096 tokens per step, learning rate 0.001",
+        "- final losses (nats per token): train_loss 3.2500, val_loss 3.5000", "",
+        "Validation loss by inference length (demo-run [lssar p=15], 64 tokens per length):", "",
+        "| length | loss |", "|---|---|", "| 32 (1x) | 3.5000 |", "| 48 (1.5x) | 3.7500 |", "",
+        "Validation loss by inference length (again, ? tokens per length):", "", "| length | loss |", "|---|---|", "",
+        "Training config:", "", "```json",
+        '{\n "data_dir": "data/x",\n "dataset": "unused",\n "learning_rate": 0.001,\n "max_iters": 100,\n '
+        '"tokenizer": "bytes",\n "total_batch_size": 4096\n}', "```", ""])
+
+
+def test_model_card_of_a_portable_export_without_losses_or_settings(tmp_path):
+    ckpt, cfg = card_checkpoint(tmp_path, {"tokenizer": "gpt2", "data_dir": "", "dataset": "fineweb",
+                                           "total_batch_size": None})
+    os.remove(tmp_path / "demo-run" / "metrics.jsonl")
+    card = export_hf.model_card(ckpt, cfg, True, []).split("\n")
+    assert card[6:8] == ["model = AutoModelForCausalLM.from_pretrained(PATH)",
+                         "tokenizer = AutoTokenizer.from_pretrained(PATH)   # prepends the document separator"]
+    assert card[11:15] == ["- tokenizer: gpt2; data: fineweb",
+                           "- training: step 20 of ?, one micro-batch of tokens per step, learning rate ?",
+                           "- portable export (stock gpt_neox): RoPE angles in fp32, so logits differ slightly from "
+                           "the original's (docs/huggingface.md in lssa-gpt)", ""]
+    ckpt["config"] = {"tokenizer": "gpt2"}
+    assert export_hf.model_card(ckpt, cfg, True, []).split("\n")[11] == "- tokenizer: gpt2; data: ?"
+
+
+def test_sweep_entries_are_this_checkpoints_runs(tmp_path):
+    ckpt = {"path": str(tmp_path / "demo" / "ckpt_000020.pt"), "step": 20}
+    assert export_hf.sweep_entries(None, ckpt) == [] and export_hf.sweep_entries("", ckpt) == []
+    runs = [{"run": "demo", "step": 20, "n": 1}, {"run": "demo", "step": 10, "n": 2}, {"run": "other", "step": 20},
+            {"step": 20}, {"run": "demo", "step": 20, "n": 3}]
+    json.dump({"runs": runs}, open(tmp_path / "s.json", "w"))
+    assert export_hf.sweep_entries(str(tmp_path / "s.json"), ckpt) == [runs[0], runs[4]]
+    json.dump({"created": "today"}, open(tmp_path / "none.json", "w"))
+    with pytest.raises(ValueError) as e:
+        export_hf.sweep_entries(str(tmp_path / "none.json"), ckpt)
+    assert str(e.value) == (f"{tmp_path / 'none.json'} has no length sweep of demo at step 20; run eval_length.py on "
+                            "this checkpoint or leave out --sweep")
+
+
+def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, monkeypatch):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from checkpoint import load_checkpoint
+    run = random_checkpoint(str(tmp_path / "runs" / "lssar-run"), "lssar", 16, bias=False)
+    ckpt = load_checkpoint(run)
+    (tmp_path / "hf" / "lssar-X.tmp").mkdir(parents=True)   # a stale one of an interrupted export
+    (tmp_path / "hf" / "lssar-X.tmp" / "stale").write_text("x")
+    monkeypatch.chdir(tmp_path)   # anywhere: the model code is copied from the repository, not the working folder
+    folder = tmp_path / "hf" / "lssar-X"
+    assert export_hf.export(run, str(folder) + "/") == str(folder) + "/"   # not portable unless asked
+    assert os.listdir(tmp_path / "hf") == ["lssar-X"]
+    assert sorted(os.listdir(folder)) == ["README.md", "attention.py", "config.json", "generation_config.json",
+                                          "model.safetensors", "modeling_lssa_gpt.py", "tokenizer.json",
+                                          "tokenizer_config.json"]
+    for name, src in (("modeling_lssa_gpt.py", "hf_lssa.py"), ("attention.py", "attention.py")):
+        assert (folder / name).read_bytes() == open(os.path.join(ROOT, src), "rb").read()
+    from model import GPTConfig
+    cfg = GPTConfig(**ckpt["model_config"])
+    assert json.load(open(folder / "config.json")) == export_hf.hf_config(cfg, "bytes", False)
+    assert json.load(open(folder / "generation_config.json")) == {
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "do_sample": True, "temperature": 0.8, "top_k": 200,
+        "top_p": 1.0}
+    assert json.load(open(folder / "tokenizer_config.json"))["model_max_length"] == 16 * 16
+    assert (folder / "README.md").read_text() == export_hf.model_card(ckpt, cfg, False, [])
+    weights = load_file(folder / "model.safetensors")
+    expected = export_hf.neox_state_dict(ckpt["model"], cfg)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+    softmax = random_checkpoint(str(tmp_path / "runs" / "softmax-run"), "softmax", 16)
+    json.dump({"runs": [{"run": "softmax-run", "step": 1, "label": "s", "train_context": 16,
+                         "results": [{"length": 16, "loss": 5.0}]}]}, open(tmp_path / "sweep.json", "w"))
+    export_hf.main([softmax, str(tmp_path / "portable"), "--portable", "--sweep", str(tmp_path / "sweep.json")])
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'portable'}\n"
+    assert sorted(os.listdir(tmp_path / "portable")) == ["README.md", "config.json", "generation_config.json",
+                                                         "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert json.load(open(tmp_path / "portable" / "config.json"))["model_type"] == "gpt_neox"
+    card = (tmp_path / "portable" / "README.md").read_text()
+    assert "| 16 (1x) | 5.0000 |" in card and "portable export (stock gpt_neox)" in card
+
+    for argv, message in (
+            ([run, str(tmp_path / "p"), "--portable"], "error: --portable exports to stock gpt_neox, which has softmax "
+             "attention only; this checkpoint uses lssar: leave out --portable (the folder then carries its attention "
+             "code)"),
+            ([run, str(folder)], f"error: {folder} exists; remove it or choose another folder"),
+            ([run, str(tmp_path / "q"), "--sweep", str(tmp_path / "sweep.json")], "error: "
+             f"{tmp_path / 'sweep.json'} has no length sweep of lssar-run at step 1; run eval_length.py on this "
+             "checkpoint or leave out --sweep"),
+            ([str(tmp_path / "nothing"), str(tmp_path / "r")], None)):
+        with pytest.raises(SystemExit) as e:
+            export_hf.main(argv)
+        assert e.value.__cause__ is None and e.value.__suppress_context__
+        assert str(e.value) == message if message else str(e.value).startswith("error: ")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists() and not (tmp_path / "q.tmp").exists()
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(SystemExit) as e:
+        export_hf.export(run, str(tmp_path / "s"))
+    assert str(e.value) == "error: export_hf.py needs safetensors, tokenizers and transformers: " \
+                           "pip install -r requirements-hf.txt"
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_export_help_shows_every_arguments_help_and_the_module_docstring(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
+    with pytest.raises(SystemExit):
+        export_hf.main(["--help"])
+    out = capsys.readouterr().out
+    assert export_hf.__doc__ in out   # as written: its example commands keep their lines
+    flat = " ".join(out.split())
+    for text in ("[--portable] [--sweep SWEEP] checkpoint out_dir",
+                 "checkpoint run directory (its newest checkpoint) or checkpoint file",
+                 "out_dir the folder to write (must not exist)",
+                 "--portable stock gpt_neox, no code of ours (softmax only)",
+                 "--sweep SWEEP an eval_length.py result JSON with this checkpoint's length sweep"):
+        assert text in flat, text

@@ -69,12 +69,23 @@ declare -A TESTS=(
   # the tests left out run scripts/reproduce_paper.sh (a toy training run, or its dry run): the scripts run in a
   # child python there, which mutmut does not see; tests/test_reproduce_paper.py checks paper_plan.py's functions
   # in-process (tests/test_docs_tables.py reaches them too, through whole pages: seconds more for each mutant)
+  [data/sources.py]="tests/test_sources.py tests/test_data.py::test_wiki_markup_and_gutenberg_stripping"
+  # downloads and archives stood in for in-process; the tests that read the real pinned archives (the tokenizer's,
+  # test_data.py's test_prepare_embedded) take seconds for each mutant they reach, and the fast tests check the same functions
+  [eval_downstream.py]="tests/test_downstream.py --deselect tests/test_downstream.py::test_tiny_generation_task_end_to_end --deselect tests/test_downstream.py::test_tiny_task_end_to_end --deselect tests/test_downstream.py::test_a_window_relative_to_the_training_context --deselect tests/test_downstream.py::test_without_lm_eval_the_command_says_how_to_install"
+  # left out: lm-eval run on a checkpoint (the two end-to-end tests, seconds for each mutant of main they reach), the
+  # window test that loads a checkpoint, and the one that runs the command in a child process (mutmut cannot map
+  # it); the file's in-process tests stand in for lm-eval and the model and check the same functions directly
+  [export_hf.py]="tests/test_hf.py::test_neox_state_dict_puts_each_heads_q_k_v_rows_together tests/test_hf.py::test_hf_config_of_ours_and_of_the_portable_export tests/test_hf.py::test_built_byte_tokenizer_gives_our_ids_and_its_files tests/test_hf.py::test_built_gpt2_tokenizer_gives_our_ids tests/test_hf.py::test_write_json_keeps_unicode_and_ends_with_a_newline tests/test_hf.py::test_model_card_word_for_word tests/test_hf.py::test_model_card_of_a_portable_export_without_losses_or_settings tests/test_hf.py::test_sweep_entries_are_this_checkpoints_runs tests/test_hf.py::test_export_writes_the_folder_in_one_step tests/test_hf.py::test_export_help_shows_every_arguments_help_and_the_module_docstring"
+  # test_hf.py's tests of export_hf.py's parts and of export() on a small random checkpoint; its others export a
+  # checkpoint of every attention type (or train one) and load the folders with transformers: seconds for each
+  # mutant, checking the same functions through the loaded model
 )
 ORDER=(attention.py model.py eval_length.py checkpoint.py data/shards.py train.py data/prepare.py eval_passkey.py
-       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py kernels/lssa_triton.py
-       scripts/paper_plan.py scripts/report.py)
+       data/catalog.py hf_lssa.py configurator.py runinfo.py harness.py data/tokenizer.py data/sources.py
+       eval_downstream.py export_hf.py kernels/lssa_triton.py scripts/paper_plan.py scripts/report.py)
 # modules not mutated yet: the report counts their mutants (mutmut generates them without running a test) as not run
-NOT_YET=(export_hf.py eval_downstream.py data/sources.py)
+NOT_YET=()
 
 # A scratch copy of the repo in $1 whose mutmut config mutates module $2 with the tests chosen for it.
 scratch() {
