@@ -211,10 +211,20 @@ def test_autotuning_unpins_and_warns(lssa_triton, monkeypatch, capsys):
     assert capsys.readouterr().out == ""   # said once, by rank 0
 
 
+def test_a_tile_of_one_stage_is_taken(lssa_triton):
+    lssa_triton.pin_tiles({"sm90/fwd/64": [64, 64, 4, 1]})   # no software pipelining: a tile the kernels launch
+    assert lssa_triton.pinned_tiles() == {"sm90/fwd/64": [64, 64, 4, 1]}
+
+
 @pytest.mark.parametrize("tiles,message", [
     ({"sm80/fwd/64": [64, 64, 4, 3]}, "TABLE one of sm90, other, fp32"),
     ({"sm90/fwd/96": [64, 64, 4, 3]}, "HEAD_DIM_CLASS 64 or 128"),
+    ({"sm90/bwd/64": [64, 64, 4, 3]}, "KERNEL one of fwd, dkdv, dq, HEAD_DIM_CLASS 64 or 128"),
     ({"sm90/fwd/64": [64, 64, 4]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages]"),
+    ({"sm90/fwd/64": [64, 64, 0, 3]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages], positive integers"),
+    ({"sm90/fwd/64": [64, 64, -4, 3]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages], positive integers"),
+    ({"sm90/fwd/64": [64.0, 64, 4, 3]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages], positive integers"),
+    ({"sm90/fwd/64": [64, 64, True, 3]}, "expected [BLOCK_M, BLOCK_N, num_warps, num_stages], positive integers"),
     ({"sm90/fwd/64": [48, 16, 4, 3]}, "powers of two >= 16"),
     ({"sm90/fwd/64": [8, 8, 4, 3]}, "powers of two >= 16"),
     ({"sm90/fwd/64": [32, 64, 4, 3]}, "the fwd kernel needs BLOCK_M to be a multiple of BLOCK_N"),
