@@ -582,3 +582,56 @@ def test_a_test_that_leaves_tf32_on_fails(tmp_path):
     assert "3 passed, 1 error" in proc.stdout, proc.stdout[-3000:]
     assert "ERROR at teardown of test_leaves_tf32_on" in proc.stdout
     assert "the test left torch's TF32 flags changed" in proc.stdout
+
+
+def test_the_kernels_own_checks_and_defaults_in_this_process(interpreted):
+    """lssa_attention refuses what unsupported_reason names, in one line; its defaults are the paper's
+    p = 15 and no fixed length (softplus_fixed then asks for one); under the interpreter the probe
+    length is two of its blocks, on a GPU two of the largest block of any table (not its warps)."""
+    L = interpreted
+    q, k, v = _qkv(d=12)
+    with pytest.raises(RuntimeError, match=r"^the fused softplus kernel cannot run: head_dim 12 is not supported"):
+        L.lssa_attention(q, k, v, ("softplus", True, True))
+    q, k, v = (t.detach() for t in _qkv())
+    assert torch.equal(L.lssa_attention(q, k, v, ("softplus", True, True)),
+                       L.lssa_attention(q, k, v, ("softplus", True, True), 15.0))
+    with pytest.raises(ValueError, match=r"^softplus_fixed needs its constant length, an integer >= 2; got 0$"):
+        L.lssa_attention(q, k, v, ("softplus_fixed", True, False))
+    assert L.probe_length() == 2 * 16 == 2 * max(max(b) for b in L.INTERPRET_BLOCKS.values())
+
+
+def test_the_probe_length_on_a_gpu_is_two_of_the_largest_block(monkeypatch):
+    from kernels import lssa_triton as L
+    monkeypatch.setattr(L, "INTERPRET", False)
+    assert L.probe_length() == 256   # the largest block of today's tables is 128
+    monkeypatch.setattr(L, "_TABLES", {"t": {("fwd", 64): [(16, 32, 64, 1)]}})   # 64 warps: not a block
+    assert L.probe_length() == 64
+
+
+def test_a_backward_without_an_output_gradient_returns_one_none_per_input():
+    import inspect
+    from kernels import lssa_triton as L
+    inputs = [n for n in inspect.signature(L._forward).parameters if n != "wrap"]   # the op's: q ... need_grad
+    assert L._grad(None, None) == (None,) * len(inputs) == (None,) * 9
+
+
+def test_the_backward_fills_no_tensor_with_zeros_in_this_process(interpreted):
+    """The op's unused outputs (the row statistics) get no gradient: no zero tensor is made for them
+    (set_materialize_grads(False)); the same check as the child-process one, where mutation testing sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Fills(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if any(w in str(func) for w in ("zeros", "fill", "full")):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = _qkv()
+    out = attention.causal_attention(q, k, v, "lssa", backend="kernel")
+    with Fills() as fills:
+        out.sum().backward()
+    assert fills.seen == [] and q.grad is not None
