@@ -635,3 +635,22 @@ def test_the_backward_fills_no_tensor_with_zeros_in_this_process(interpreted):
     with Fills() as fills:
         out.sum().backward()
     assert fills.seen == [] and q.grad is not None
+
+
+def test_mixed_dtypes_strided_inputs_and_one_input_needing_a_gradient_in_this_process(interpreted):
+    """lssa_attention promotes mixed dtypes and answers in v's, makes a last dimension of stride != 1
+    contiguous (the kernels read rows of unit stride), and keeps what the backward needs when any one
+    of q, k, v needs a gradient."""
+    L, rec = interpreted, ("softplus", True, True)
+    q, k, v = (t.detach() for t in _qkv())
+    want = L.lssa_attention(q, k, v, rec)
+    strided = [torch.stack([t, torch.full_like(t, 7.0)], -1).flatten(-2)[..., ::2] for t in (q, k, v)]
+    assert strided[0].stride(-1) == 2 and torch.equal(strided[0], q)
+    assert (L.lssa_attention(*strided, rec) - want).abs().max() <= 1e-6
+    k16, v16 = k.to(torch.bfloat16), v.to(torch.float16)
+    mixed = L.lssa_attention(q, k16, v16, rec)
+    assert mixed.dtype == torch.float16
+    assert (mixed.float() - L.lssa_attention(q, k16.float(), v16.float(), rec)).abs().max() <= 1e-3
+    k_grad = k.clone().requires_grad_()
+    L.lssa_attention(q, k_grad, v, rec).sum().backward()
+    assert k_grad.grad is not None and torch.isfinite(k_grad.grad).all() and k_grad.grad.abs().sum() > 0
