@@ -374,8 +374,8 @@ def mutation_scores(res):
     with open(res.path("results/mutation.md"), encoding="utf-8") as f:
         lines = f.read().splitlines()
     if not any(line.startswith(header) for line in lines):
-        raise Problem("results/mutation.md has no table of modules (block mutation-scores); rerun "
-                      "bash tools/mutation.sh --report")
+        raise Problem("results/mutation.md has no table of modules (block mutation-scores); restore it "
+                      "(git checkout -- results/mutation.md) or rebuild the mutation report (docs/testing.md)")
     start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 2
     out = ["| module | mutants | killed | not run | score | target | wall time of its runs |", "|---|---|---|---|---|---|---|"]
     for line in lines[start:]:

@@ -29,3 +29,19 @@ def script(name):
     module = importlib.import_module(f"scripts.{name}")
     sys.modules.setdefault(name, module)
     return module
+
+
+def ran_in_a_fresh_process(request):
+    """Run this test again in a child pytest process and check it passed there; True in the parent
+    (its body is done), False in the child (run the body). For Triton's real compiler: other tests
+    run kernels under the interpreter in this process, which patches triton.language globally while a
+    kernel runs, and a compile after them once failed on patched operators."""
+    import subprocess
+    if os.environ.get("LSSA_TEST_CHILD") == request.node.nodeid:
+        return False
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+                          cwd=repo, env={**os.environ, "LSSA_TEST_CHILD": request.node.nodeid},
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return True
