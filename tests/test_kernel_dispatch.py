@@ -655,3 +655,84 @@ def test_mixed_dtypes_strided_inputs_and_one_input_needing_a_gradient_in_this_pr
     k_grad = k.clone().requires_grad_()
     L.lssa_attention(q, k_grad, v, rec).sum().backward()
     assert k_grad.grad is not None and torch.isfinite(k_grad.grad).all() and k_grad.grad.abs().sum() > 0
+
+
+def test_mixed_dtypes_are_computed_in_the_promoted_dtype_in_this_process(interpreted):
+    """With q, k, v of different dtypes the whole op runs in their promoted dtype and only the
+    answer is cast to v's: bit for bit what the same inputs give already promoted. (Unpromoted, a
+    16-bit q would select the 16-bit numerics (DOT_PREC "tf32": the softplus polynomial) and a 16-bit
+    v a 16-bit value matmul.)"""
+    L, rec = interpreted, ("softplus", True, True)
+    q, k, v = (t.detach() for t in _qkv())
+    half, f32 = torch.float16, torch.float32
+    for dq, dk, dv in [(half, half, f32), (half, f32, f32), (f32, half, f32), (f32, f32, half)]:
+        a, b, c = q.to(dq), k.to(dk), v.to(dv)
+        got = L.lssa_attention(a, b, c, rec)
+        assert got.dtype == dv
+        assert torch.equal(got, L.lssa_attention(a.float(), b.float(), c.float(), rec).to(dv)), (dq, dk, dv)
+
+
+def test_rows_of_unit_stride_are_read_in_place_others_copied_in_this_process(interpreted, monkeypatch):
+    """The model's heads arrive as a transposed view, (B, T, H, d) -> (B, H, T, d): rows of unit stride,
+    read where they are, no copy. A last dimension of stride != 1 (here T's stride is 1 instead) is
+    made contiguous first: the kernels read rows of unit stride."""
+    L, rec = interpreted, ("softplus", True, True)
+    q, k, v = (t.detach() for t in _qkv())
+    want = L.lssa_attention(q, k, v, rec)
+    seen = []
+    real = L._fwd_op
+    monkeypatch.setattr(L, "_fwd_op", lambda *a: seen.append(a[:3]) or real(*a))
+    heads = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]   # (B, T, H, d) memory
+    assert not heads[0].is_contiguous() and heads[0].stride(-1) == 1
+    assert torch.equal(L.lssa_attention(*heads, rec), want)
+    assert [t.data_ptr() for t in seen[-1]] == [t.data_ptr() for t in heads]
+    columns = [t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (q, k, v)]   # stride(-2) == 1
+    assert columns[0].stride(-2) == 1 and columns[0].stride(-1) != 1
+    assert torch.equal(L.lssa_attention(*columns, rec), want)
+    assert all(t.is_contiguous() for t in seen[-1])
+
+
+def test_what_the_backward_needs_is_kept_only_when_a_gradient_is_wanted_in_this_process(interpreted, monkeypatch):
+    """need_grad (the re-weighting's u saved for the backward, a (B, H, T, d) fp32 tensor) is asked for
+    when grad mode is on and any one of q, k, v needs a gradient: not at inference, not under no_grad.
+    With only one input needing a gradient its gradient is the reference's."""
+    L, rec = interpreted, ("softplus", True, True)
+    q, k, v = (t.detach() for t in _qkv())
+    asked = []
+    real = L._fwd_op
+    monkeypatch.setattr(L, "_fwd_op", lambda *a: asked.append(a[-1]) or real(*a))
+    L.lssa_attention(q, k, v, rec)
+    with torch.no_grad():
+        L.lssa_attention(q, k, v.clone().requires_grad_(), rec)
+    assert asked == [False, False]
+    weights = torch.linspace(-1, 1, q.numel()).view(q.shape)
+    for i in range(3):
+        inputs = [q, k, v]
+        inputs[i] = inputs[i].clone().requires_grad_()
+        (L.lssa_attention(*inputs, rec) * weights).sum().backward()
+        ref = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        (attention.reference_attention(*ref, "lssar", 15.0) * weights).sum().backward()
+        assert asked[-1] is True
+        assert (inputs[i].grad - ref[i].grad).abs().max() <= 1e-4, i
+
+
+def test_softplus_fixed_takes_a_constant_length_of_two_in_this_process(interpreted):
+    L = interpreted
+    q, k, v = (t.detach() for t in _qkv())
+    two = L.lssa_attention(q, k, v, ("softplus_fixed", True, False), fixed_length=2)
+    assert torch.isfinite(two).all()
+    assert not torch.equal(two, L.lssa_attention(q, k, v, ("softplus_fixed", True, False), fixed_length=3))
+    with pytest.raises(ValueError, match=r"an integer >= 2; got 1$"):
+        L.lssa_attention(q, k, v, ("softplus_fixed", True, False), fixed_length=1)
+
+
+def test_unsupported_reasons_word_for_word(L, monkeypatch):
+    q, k, v = (t.detach() for t in _qkv())
+    assert L.unsupported_reason(q, k, v, ("tanh", True, False)) == \
+        "no fused kernel for positive weights 'tanh' (only softplus, softplus_fixed, sigmoid, relu, exp)"
+    assert L.unsupported_reason(q, k, v, ("softplus", False, True)) == \
+        "the re-weighting needs l1-normalised rows (its fallback is the normalised row)"
+    monkeypatch.setattr(L, "INTERPRET", False)
+    assert L.unsupported_reason(q, k, v, ("softplus", True, True)) == \
+        "q, k, v are not all CUDA tensors (CPU tensors need Triton's interpreter, TRITON_INTERPRET=1 " \
+        "set before triton is imported)"
