@@ -31,6 +31,18 @@ def script(name):
     return module
 
 
+def help_text(main, module, monkeypatch, capsys):
+    """What `main(["--help"])` prints, on one line (whitespace runs made one space), after checking that
+    it starts with the usage and holds the module's docstring as written (its example commands keep
+    their lines). COLUMNS is set wide: argparse's wrapping also breaks lines at hyphens."""
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and module.__doc__ in out
+    return " ".join(out.split())
+
+
 def ran_in_a_fresh_process(request):
     """Run this test again in a child pytest process and check it passed there; True in the parent
     (its body is done), False in the child (run the body). For Triton's real compiler: other tests

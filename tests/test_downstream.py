@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import eval_downstream
 from checkpoint import load_model
 from data.tokenizer import EOT, ByteTokenizer, get_encoding
-from helpers import optional_module
+from helpers import help_text, optional_module
 
 try:   # lm-eval loaded once at collection rather than by each test process: mutation testing forks one per
     importlib.import_module("harness")   # mutant from the collected process, and lm-eval's import takes seconds
@@ -639,13 +639,7 @@ def test_main_on_a_gpu_keeps_its_memory_and_writes_nothing_without_out(harness, 
 
 
 def test_help_shows_the_usage_every_options_help_and_the_module_docstring(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
-    with pytest.raises(SystemExit):
-        eval_downstream.parse_args(["--help"])
-    out = capsys.readouterr().out
-    assert eval_downstream.__doc__ in out   # as written: its example commands keep their lines
-    flat = " ".join(out.split())
-    assert flat.startswith("usage: ")
+    flat = help_text(eval_downstream.parse_args, eval_downstream, monkeypatch, capsys)
     for text in (
             "[--stand_in TASK=LOCAL]", "checkpoints run directories or checkpoint files",
             "--tasks TASKS comma-separated lm-eval tasks (default hellaswag,arc_easy,arc_challenge,piqa,winogrande,"

@@ -26,7 +26,7 @@ from checkpoint import load_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from hf_logit_diff import all_logits, random_checkpoint  # noqa: E402
-from helpers import optional_module  # noqa: E402
+from helpers import help_text, optional_module  # noqa: E402
 
 try:   # loaded once at collection rather than by each test process: mutation testing forks one per mutant from
     for _name in ("transformers", "tokenizers", "safetensors.torch"):   # the collected process (seconds each)
@@ -688,12 +688,7 @@ def test_export_writes_the_folder_in_one_step(transformers, tmp_path, capsys, mo
 
 
 def test_export_help_shows_every_arguments_help_and_the_module_docstring(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")   # no wrapping (which breaks lines at hyphens too)
-    with pytest.raises(SystemExit):
-        export_hf.main(["--help"])
-    out = capsys.readouterr().out
-    assert export_hf.__doc__ in out   # as written: its example commands keep their lines
-    flat = " ".join(out.split())
+    flat = help_text(export_hf.main, export_hf, monkeypatch, capsys)
     for text in ("[--portable] [--sweep SWEEP] checkpoint out_dir",
                  "checkpoint run directory (its newest checkpoint) or checkpoint file",
                  "out_dir the folder to write (must not exist)",
