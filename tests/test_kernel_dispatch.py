@@ -736,3 +736,76 @@ def test_unsupported_reasons_word_for_word(L, monkeypatch):
     assert L.unsupported_reason(q, k, v, ("softplus", True, True)) == \
         "q, k, v are not all CUDA tensors (CPU tensors need Triton's interpreter, TRITON_INTERPRET=1 " \
         "set before triton is imported)"
+
+
+def test_interpreter_scalars_are_squeezed_where_triton_does_not(L, monkeypatch):
+    """Triton < 3.7's interpreter turned a scalar, a (1,)-array, into a loop bound with int(array), which
+    NumPy 2 refuses: _fix_interpreter_scalars wraps its _patch_lang_tensor to squeeze first, once, with
+    the launch's patch scope when there is one (restored after the launch), on the class otherwise. Here
+    a stand-in for the old function (today's triton squeezes already, so only a stand-in shows it)."""
+    import numpy as np
+    from types import SimpleNamespace
+    from triton.runtime import interpreter
+    calls = []
+
+    def old(tensor, *scope):
+        calls.append((tensor, scope))
+        tensor.__index__ = lambda self: int(self.handle.data)   # NumPy 2: fails on a (1,)-array
+
+    scalar = SimpleNamespace(handle=SimpleNamespace(data=np.array([7], dtype=np.int32)))
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", old)
+    L._fix_interpreter_scalars()
+    patched = interpreter._patch_lang_tensor
+    assert patched is not old and patched.squeezes_scalars is True
+
+    class Scope:
+        def __init__(self):
+            self.set = {}
+
+        def set_attr(self, obj, name, value):
+            self.set[name] = value
+
+    class Tensor:
+        pass
+    scope = Scope()
+    patched(Tensor, scope)
+    assert calls == [(Tensor, (scope,))] and type(scope.set["__index__"](scalar)) is int
+    assert scope.set["__index__"](scalar) == 7
+    patched(Tensor)                      # no scope: on the class itself
+    assert calls[-1] == (Tensor, ()) and Tensor.__index__(scalar) == 7
+    L._fix_interpreter_scalars()         # already wrapped: not wrapped twice
+    assert interpreter._patch_lang_tensor is patched
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", None)
+    L._fix_interpreter_scalars()         # nothing to wrap
+    assert interpreter._patch_lang_tensor is None
+    monkeypatch.delattr(interpreter, "_patch_lang_tensor")
+    L._fix_interpreter_scalars()         # an interpreter without the function: nothing done
+    assert not hasattr(interpreter, "_patch_lang_tensor")
+
+
+def test_unsupported_inputs_word_for_word(L, monkeypatch):
+    """Every reason unsupported_reason gives for inputs, and the smallest supported input (one row)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    rec = ("softplus", True, True)
+    monkeypatch.setattr(L, "INTERPRET", True)
+
+    def why(*shapes, dtypes=(torch.float32,) * 3):
+        return L.unsupported_reason(*(torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)), rec)
+
+    assert why((1, 1, 1, 16), (1, 1, 1, 16), (1, 1, 1, 16)) is None
+    assert why((1, 2, 3, 16), (1, 2, 3, 16), (1, 2, 4, 16)) == \
+        "expected q, k, v of one shape (B, n_head, T, head_dim), got (1, 2, 3, 16), (1, 2, 3, 16), (1, 2, 4, 16)"
+    assert why((2, 3, 16), (2, 3, 16), (2, 3, 16)) == \
+        "expected q, k, v of one shape (B, n_head, T, head_dim), got (2, 3, 16), (2, 3, 16), (2, 3, 16)"
+    assert why((1, 1, 4, 48), (1, 1, 4, 48), (1, 1, 4, 48)) == \
+        "head_dim 48 is not supported (supported: (16, 32, 64, 128))"
+    assert why((1, 1, 4, 16), (1, 1, 4, 16), (1, 1, 4, 16), dtypes=(torch.float32, torch.float64, torch.float32)) == \
+        "dtypes torch.float32, torch.float64, torch.float32: the kernel takes float16, bfloat16 or float32"
+    for empty in ((0, 2, 4, 16), (2, 0, 4, 16), (2, 2, 0, 16)):
+        assert why(empty, empty, empty) == "empty input", empty
+    with FakeTensorMode():
+        on = [torch.zeros(1, 1, 4, 16, device=d) for d in ("cuda:0", "cuda:1", "cuda:0")]
+        assert L.unsupported_reason(*on, rec) == "q, k, v are on different devices"
+        wide = torch.zeros(65536, 1, 1, 16, device="cuda:0")
+        assert L.unsupported_reason(wide, wide, wide, rec) == \
+            "batch x heads = 65536 exceeds the launch grid limit 65535"
