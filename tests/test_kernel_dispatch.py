@@ -809,3 +809,20 @@ def test_unsupported_inputs_word_for_word(L, monkeypatch):
         wide = torch.zeros(65536, 1, 1, 16, device="cuda:0")
         assert L.unsupported_reason(wide, wide, wide, rec) == \
             "batch x heads = 65536 exceeds the launch grid limit 65535"
+
+
+def test_pick_routes_by_dtype_and_head_dim_class(L, monkeypatch):
+    """_pick on a GPU without the autotuner: fp32 inputs take fp32's table, 16-bit ones the 16-bit table of
+    the architecture (a CPU device: the non-Hopper one); head dims up to 64 class 64, above it class 128;
+    the whole tile is launched, warps and stages too. Distinct tiles pinned to tell the entries apart."""
+    monkeypatch.setattr(L, "INTERPRET", False)
+    monkeypatch.setattr(L, "AUTOTUNE", False)
+    pins = {"fp32/fwd/64": [16, 16, 1, 1], "fp32/fwd/128": [32, 16, 2, 2],
+            "other/fwd/64": [64, 32, 4, 3], "other/fwd/128": [128, 64, 8, 4]}
+    with L.tiles_pinned(pins):
+        for dtype, head_dim, want in ((torch.float32, 64, pins["fp32/fwd/64"]), (torch.float32, 65, pins["fp32/fwd/128"]),
+                                      (torch.float32, 128, pins["fp32/fwd/128"]), (torch.bfloat16, 16, pins["other/fwd/64"]),
+                                      (torch.float16, 128, pins["other/fwd/128"])):
+            kernel, meta = L._pick("fwd", dtype, head_dim, "cpu")
+            assert kernel is L._KERNELS["fwd"]
+            assert [meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"]] == want, (dtype, head_dim)
