@@ -826,3 +826,46 @@ def test_pick_routes_by_dtype_and_head_dim_class(L, monkeypatch):
             kernel, meta = L._pick("fwd", dtype, head_dim, "cpu")
             assert kernel is L._KERNELS["fwd"]
             assert [meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"]] == want, (dtype, head_dim)
+
+
+def test_the_small_launch_parameters(L, monkeypatch):
+    """The autotuner's length bucket (a T re-tunes only past 256, 1024, 4096), the integer power the
+    re-weighting takes by repeated squaring (1 to 64; anything else 0: exp2/log2), the dot precision
+    (fp32's setting, "tf32" the 16-bit mark), and the table's name (Hopper's own 16-bit table only on a
+    Hopper: the capability of the inputs' device, not the current one's)."""
+    assert [L._t_bucket(T) for T in (1, 256, 257, 1024, 1025, 4096, 4097, 100_000)] == \
+        [256, 256, 1024, 1024, 4096, 4096, 16384, 16384]
+    assert [L._p_int(p) for p in (1, 1.0, 15, 64.0, 65, 0, 0.5, 2.5, -3)] == [1, 1, 15, 64, 0, 0, 0, 0, 0]
+    assert L._dot_precision(torch.float32) == L.FP32_DOT_PRECISION != "tf32"
+    assert L._dot_precision(torch.bfloat16) == L._dot_precision(torch.float16) == "tf32"
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (9, 0) if d == torch.device("cuda:1") else (8, 0))
+    L._is_hopper.cache_clear()
+    try:
+        assert [L._table_name(torch.float32, "cuda:1"), L._table_name(torch.bfloat16, "cuda:1"),
+                L._table_name(torch.float16, "cuda:0"), L._table_name(torch.bfloat16, "cpu")] == \
+            ["fp32", "sm90", "other", "other"]
+    finally:
+        L._is_hopper.cache_clear()
+
+
+def test_pick_under_the_interpreter_with_the_autotuner_and_by_default(L, monkeypatch):
+    """_pick's order: a pinned tile, else the interpreter's blocks (blocks only: it runs a program as one
+    thread), else the autotuner, else the table's first tile: the one default_tiles records for a run."""
+    monkeypatch.setattr(L, "INTERPRET", True)
+    monkeypatch.setattr(L, "INTERPRET_BLOCKS", {"fwd": (32, 64), "dkdv": (16, 16), "dq": (16, 16)})
+    assert L._pick("fwd", torch.float32, 64, "cpu") == (L._KERNELS["fwd"], {"BLOCK_M": 32, "BLOCK_N": 16 * 4})
+    with L.tiles_pinned({"fp32/fwd/64": [16, 16, 2, 1]}):
+        assert L._pick("fwd", torch.float32, 64, "cpu") == (L._KERNELS["fwd"], {"BLOCK_M": 16, "BLOCK_N": 16})
+    monkeypatch.setattr(L, "INTERPRET", False)
+    monkeypatch.setattr(L, "AUTOTUNE", True)
+    assert L._pick("dq", torch.bfloat16, 128, "cpu") == (L._TUNED["other", "dq", 128], {})
+    with L.tiles_pinned({"other/dq/128": [64, 16, 4, 2]}):
+        assert L._pick("dq", torch.bfloat16, 128, "cpu") == \
+            (L._KERNELS["dq"], {"BLOCK_M": 64, "BLOCK_N": 16, "num_warps": 4, "num_stages": 2})
+    monkeypatch.setattr(L, "AUTOTUNE", False)
+    for name, tile in L.default_tiles("cpu").items():
+        table, which, d = name.split("/")
+        dtype = torch.float32 if table == "fp32" else torch.bfloat16
+        kernel, meta = L._pick(which, dtype, int(d), "cpu")
+        assert kernel is L._KERNELS[which] and list(meta.values()) == tile, name
