@@ -213,11 +213,14 @@ def _output_and_grads(q, k, v, kind, p, backend):
     return [out.detach(), q.grad, k.grad, v.grad]
 
 
-@pytest.mark.parametrize("kind,p", [("lssar", 3.0), ("softplus_l1", 15.0)])
-def test_kernel_backend_in_this_process_matches_the_reference(interpreted, kind, p):
+@pytest.mark.parametrize("kind", attention.KERNEL_TYPES)
+def test_kernel_backend_in_this_process_matches_the_reference(interpreted, kind):
     """backend="kernel" hands q, k, v, the type's recipe, p and softplus_l1's fixed length to the
     fused kernel: output and gradients equal the reference's (q, k, v differ, so a swapped or
-    dropped argument shows; p = 3 and softplus_l1 so that a lost p or length does)."""
+    dropped argument shows; p = 3 and softplus_l1 so that a lost p or length does), for every fused
+    type, so that the host code's per-recipe choices (scales, statistics) run where mutation testing
+    sees them (tests/test_kernels.py checks the kernels' numerics more widely, in child processes)."""
+    p = 3.0
     q, k, v = _qkv()
     got = _output_and_grads(q, k, v, kind, p, "kernel")
     want = _output_and_grads(q, k, v, kind, p, "reference")
@@ -869,3 +872,45 @@ def test_pick_under_the_interpreter_with_the_autotuner_and_by_default(L, monkeyp
         dtype = torch.float32 if table == "fp32" else torch.bfloat16
         kernel, meta = L._pick(which, dtype, int(d), "cpu")
         assert kernel is L._KERNELS[which] and list(meta.values()) == tile, name
+
+
+def test_scales_are_the_closed_forms_in_fp32(L):
+    """_scales' per-row and per-key factors, fp32 whatever the inputs' dtype, against their formulas
+    written out here (i 1-indexed, d the head dim): softplus ρ_i = ln d·log2 i/‖q_i‖, κ_j = 1/‖k_j‖
+    (softplus_fixed: log2 of the fixed length for log2 i); relu ρ_i = 1/(√d·i); sigmoid ρ = log2 e/√d,
+    β_i = −log2 i; exp ρ = log2 e/√d."""
+    import math
+    q, k = (t.detach().to(torch.bfloat16) for t in _qkv(T=5, d=16)[:2])
+    i = torch.arange(1.0, 6.0)
+    nq, nk = (torch.tensor([[[math.sqrt(sum(float(x) ** 2 for x in row)) for row in h] for h in b] for b in t.float()])
+              for t in (q, k))
+    for phi, log2_len in (("softplus", torch.log2(i)), ("softplus_fixed", torch.full((5,), 3.0))):
+        got = L._scales(q, k, phi, 8)
+        assert all(t.dtype == torch.float32 for t in got), phi
+        assert torch.allclose(got[0], nq) and torch.allclose(got[1], nk)
+        assert torch.allclose(got[2], math.log(16) * log2_len / nq) and torch.allclose(got[3], 1 / nk)
+    rho, _, _, _, beta = L._scales(q, k, "relu", 0)
+    assert rho.shape == (1, 2, 5) and torch.allclose(rho, (1 / (4 * i)).expand(1, 2, 5))
+    for phi in ("sigmoid", "exp"):
+        rho, _, _, _, beta = L._scales(q, k, phi, 0)
+        assert rho.dtype == torch.float32 and torch.allclose(rho, torch.full((1, 2, 5), math.log2(math.e) / 4))
+        if phi == "sigmoid":
+            assert torch.allclose(beta, -torch.log2(i).expand(1, 2, 5))
+
+
+def test_the_forward_saves_only_the_statistics_the_backward_reads(interpreted):
+    """Per row, fp32 (the module docstring's list): l1-normalised types 1/Z, unnormalised ones nothing,
+    re-weighted types six (τ/M, 1/M, K, F, 1/X̃, R), and one more (L) where the row subtracts its
+    maximum (normalised sigmoid and exp); U, (B, H, T, d), only for the re-weighted ones in training."""
+    L = interpreted
+    rows = {"lssa": 1, "lssar": 6, "sigmoid": 0, "relu": 0, "softmax_reweight": 7, "sigmoid_l1_reweight": 7,
+            "relu_l1": 1, "softplus_l1": 1}
+    assert set(rows) == set(attention.KERNEL_TYPES)
+    q, k, v = (t.detach() for t in _qkv(T=4))
+    for kind, n in rows.items():
+        phi, normalised, reweighted = attention.RECIPES[kind]
+        assert L._n_stats(phi, normalised, reweighted) == n, kind
+        for need_grad in (True, False):
+            _, stats, u = L._forward(q, k, v, phi, normalised, reweighted, 3.0, 1024, need_grad)
+            assert stats.shape == (1, 2, max(n, 1), 4) and stats.dtype == torch.float32, kind
+            assert u.shape == ((1, 2, 4, 16) if reweighted and need_grad else (1,)), kind
