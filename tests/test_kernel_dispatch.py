@@ -896,6 +896,18 @@ def test_scales_are_the_closed_forms_in_fp32(L):
         assert rho.dtype == torch.float32 and torch.allclose(rho, torch.full((1, 2, 5), math.log2(math.e) / 4))
         if phi == "sigmoid":
             assert torch.allclose(beta, -torch.log2(i).expand(1, 2, 5))
+        else:                            # unused, never loaded: rho itself, no memory of its own
+            assert beta is rho
+    for phi in ("softplus", "relu"):
+        got = L._scales(q, k, phi, 0 if phi == "relu" else 8)
+        assert got[4] is got[2], phi
+
+
+def test_repeated_squaring_counts_its_multiplications(L):
+    """x**n by repeated squaring: bit_length - 1 squarings and popcount - 1 products (15: x², x⁴, x⁸ and
+    three products, six; 64: six squarings); lssar's p = 15 is one of the powers taken as (x⁵)³ (five)."""
+    assert [L._binary_multiplications(n) for n in (1, 2, 3, 7, 15, 64, 127)] == [0, 1, 2, 4, 6, 6, 12]
+    assert (L._CUBE_POWERS.value >> 15) & 1 and not (L._CUBE_POWERS.value >> 12) & 1
 
 
 def test_the_forward_saves_only_the_statistics_the_backward_reads(interpreted):
