@@ -926,3 +926,40 @@ def test_the_forward_saves_only_the_statistics_the_backward_reads(interpreted):
             _, stats, u = L._forward(q, k, v, phi, normalised, reweighted, 3.0, 1024, need_grad)
             assert stats.shape == (1, 2, max(n, 1), 4) and stats.dtype == torch.float32, kind
             assert u.shape == ((1, 2, 4, 16) if reweighted and need_grad else (1,)), kind
+
+
+def test_op_kind_takes_the_newest_registration_torch_has_unless_told(L, monkeypatch):
+    """How the kernels enter torch: LSSA_TRITON_OP if set; else torch.library.triton_op (with
+    wrap_triton: torch.compile sees the kernels), else custom_op, else a plain autograd.Function.
+    A torch without one is stood in for by a namespace holding only what that version had."""
+    from types import SimpleNamespace
+    for value in ("triton_op", "custom_op", "function"):
+        monkeypatch.setenv("LSSA_TRITON_OP", value)
+        assert L._op_kind() == value
+    monkeypatch.setenv("LSSA_TRITON_OP", "auto")
+    have = lambda *names: SimpleNamespace(**{n: object() for n in names})   # noqa: E731
+    for library, want in ((have("triton_op", "wrap_triton", "custom_op"), "triton_op"),
+                          (have("triton_op", "custom_op"), "custom_op"), (have("wrap_triton", "custom_op"), "custom_op"),
+                          (have("custom_op"), "custom_op"), (have(), "function")):
+        monkeypatch.setattr(torch, "library", library)
+        assert L._op_kind() == want, vars(library)
+    monkeypatch.delenv("LSSA_TRITON_OP")
+    assert L._op_kind() == "function"
+    with pytest.raises(Exception, match=r"^LSSA_TRITON_OP='op' is not valid; set it to one of: auto, triton_op, "
+                                        r"custom_op, function \(or unset it for the default, auto\)$"):
+        monkeypatch.setenv("LSSA_TRITON_OP", "op")
+        L._op_kind()
+
+
+def test_the_autotuners_try_every_tile_of_the_table_keyed_by_what_changes_the_best(L):
+    """One triton.Config per tile (blocks as meta-parameters, warps and stages as launch options), keyed
+    by head dim, length bucket, recipe, integer power, precision, and for the forward whether U is stored."""
+    configs = L._configs([(64, 32, 4, 3), (128, 16, 8, 2)])
+    assert [(c.kwargs, c.num_warps, c.num_stages) for c in configs] == \
+        [({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3), ({"BLOCK_M": 128, "BLOCK_N": 16}, 8, 2)]
+    key = ["HEAD_DIM", "T_BUCKET", "PHI", "NORM", "RW", "P_INT", "DOT_PREC"]
+    for which in L._KERNELS:
+        tuner = L._autotuned(which, [(64, 32, 4, 3)])
+        assert list(tuner.keys) == key + (["STORE_U"] if which == "fwd" else []), which
+        assert [(c.kwargs, c.num_warps, c.num_stages) for c in tuner.configs] == [({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3)]
+        assert tuner.fn is L._KERNELS[which]
