@@ -809,9 +809,11 @@ def test_unsupported_inputs_word_for_word(L, monkeypatch):
     with FakeTensorMode():
         on = [torch.zeros(1, 1, 4, 16, device=d) for d in ("cuda:0", "cuda:1", "cuda:0")]
         assert L.unsupported_reason(*on, rec) == "q, k, v are on different devices"
-        wide = torch.zeros(65536, 1, 1, 16, device="cuda:0")
+        wide = torch.zeros(32768, 2, 1, 16, device="cuda:0")
         assert L.unsupported_reason(wide, wide, wide, rec) == \
             "batch x heads = 65536 exceeds the launch grid limit 65535"
+        widest = torch.zeros(13107, 5, 1, 16, device="cuda:0")   # 65535 programs: the limit itself launches
+        assert L.unsupported_reason(widest, widest, widest, rec) is None
 
 
 def test_pick_routes_by_dtype_and_head_dim_class(L, monkeypatch):
