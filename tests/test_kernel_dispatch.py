@@ -912,18 +912,27 @@ def test_repeated_squaring_counts_its_multiplications(L):
     assert (L._CUBE_POWERS.value >> 15) & 1 and not (L._CUBE_POWERS.value >> 12) & 1
 
 
+# Per row, fp32 (the module docstring's list): l1-normalised types 1/Z, unnormalised ones nothing,
+# re-weighted types six (τ/M, 1/M, K, F, 1/X̃, R), and one more (L) where the row subtracts its
+# maximum (normalised sigmoid and exp)
+STATISTICS = {"lssa": 1, "lssar": 6, "sigmoid": 0, "relu": 0, "softmax_reweight": 7, "sigmoid_l1_reweight": 7,
+              "relu_l1": 1, "softplus_l1": 1}
+
+
+def test_the_statistics_each_type_keeps_per_row(L):
+    """Without a launch: too few rows make the kernels write past the tensor (the interpreter's process
+    then aborts rather than failing a test)."""
+    assert set(STATISTICS) == set(attention.KERNEL_TYPES)
+    for kind, n in STATISTICS.items():
+        assert L._n_stats(*attention.RECIPES[kind]) == n, kind
+
+
 def test_the_forward_saves_only_the_statistics_the_backward_reads(interpreted):
-    """Per row, fp32 (the module docstring's list): l1-normalised types 1/Z, unnormalised ones nothing,
-    re-weighted types six (τ/M, 1/M, K, F, 1/X̃, R), and one more (L) where the row subtracts its
-    maximum (normalised sigmoid and exp); U, (B, H, T, d), only for the re-weighted ones in training."""
+    """STATISTICS' rows, (B, H, max(n, 1), T), and U, (B, H, T, d), only for the re-weighted types in training."""
     L = interpreted
-    rows = {"lssa": 1, "lssar": 6, "sigmoid": 0, "relu": 0, "softmax_reweight": 7, "sigmoid_l1_reweight": 7,
-            "relu_l1": 1, "softplus_l1": 1}
-    assert set(rows) == set(attention.KERNEL_TYPES)
     q, k, v = (t.detach() for t in _qkv(T=4))
-    for kind, n in rows.items():
+    for kind, n in STATISTICS.items():
         phi, normalised, reweighted = attention.RECIPES[kind]
-        assert L._n_stats(phi, normalised, reweighted) == n, kind
         for need_grad in (True, False):
             _, stats, u = L._forward(q, k, v, phi, normalised, reweighted, 3.0, 1024, need_grad)
             assert stats.shape == (1, 2, max(n, 1), 4) and stats.dtype == torch.float32, kind
