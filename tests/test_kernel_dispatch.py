@@ -882,22 +882,24 @@ def test_scales_are_the_closed_forms_in_fp32(L):
     (softplus_fixed: log2 of the fixed length for log2 i); relu ρ_i = 1/(√d·i); sigmoid ρ = log2 e/√d,
     β_i = −log2 i; exp ρ = log2 e/√d."""
     import math
-    q, k = (t.detach().to(torch.bfloat16) for t in _qkv(T=5, d=16)[:2])
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 5, 16, generator=g).to(torch.bfloat16) for _ in range(2))   # (B, H, T, d)
     i = torch.arange(1.0, 6.0)
     nq, nk = (torch.tensor([[[math.sqrt(sum(float(x) ** 2 for x in row)) for row in h] for h in b] for b in t.float()])
               for t in (q, k))
     for phi, log2_len in (("softplus", torch.log2(i)), ("softplus_fixed", torch.full((5,), 3.0))):
         got = L._scales(q, k, phi, 8)
         assert all(t.dtype == torch.float32 for t in got), phi
-        assert torch.allclose(got[0], nq) and torch.allclose(got[1], nk)
+        assert all(t.shape == (2, 3, 5) for t in got) and torch.allclose(got[0], nq) and torch.allclose(got[1], nk)
         assert torch.allclose(got[2], math.log(16) * log2_len / nq) and torch.allclose(got[3], 1 / nk)
     rho, _, _, _, beta = L._scales(q, k, "relu", 0)
-    assert rho.shape == (1, 2, 5) and torch.allclose(rho, (1 / (4 * i)).expand(1, 2, 5))
+    assert rho.shape == (2, 3, 5) and torch.allclose(rho, (1 / (4 * i)).expand(2, 3, 5))
     for phi in ("sigmoid", "exp"):
         rho, _, _, _, beta = L._scales(q, k, phi, 0)
-        assert rho.dtype == torch.float32 and torch.allclose(rho, torch.full((1, 2, 5), math.log2(math.e) / 4))
+        assert rho.dtype == torch.float32 and rho.shape == (2, 3, 5)
+        assert torch.allclose(rho, torch.full((2, 3, 5), math.log2(math.e) / 4))
         if phi == "sigmoid":
-            assert torch.allclose(beta, -torch.log2(i).expand(1, 2, 5))
+            assert beta.shape == (2, 3, 5) and torch.allclose(beta, -torch.log2(i).expand(2, 3, 5))
         else:                            # unused, never loaded: rho itself, no memory of its own
             assert beta is rho
     for phi in ("softplus", "relu"):
