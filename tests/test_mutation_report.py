@@ -76,6 +76,22 @@ def test_a_rerun_of_some_mutants_keeps_the_others_unless_the_code_changed(tmp_pa
     assert R.judge("m.x_double__mutmut_2", status["m.x_double__mutmut_2"], {})[0] == "not run"
 
 
+def test_a_rerun_of_every_mutant_of_a_function_is_then_its_only_source(tmp_path):
+    """A cold rerun replaces what an older run said: the older run no longer gives any verdict."""
+    store = tmp_path / "verdicts.txt"
+    old = {"m.x_double__mutmut_1": "survived", "m.x_double__mutmut_2": "killed", "m.xǁBoxǁsize__mutmut_1": "killed"}
+    R.record(a_run(tmp_path, "old", CODE, old), "m.py", "2026-11-29", "abc1234", 10, "all", path=store)
+    cold = {"m.x_double__mutmut_1": "killed", "m.x_double__mutmut_2": "survived", "m.xǁBoxǁsize__mutmut_1": "not checked"}
+    R.record(a_run(tmp_path, "cold", CODE, cold), "m.py", "2026-12-07", "def5678", 5, "m.x_double*", path=store)
+    entry = R.load_store(store)["m.py"]
+    assert entry["functions"]["double"][1] == [1] and entry["functions"]["Box.size"][1] == [0]
+    assert entry["status"] == {"m.x_double__mutmut_2": "survived"}
+    (tmp_path / "m.py").write_text(CODE)
+    names = list(cold)
+    _, runs = R.verdicts("m.py", names, R.load_store(store), root=tmp_path)
+    assert runs == {"2026-11-29 abc1234 10 s: all": 1, "2026-12-07 def5678 5 s: m.x_double*": 2}
+
+
 def test_never_run_is_never_equivalent_and_a_kill_wins_over_any_reason():
     equiv = {"m.x_f__mutmut_1": "same value", "m.x_f__mutmut_*": "not run: differs only on a CUDA device"}
     assert R.judge("m.x_f__mutmut_1", "survived", equiv)[0] == "equivalent"

@@ -151,7 +151,8 @@ def record(run_dir, module, when, commit, seconds, selection, path=None):
     """Fold one mutmut run (its results.txt, and its copy of the module: the code it mutated) into the
     store. A function with any mutant tested in the run takes the run's verdicts: all of them if its
     code changed since its last verdicts (its untested mutants then have none: not run), else the
-    tested ones beside the older. Returns the number of functions updated."""
+    tested ones beside the older; a run that tested all of a function's mutants is from then on the
+    only run its verdicts come from. Returns the number of functions updated."""
     store = load_store(path) if os.path.exists(path or STORE) else {}
     entry = store.setdefault(module, {"runs": [], "functions": {}, "status": {}})
     code = {f: fingerprint(c) for f, c in functions(os.path.join(run_dir, module)).items()}
@@ -169,7 +170,8 @@ def record(run_dir, module, when, commit, seconds, selection, path=None):
             continue
         updated += 1
         same = entry["functions"].get(function, (None,))[0] == code[function]
-        runs = entry["functions"][function][1] if same else []
+        # the runs whose verdicts stand: this one alone where it tested every mutant of the function
+        runs = entry["functions"][function][1] if same and len(tested) < len(verdicts) else []
         if not same:   # new code: the older verdicts of this function no longer hold
             entry["status"] = {n: v for n, v in entry["status"].items() if function_of(n) != function}
             tested = verdicts
@@ -315,8 +317,9 @@ if __name__ == "__main__":
     elif sys.argv[1] == "--record":   # --record RUN_DIR MODULE SECONDS [SELECTION...]
         run_dir, module, seconds = sys.argv[2:5]
         import datetime
-        n = record(run_dir, module, datetime.date.today().isoformat(), commit_of(module), int(seconds),
-                   " ".join(sys.argv[5:]))
+        started = os.path.join(run_dir, "commit")   # what tools/mutation.sh copied when the run began
+        commit = open(started).read().strip() if os.path.exists(started) else commit_of(module)
+        n = record(run_dir, module, datetime.date.today().isoformat(), commit, int(seconds), " ".join(sys.argv[5:]))
         print(f"recorded the verdicts of {n} functions of {module} in results/mutation_verdicts.txt")
     else:
         WORK = sys.argv[1]
