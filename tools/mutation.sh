@@ -154,8 +154,7 @@ if [[ ${1:-} != --report ]]; then
       rm -rf "$dir" && mkdir -p "$dir"
     fi
     scratch "$dir" "$module"
-    # the code the run tests: HEAD, '+' when the scratch copy took uncommitted changes too
-    echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +)" > "$dir/commit"
+    python tools/mutation_report.py --commit > "$dir/commit"   # the code the run tests, recorded with its verdicts
     echo "== $module: tests ${TESTS[$module]}"
     start=$(date +%s)
     (cd "$dir" && python -m mutmut run --max-children "${MAX_CHILDREN:-2}" ${MUTANTS:-} > run.log 2>&1) || true

@@ -304,21 +304,25 @@ def main(modules, not_yet):
                 out.write(f"\n### {n}: {v}\n{w}\n```diff\n{d[n]}\n```\n")
 
 
-def commit_of(module):
-    """The short commit of HEAD, with '+' when the module differs from it (a run of uncommitted code)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", module], cwd=ROOT).returncode != 0
+def commit_of():
+    """The short commit of HEAD, with '+' when the working tree differs from it: tools/mutation.sh's scratch
+    copy takes uncommitted and untracked (not ignored) files too, the tests' as well as the module's."""
+    git = dict(cwd=ROOT, capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], **git).stdout.strip() != ""
     return head + ("+" if dirty else "")
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--changed":
         print(" ".join(changed(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "--commit":   # the code a run starting now tests (tools/mutation.sh keeps it in RUN_DIR/commit)
+        print(commit_of())
     elif sys.argv[1] == "--record":   # --record RUN_DIR MODULE SECONDS [SELECTION...]
         run_dir, module, seconds = sys.argv[2:5]
         import datetime
-        started = os.path.join(run_dir, "commit")   # what tools/mutation.sh copied when the run began
-        commit = open(started).read().strip() if os.path.exists(started) else commit_of(module)
+        started = os.path.join(run_dir, "commit")   # written when the run began
+        commit = open(started).read().strip() if os.path.exists(started) else commit_of()
         n = record(run_dir, module, datetime.date.today().isoformat(), commit, int(seconds), " ".join(sys.argv[5:]))
         print(f"recorded the verdicts of {n} functions of {module} in results/mutation_verdicts.txt")
     else:
