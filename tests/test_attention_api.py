@@ -144,6 +144,55 @@ def test_the_reference_in_exactly_two_chunks_returns_every_row():
     torch.testing.assert_close(halves, whole)
 
 
+def test_the_reference_computes_blocks_of_rows_at_inference_and_every_row_at_once_with_gradients(monkeypatch):
+    """How the rows are grouped is the memory at 16K tokens (tests/test_attention.py's
+    test_16k_forward_memory_is_bounded measures it in a child process): at inference blocks of
+    chunk_elements // (B*H*Tk) rows, at least one row when a single row is already larger; with
+    autograd every row at once (autograd keeps each block's weights anyway)."""
+    import attention
+
+    blocks = []
+    weights = attention.attention_weights
+
+    def recording(q, *args, **kwargs):
+        blocks.append(q.size(-2))
+        return weights(q, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "attention_weights", recording)
+    q, k, v = qkv(B=1, H=2, T=12, d=4)
+    for chunk_elements, rows in ((2 * 12 * 5, [5, 5, 2]), (10, [1] * 12), (10**9, [12])):
+        blocks.clear()
+        with torch.no_grad():
+            reference_attention(q, k, v, "lssa", chunk_elements=chunk_elements)
+        assert blocks == rows, chunk_elements
+    blocks.clear()
+    reference_attention(q, k, v, "lssa", chunk_elements=2 * 12 * 5)   # grad mode, no input needing one
+    assert blocks == [5, 5, 2]
+    q.requires_grad_(True)
+    blocks.clear()
+    reference_attention(q, k, v, "lssa", chunk_elements=2 * 12 * 5)
+    assert blocks == [12]
+    # one head and one key (a cache's first token): 2 elements are two rows
+    blocks.clear()
+    with torch.no_grad():
+        reference_attention(q[:, :1], k[:, :1, :1], v[:, :1, :1], "lssa", chunk_elements=2,
+                            visible=torch.ones(1, 1, 12, 1, dtype=torch.bool))
+    assert blocks == [2] * 6
+
+    # the default block size is the table's entry for the inputs' device, the CPU's for a device it lacks
+    class Table(dict):
+        def get(self, *key_and_default):
+            asked.append(key_and_default)
+            return super().get(*key_and_default)
+
+    asked = []
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", Table(cpu=2 * 12 * 5, cuda=1 << 27))
+    blocks.clear()
+    with torch.no_grad():
+        reference_attention(q, k, v, "lssa")
+    assert blocks == [5, 5, 2] and asked == [("cpu", 2 * 12 * 5)]
+
+
 def test_16_bit_inputs_with_a_visible_mask():
     """The padding and cached-decoding path (a `visible` mask) in bf16: the weights are computed in
     fp32, so v must follow them; the result comes back in bf16 and matches softmax by hand in float64."""
