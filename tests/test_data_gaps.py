@@ -220,6 +220,24 @@ def test_missing_data_and_a_long_shard_say_what_is_wrong(tmp_path):
         read_shard(path)
 
 
+def test_a_shards_header_is_read_without_its_tokens(tmp_path, monkeypatch):
+    """read_header runs on every shard at every start: it reads the header's ints, not the shard
+    (hundreds of MB each)."""
+    from data import shards
+    path = tmp_path / "train_000000.bin"
+    write_shard(path, np.arange(5000, dtype=np.uint16))
+    read, fromfile = [], np.fromfile
+
+    def recording(*args, **kwargs):
+        ints = fromfile(*args, **kwargs)
+        read.append(len(ints))
+        return ints
+
+    monkeypatch.setattr(shards.np, "fromfile", recording)
+    assert shards.read_header(path) == 5000
+    assert read == [shards.HEADER_INTS]
+
+
 def test_a_shard_too_long_for_its_header_is_refused_before_it_is_read(tmp_path):
     """2^31 tokens do not fit the header's int32 count. The array is a zero-stride view (4 GiB
     that are never allocated): the size is checked before anything scans or copies it."""

