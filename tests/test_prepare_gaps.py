@@ -8,6 +8,7 @@ import errno
 import json
 import re
 import sys
+import threading
 import time
 import types
 
@@ -685,6 +686,31 @@ def test_the_worker_pool_reads_ahead_a_bounded_number_of_documents(monkeypatch):
     assert 17 <= len(read) <= 34  # the one taken, 32 in flight, one drawn and waiting for room; it did read ahead
     gen.close()
     assert pools == [((2,), {"initializer": prepare._init_worker, "initargs": ("bytes",)})]
+
+
+def test_each_document_in_flight_holds_one_place_of_the_bound(monkeypatch):
+    """The bound counts documents: the feeding thread takes one place per document (waiting while
+    none is free) and the consumer gives one back per token array. Taking every free place for one
+    document would leave the others to wait out the 0.1 s timeout each: 10 documents a second."""
+    made = []
+
+    class Counting(threading.BoundedSemaphore):
+        def __init__(self, value):
+            super().__init__(value)
+            self.size, self.taken = value, 0
+            made.append(self)
+
+        def acquire(self, blocking=True, timeout=None):
+            got = super().acquire(blocking, timeout)
+            self.taken += got
+            return got
+
+    monkeypatch.setattr(prepare.threading, "BoundedSemaphore", Counting)
+    texts = [f"doc {i}" for i in range(40)]
+    out = list(prepare.tokenized(iter(texts), workers=2, chunksize=2, tokenizer="bytes"))
+    assert [bytes(t[1:].tolist()).decode() for t in out] == texts
+    [bound] = made
+    assert (bound.size, bound.taken) == (2 * 2 * 4, 40)
 
 
 def test_an_empty_train_split_says_which_option_to_change(tmp_path):
